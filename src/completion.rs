@@ -1,0 +1,197 @@
+//! One-shot completions: the result of a send, request, release or submitted task.
+//!
+//! A [`Completion`] is the waiting half; the library holds the completing half. Every
+//! completion the library hands out is completed exactly once — with a value, or with an
+//! error when the node closes — so a `wait()` never hangs past `close()`.
+//!
+//! The waiting methods follow `crossbeam-channel`: [`Completion::wait`] blocks,
+//! [`Completion::wait_timeout`] and [`Completion::wait_deadline`] give the completion back
+//! when time runs out so you can wait again, and [`Completion::try_wait`] never blocks.
+
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+enum Slot<T> {
+    Pending,
+    Ready(T),
+    Taken,
+}
+
+struct Shared<T> {
+    slot: Mutex<Slot<T>>,
+    ready: Condvar,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, Slot<T>> {
+        // A poisoned lock only means another thread panicked while holding it; the slot
+        // itself is always in a consistent state, so keep going.
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The waiting half of a one-shot result.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use libchirp::Completion;
+///
+/// let (completion, completer) = Completion::pair();
+/// std::thread::spawn(move || completer.complete(42));
+/// assert_eq!(completion.wait(), 42);
+///
+/// let done = Completion::ready("now");
+/// assert!(done.is_ready());
+/// assert_eq!(done.wait_timeout(Duration::from_millis(1)).ok(), Some("now"));
+/// ```
+#[must_use = "a completion does nothing unless waited on; dropping it is allowed"]
+pub struct Completion<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// The completing half of a [`Completion`].
+///
+/// Completing consumes it. Dropping it without completing leaves the waiter pending, so the
+/// library wraps every completer in an owner whose `Drop` completes it with an error.
+pub struct Completer<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Completion<T> {
+    /// Creates a connected pair: the completion to wait on and the completer to fulfil it.
+    pub fn pair() -> (Completion<T>, Completer<T>) {
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot::Pending),
+            ready: Condvar::new(),
+        });
+        (
+            Completion {
+                shared: shared.clone(),
+            },
+            Completer { shared },
+        )
+    }
+
+    /// A completion that already holds its value.
+    pub fn ready(value: T) -> Completion<T> {
+        Completion {
+            shared: Arc::new(Shared {
+                slot: Mutex::new(Slot::Ready(value)),
+                ready: Condvar::new(),
+            }),
+        }
+    }
+
+    /// True when the value is available (a `wait` would not block).
+    pub fn is_ready(&self) -> bool {
+        matches!(*self.shared.lock(), Slot::Ready(_))
+    }
+
+    /// Blocks until the value is available and returns it.
+    pub fn wait(self) -> T {
+        let mut slot = self.shared.lock();
+        loop {
+            if let Some(v) = take(&mut slot) {
+                return v;
+            }
+            slot = self
+                .shared
+                .ready
+                .wait(slot)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Waits at most `timeout`; on time-out the completion is handed back to wait again.
+    pub fn wait_timeout(self, timeout: Duration) -> Result<T, Completion<T>> {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.wait_deadline(deadline),
+            None => Ok(self.wait()),
+        }
+    }
+
+    /// Waits until `deadline`; on time-out the completion is handed back to wait again.
+    pub fn wait_deadline(self, deadline: Instant) -> Result<T, Completion<T>> {
+        {
+            let mut slot = self.shared.lock();
+            loop {
+                if let Some(v) = take(&mut slot) {
+                    return Ok(v);
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                slot = self
+                    .shared
+                    .ready
+                    .wait_timeout(slot, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        Err(self)
+    }
+
+    /// Returns the value if it is available, otherwise hands the completion back.
+    pub fn try_wait(self) -> Result<T, Completion<T>> {
+        let v = take(&mut self.shared.lock());
+        v.ok_or(self)
+    }
+}
+
+fn take<T>(slot: &mut Slot<T>) -> Option<T> {
+    match std::mem::replace(slot, Slot::Taken) {
+        Slot::Ready(v) => Some(v),
+        other => {
+            *slot = other;
+            None
+        }
+    }
+}
+
+impl<T> Completer<T> {
+    /// Stores the value and wakes the waiter.
+    pub fn complete(self, value: T) {
+        let mut slot = self.shared.lock();
+        *slot = Slot::Ready(value);
+        drop(slot);
+        self.shared.ready.notify_all();
+    }
+}
+
+impl<T> fmt::Debug for Completion<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match *self.shared.lock() {
+            Slot::Pending => "pending",
+            Slot::Ready(_) => "ready",
+            Slot::Taken => "taken",
+        };
+        f.debug_struct("Completion").field("state", &state).finish()
+    }
+}
+
+impl<T> fmt::Debug for Completer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completer").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_timeout_hands_back_then_completes() {
+        let (c, done) = Completion::<u32>::pair();
+        let c = c.wait_timeout(Duration::from_millis(5)).unwrap_err();
+        let c = c.try_wait().unwrap_err();
+        assert!(!c.is_ready());
+        let t = std::thread::spawn(move || done.complete(7));
+        assert_eq!(c.wait(), 7);
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,280 @@
+//! The reader thread: reads the socket (decrypting when TLS), parses every frame the read
+//! buffer holds, takes a slot for each data message (blocking — and so not reading — while
+//! all slots are taken: that is chirp's backpressure) and delivers the message.
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Conn, ReadBuf, Slot};
+use crate::error::Error;
+use crate::message::Message;
+use crate::node::state::{After, Deferred, RemoteKey};
+use crate::node::Inner;
+use crate::wire::{FrameKind, Preamble, PREAMBLE_SIZE};
+
+/// Payloads at least this large are read straight into the message instead of through the
+/// read buffer.
+const DIRECT_READ: usize = 16 * 1024;
+
+/// Reads plaintext from the connection into its read buffer.
+pub(crate) struct Source<'a> {
+    inner: &'a Arc<Inner>,
+    conn: &'a Arc<Conn>,
+    pub(crate) buf: ReadBuf,
+    cipher: Vec<u8>,
+    /// The socket read timeout currently set (to avoid a system call when unchanged).
+    read_timeout: Option<Duration>,
+}
+
+impl<'a> Source<'a> {
+    pub(crate) fn new(inner: &'a Arc<Inner>, conn: &'a Arc<Conn>) -> Source<'a> {
+        Source {
+            inner,
+            conn,
+            buf: ReadBuf::new(inner.cfg.buffer_size),
+            cipher: Vec::new(),
+            read_timeout: None,
+        }
+    }
+
+    fn set_timeout(&mut self, t: Option<Duration>) -> Result<(), Error> {
+        if self.read_timeout != t {
+            self.conn.stream.set_read_timeout(t)?;
+            self.read_timeout = t;
+        }
+        Ok(())
+    }
+
+    /// Reads more plaintext into the buffer. With a deadline, waits at most until then;
+    /// without, waits as long as the socket has no read timeout set.
+    pub(crate) fn fill(&mut self, deadline: Option<Instant>) -> Result<usize, Error> {
+        let n = {
+            let conn = self.conn.clone();
+            let mut dst = std::mem::take(&mut self.buf);
+            let r = self.read_into(&conn, dst.space(), deadline);
+            if let Ok(n) = r {
+                dst.filled(n);
+            }
+            self.buf = dst;
+            r?
+        };
+        Ok(n)
+    }
+
+    /// Reads plaintext into `dst` (at least one byte).
+    fn read_into(&mut self, conn: &Arc<Conn>, dst: &mut [u8], deadline: Option<Instant>) -> Result<usize, Error> {
+        loop {
+            if let Some(d) = deadline {
+                let remaining = d.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(Error::timeout("waiting for the peer"));
+                }
+                self.set_timeout(Some(remaining))?;
+            }
+            match conn.tls.get() {
+                None => match (&conn.stream).read(dst) {
+                    Ok(0) => return Err(Error::protocol("peer closed the connection")),
+                    Ok(n) => return Ok(n),
+                    Err(e) => self.read_error(e, deadline)?,
+                },
+                Some(tls) => {
+                    // Plaintext already decrypted but not taken yet comes first.
+                    let d = tls.decrypt(&[], dst)?;
+                    if d.plain > 0 {
+                        return Ok(d.plain);
+                    }
+                    if self.cipher.len() < 17 * 1024 {
+                        self.cipher.resize(17 * 1024, 0);
+                    }
+                    let n = match (&conn.stream).read(&mut self.cipher) {
+                        Ok(0) => return Err(Error::protocol("peer closed the connection")),
+                        Ok(n) => n,
+                        Err(e) => {
+                            self.read_error(e, deadline)?;
+                            continue;
+                        }
+                    };
+                    let d = tls.decrypt(&self.cipher[..n], dst)?;
+                    if d.wants_flush {
+                        let id = conn.id;
+                        self.inner.with_state(|st, _, _| {
+                            if let Some(e) = st.conns.get_mut(&id) {
+                                e.tls_flush = true;
+                                e.conn.writer_cv.notify_all();
+                            }
+                        });
+                    }
+                    if d.plain > 0 {
+                        return Ok(d.plain);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Classifies a read error: retry (interrupted, or a time-out before the deadline) or
+    /// fail.
+    fn read_error(&mut self, e: io::Error, deadline: Option<Instant>) -> Result<(), Error> {
+        match e.kind() {
+            io::ErrorKind::Interrupted => Ok(()),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => match deadline {
+                Some(d) if Instant::now() < d => Ok(()),
+                Some(_) => Err(Error::timeout("waiting for the peer")),
+                None => Err(Error::timeout(format!(
+                    "peer sent part of a frame and then nothing for {:?}",
+                    self.inner.lim.timeout
+                ))),
+            },
+            _ => Err(Error::protocol(format!("reading from the peer failed: {e}"))),
+        }
+    }
+
+    /// Reads exactly `len` payload bytes into a new vector: first what the buffer holds,
+    /// then (for large payloads) straight from the socket, growing the vector only as bytes
+    /// arrive so that a peer announcing a large message and then stalling costs little.
+    fn read_payload(&mut self, len: usize) -> Result<Vec<u8>, Error> {
+        let have = self.buf.len().min(len);
+        let mut v = Vec::with_capacity(if len <= DIRECT_READ { len } else { have.max(DIRECT_READ) });
+        v.extend_from_slice(&self.buf.data()[..have]);
+        self.buf.consume(have);
+        while v.len() < len {
+            let missing = len - v.len();
+            self.set_timeout(Some(self.inner.lim.timeout))?;
+            if missing >= DIRECT_READ {
+                let old = v.len();
+                let grow = missing.min(old.max(DIRECT_READ));
+                v.resize(old + grow, 0);
+                let conn = self.conn.clone();
+                let r = self.read_into(&conn, &mut v[old..], None);
+                match r {
+                    Ok(n) => v.truncate(old + n),
+                    Err(e) => return Err(e),
+                }
+            } else {
+                self.fill(None)?;
+                let take = self.buf.len().min(missing);
+                v.extend_from_slice(&self.buf.data()[..take]);
+                self.buf.consume(take);
+            }
+        }
+        Ok(v)
+    }
+}
+
+impl Default for ReadBuf {
+    fn default() -> ReadBuf {
+        ReadBuf {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            max: 0,
+        }
+    }
+}
+
+/// Reads and dispatches frames until the connection fails; returns the reason.
+pub(crate) fn run(inner: &Arc<Inner>, conn: &Arc<Conn>, key: RemoteKey, src: &mut Source) -> Error {
+    match read_loop(inner, conn, key, src) {
+        Ok(()) => Error::Shutdown,
+        Err(e) => e,
+    }
+}
+
+fn read_loop(inner: &Arc<Inner>, conn: &Arc<Conn>, key: RemoteKey, src: &mut Source) -> Result<(), Error> {
+    let max = u64::from(inner.cfg.config.max_msg_size);
+    let info = *conn.info.get().expect("handshake done before reading");
+    let from = SocketAddr::new(conn.peer.ip(), info.port);
+    let mut after = After::default();
+    loop {
+        while src.buf.len() >= PREAMBLE_SIZE {
+            let mut raw = [0u8; PREAMBLE_SIZE];
+            raw.copy_from_slice(&src.buf.data()[..PREAMBLE_SIZE]);
+            let pre = Preamble::decode(&raw);
+            let kind = pre.validate(max).map_err(|e| match e {
+                crate::wire::PreambleError::TooLarge { size, max } => Error::MessageTooLarge { size, max },
+                other => Error::protocol(other.to_string()),
+            })?;
+            match kind {
+                FrameKind::Ack => {
+                    src.buf.consume(PREAMBLE_SIZE);
+                    let mut st = inner.lock();
+                    st.ack_received(key, pre.identity, &mut after);
+                }
+                FrameKind::Noop => {
+                    src.buf.consume(PREAMBLE_SIZE);
+                    inner.lock().touch(conn.id, key);
+                }
+                FrameKind::Data { req_ack } => {
+                    acquire_slot(inner, conn)?;
+                    src.buf.consume(PREAMBLE_SIZE);
+                    let header = if pre.header_len == 0 {
+                        Vec::new()
+                    } else {
+                        src.read_payload(usize::from(pre.header_len))?
+                    };
+                    let data = if pre.data_len == 0 {
+                        Vec::new()
+                    } else {
+                        src.read_payload(pre.data_len as usize)?
+                    };
+                    let msg = Message {
+                        identity: pre.identity,
+                        serial: pre.serial,
+                        header,
+                        data,
+                        address: Some(from),
+                        remote_identity: info.identity,
+                        type_bits: pre.kind_bits,
+                        slot: Some(Slot {
+                            inner: inner.clone(),
+                            conn: conn.id,
+                            req_ack,
+                            identity: pre.identity,
+                            serial: pre.serial,
+                            released: false,
+                        }),
+                    };
+                    let request = {
+                        let mut st = inner.lock();
+                        st.touch(conn.id, key);
+                        st.requests.remove(&pre.identity)
+                    };
+                    match request {
+                        Some(r) => after.push(Deferred::Request(r.done, Ok(msg))),
+                        None => {
+                            super::flush_after(inner, &mut after);
+                            (inner.sink)(msg);
+                        }
+                    }
+                }
+            }
+            super::flush_after(inner, &mut after);
+        }
+        // Mid-frame, the rest must come within the timeout; between frames, wait freely
+        // (idle connections are garbage-collected, which shuts the socket down).
+        let t = if src.buf.len() > 0 { Some(inner.lim.timeout) } else { None };
+        src.set_timeout(t)?;
+        src.fill(None)?;
+    }
+}
+
+/// Takes one of the connection's slots, waiting while all are in use.
+fn acquire_slot(inner: &Arc<Inner>, conn: &Arc<Conn>) -> Result<(), Error> {
+    let max = inner.lim.max_slots;
+    let mut st = inner.lock();
+    loop {
+        let Some(e) = st.conns.get_mut(&conn.id) else {
+            return Err(Error::Shutdown);
+        };
+        if e.closing {
+            return Err(e.close_reason.clone().unwrap_or(Error::Shutdown));
+        }
+        if e.slots_used < max {
+            e.slots_used += 1;
+            return Ok(());
+        }
+        st = conn.reader_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+    }
+}

@@ -1,0 +1,239 @@
+//! Messages and node identities.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use crate::completion::Completion;
+use crate::connection::Slot;
+use crate::error::Error;
+
+/// A 16-byte identity: of a node (sent in the handshake) or of a message.
+///
+/// It prints as 32 lowercase hex digits and parses from the same.
+///
+/// # Examples
+///
+/// ```
+/// use libchirp::Identity;
+///
+/// let id: Identity = "000102030405060708090a0b0c0d0e0f".parse().unwrap();
+/// assert_eq!(id.as_bytes()[15], 15);
+/// assert_eq!(id.to_string(), "000102030405060708090a0b0c0d0e0f");
+/// assert!(Identity::zero().is_zero());
+/// assert_ne!(Identity::random(), Identity::random());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Identity([u8; 16]);
+
+impl Identity {
+    /// The all-zero identity.
+    pub const fn zero() -> Identity {
+        Identity([0; 16])
+    }
+
+    /// A fresh random identity.
+    pub fn random() -> Identity {
+        Identity(crate::rand::bytes16())
+    }
+
+    /// Wraps 16 bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Identity {
+        Identity(bytes)
+    }
+
+    /// The 16 bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// True when every byte is zero.
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 16]
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({self})")
+    }
+}
+
+impl FromStr for Identity {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Identity, Error> {
+        let bad = || Error::invalid("identity", s, "32 hexadecimal digits");
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Identity(out))
+    }
+}
+
+impl From<[u8; 16]> for Identity {
+    fn from(bytes: [u8; 16]) -> Identity {
+        Identity(bytes)
+    }
+}
+
+/// A message: identity, serial, header and data bytes, the peer's address, and — for a
+/// received message — the slot it occupies until it is released.
+///
+/// A new message gets a random identity. A received message keeps the sender's identity, so
+/// sending it back (after changing its data) is a reply the sender can match: that is how
+/// [`Node::request`](crate::Node::request) works.
+///
+/// Dropping a received message releases its slot (and sends the ACK a synchronous sender is
+/// waiting for); [`Message::release`] does the same explicitly and tells you when it is done.
+///
+/// # Examples
+///
+/// ```
+/// use libchirp::Message;
+///
+/// let mut msg = Message::to("127.0.0.1:2998".parse().unwrap(), b"hello");
+/// msg.set_header(b"greeting");
+/// assert_eq!(msg.data(), b"hello");
+/// assert_eq!(msg.address().unwrap().port(), 2998);
+/// assert!(!msg.has_slot());
+/// ```
+pub struct Message {
+    pub(crate) identity: Identity,
+    pub(crate) serial: u32,
+    pub(crate) header: Vec<u8>,
+    pub(crate) data: Vec<u8>,
+    pub(crate) address: Option<SocketAddr>,
+    pub(crate) remote_identity: Identity,
+    pub(crate) type_bits: u8,
+    pub(crate) slot: Option<Slot>,
+}
+
+impl Message {
+    /// A new message with a random identity and the given data, without a destination yet.
+    pub fn new(data: impl Into<Vec<u8>>) -> Message {
+        Message {
+            identity: Identity::random(),
+            serial: 0,
+            header: Vec::new(),
+            data: data.into(),
+            address: None,
+            remote_identity: Identity::zero(),
+            type_bits: 0,
+            slot: None,
+        }
+    }
+
+    /// A new message addressed to `addr` (address and port of the receiving node).
+    pub fn to(addr: SocketAddr, data: impl Into<Vec<u8>>) -> Message {
+        let mut m = Message::new(data);
+        m.address = Some(addr);
+        m
+    }
+
+    /// The message identity: random for a new message, the sender's for a received one.
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// The serial the message arrived with (the sender's per-peer frame counter); 0 for a
+    /// message created locally.
+    pub fn serial(&self) -> u32 {
+        self.serial
+    }
+
+    /// The raw type bits the message arrived with (0x01 = the sender waits for release).
+    pub fn type_bits(&self) -> u8 {
+        self.type_bits
+    }
+
+    /// The header bytes (an opaque upper-layer header, at most 65,535 bytes).
+    pub fn header(&self) -> &[u8] {
+        &self.header
+    }
+
+    /// Replaces the header.
+    pub fn set_header(&mut self, header: impl Into<Vec<u8>>) {
+        self.header = header.into();
+    }
+
+    /// The data bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Replaces the data (for example to reply with the received message).
+    pub fn set_data(&mut self, data: impl Into<Vec<u8>>) {
+        self.data = data.into();
+    }
+
+    /// Takes the data out, leaving the message's data empty.
+    pub fn take_data(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.data)
+    }
+
+    /// The peer: the sender's address and advertised port on a received message, the
+    /// destination on an outgoing one.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.address
+    }
+
+    /// Sets the destination.
+    pub fn set_address(&mut self, addr: SocketAddr) {
+        self.address = Some(addr);
+    }
+
+    /// The identity of the node the message came from (all zeros for a local message).
+    /// It changes when that node restarts.
+    pub fn remote_identity(&self) -> Identity {
+        self.remote_identity
+    }
+
+    /// True while the message occupies a receive slot that has not been released.
+    pub fn has_slot(&self) -> bool {
+        self.slot.is_some()
+    }
+
+    /// Releases the message's slot now. If the sender asked for it (synchronous mode) the
+    /// ACK is sent, and the completion finishes once it was written (or could not be).
+    /// Completes at once with `(identity, serial)` when the message has no slot. Dropping a
+    /// message releases it too; a slot is never released twice.
+    pub fn release(&mut self) -> Completion<(Identity, u32)> {
+        match self.slot.take() {
+            Some(slot) => slot.release(),
+            None => Completion::ready((self.identity, self.serial)),
+        }
+    }
+
+    /// Total payload size: header plus data.
+    pub fn payload_len(&self) -> u64 {
+        self.header.len() as u64 + self.data.len() as u64
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("identity", &self.identity)
+            .field("serial", &self.serial)
+            .field("address", &self.address)
+            .field("header_len", &self.header.len())
+            .field("data_len", &self.data.len())
+            .field("remote_identity", &self.remote_identity)
+            .field("has_slot", &self.has_slot())
+            .finish()
+    }
+}

@@ -1,0 +1,617 @@
+//! The node: listeners, the remotes table, the send path, timers and close.
+
+pub(crate) mod state;
+pub(crate) mod timer;
+
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::completion::Completion;
+use crate::config::{Config, Effective};
+use crate::connection::{self, Conn};
+use crate::error::{Error, SendError};
+use crate::message::{Identity, Message};
+use crate::tls::TlsContext;
+
+use state::{After, Deferred, Done, Limits, Pending, RequestEntry, State};
+use timer::{Event, Timers};
+
+/// Where received messages go: called on the connection's reader thread, must not block for
+/// long (the pool and queue interfaces hand the message to other threads).
+pub(crate) type Sink = Box<dyn Fn(Message) + Send + Sync>;
+
+/// Stack sizes, chosen deliberately: a connection has two threads, and 1,000 idle connections
+/// must stay small. Only touched pages become resident.
+pub(crate) const READER_STACK: usize = 128 * 1024;
+pub(crate) const WRITER_STACK: usize = 96 * 1024;
+const SERVICE_STACK: usize = 128 * 1024;
+
+/// How long `close()` waits for the node's threads before giving up on them (they are all
+/// unblocked by closing their sockets, so this is only reached on a bug).
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+thread_local! {
+    /// The node whose thread this is (0 for foreign threads), so `close()` called from a
+    /// node thread does not wait for itself.
+    static NODE_THREAD: Cell<usize> = const { Cell::new(0) };
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: Effective,
+    pub(crate) lim: Limits,
+    pub(crate) identity: Identity,
+    pub(crate) port: u16,
+    state: Mutex<State>,
+    pub(crate) timers: Timers,
+    pub(crate) tls: Option<TlsContext>,
+    pub(crate) sink: Sink,
+    threads: Mutex<usize>,
+    threads_cv: Condvar,
+    listeners: Vec<Arc<TcpListener>>,
+    closed: AtomicBool,
+    request_seq: AtomicU64,
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs deferred effects; must be called without the state lock.
+    pub(crate) fn run_after(self: &Arc<Self>, after: &mut After) {
+        for d in after.0.drain(..) {
+            match d {
+                Deferred::Send(p, r) => {
+                    if let Some((id, identity, e)) = p.finish(r) {
+                        self.fail_request(id, identity, e);
+                    }
+                }
+                Deferred::Release(r) => r.finish(),
+                Deferred::Dial { conn, addr } => self.spawn_dial(conn, addr),
+                Deferred::CloseSocket(conn) => conn.close_socket(),
+                Deferred::Request(c, r) => c.complete(r),
+                Deferred::Timer(at, ev) => self.timers.schedule(at, ev),
+            }
+        }
+    }
+
+    /// Locks, applies `f`, unlocks, runs the deferred effects.
+    pub(crate) fn with_state<R>(self: &Arc<Self>, f: impl FnOnce(&mut State, &Limits, &mut After) -> R) -> R {
+        let mut after = After::default();
+        let r = {
+            let mut st = self.lock();
+            f(&mut st, &self.lim, &mut after)
+        };
+        if !after.is_empty() {
+            self.run_after(&mut after);
+        }
+        r
+    }
+
+    fn fail_request(self: &Arc<Self>, id: u64, identity: Identity, e: Error) {
+        let entry = {
+            let mut st = self.lock();
+            match st.requests.get(&identity) {
+                Some(r) if r.id == id => st.requests.remove(&identity),
+                _ => None,
+            }
+        };
+        if let Some(r) = entry {
+            r.done.complete(Err(e));
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether a connection to/from `ip` uses TLS (PROTOCOL.md §3.2).
+    pub(crate) fn should_encrypt(&self, ip: IpAddr) -> bool {
+        if self.cfg.config.disable_encryption {
+            return false;
+        }
+        if self.cfg.config.always_encrypt {
+            return true;
+        }
+        !(ip == IpAddr::V4(Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(Ipv6Addr::LOCALHOST))
+    }
+
+    /// Spawns a named node thread that is counted for `close()`.
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
+        name: String,
+        stack: usize,
+        f: impl FnOnce(Arc<Inner>) + Send + 'static,
+    ) -> io::Result<()> {
+        *self.threads.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        let inner = self.clone();
+        let r = thread::Builder::new().name(name).stack_size(stack).spawn(move || {
+            NODE_THREAD.with(|c| c.set(Arc::as_ptr(&inner) as usize));
+            let guard = ThreadGuard(inner.clone());
+            f(inner);
+            drop(guard);
+        });
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.thread_done();
+                Err(e)
+            }
+        }
+    }
+
+    fn thread_done(&self) {
+        let mut n = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        drop(n);
+        self.threads_cv.notify_all();
+    }
+
+    fn spawn_dial(self: &Arc<Self>, conn: Arc<Conn>, addr: SocketAddr) {
+        let c = conn.clone();
+        let r = self.spawn(
+            format!("chirp-reader-{addr}"),
+            READER_STACK,
+            move |inner| connection::run(inner, c),
+        );
+        if let Err(e) = r {
+            log::error!("cannot start a thread for the connection to {addr}: {e}");
+            let id = conn.id;
+            self.with_state(|st, lim, after| {
+                st.shutdown_conn(
+                    lim,
+                    id,
+                    Error::CannotConnect {
+                        addr,
+                        reason: format!("cannot start connection thread: {e}"),
+                    },
+                    false,
+                    after,
+                );
+                st.conn_thread_exit(id);
+            });
+        }
+    }
+
+    fn accept(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let conn = {
+            let mut st = self.lock();
+            if st.closing {
+                return;
+            }
+            let id = st.next_id();
+            let conn = Arc::new(Conn::new_incoming(id, stream, peer));
+            st.add_incoming(conn.clone());
+            conn
+        };
+        let c = conn.clone();
+        if let Err(e) = self.spawn(
+            format!("chirp-reader-{peer}"),
+            READER_STACK,
+            move |inner| connection::run(inner, c),
+        ) {
+            log::error!("cannot start a thread for the connection from {peer}: {e}");
+            let id = conn.id;
+            self.with_state(|st, lim, after| {
+                st.shutdown_conn(lim, id, Error::Shutdown, false, after);
+                st.conn_thread_exit(id);
+            });
+        }
+    }
+
+    fn on_timer(self: &Arc<Self>, ev: Event) {
+        match ev {
+            Event::Gc => {
+                self.with_state(|st, lim, after| st.gc(lim, after));
+                let r = self.lim.reuse_time.as_millis() as u64;
+                let delay = crate::rand::range(r / 2, r);
+                self.timers
+                    .schedule(Instant::now() + Duration::from_millis(delay), Event::Gc);
+            }
+            Event::Debounce(key) => self.with_state(|st, lim, after| st.unblock(lim, key, after)),
+            Event::AckDeadline(key) => {
+                self.with_state(|st, lim, after| st.ack_deadline(lim, key, after))
+            }
+            Event::Request(id, identity) => self.fail_request(
+                id,
+                identity,
+                Error::timeout(format!(
+                    "no answer to request {identity} within {:?}",
+                    self.lim.timeout
+                )),
+            ),
+        }
+    }
+
+    fn close(self: &Arc<Self>) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            // Already closed or closing: still wait for the threads (another caller may be
+            // closing right now), but do not redo the work.
+            self.wait_threads();
+            return;
+        }
+        log::debug!("closing node {} on port {}", self.identity, self.port);
+        self.with_state(|st, lim, after| st.close_all(lim, after));
+        for l in &self.listeners {
+            crate::sys::shutdown_listener(l.as_raw_fd());
+        }
+        self.timers.stop();
+        self.wait_threads();
+    }
+
+    fn wait_threads(&self) {
+        let own = NODE_THREAD.with(|c| c.get()) == self as *const Inner as usize;
+        let target = usize::from(own);
+        let deadline = Instant::now() + CLOSE_WAIT;
+        let mut n = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        while *n > target {
+            let now = Instant::now();
+            if now >= deadline {
+                log::error!("close: {} node threads did not end within {CLOSE_WAIT:?}", *n - target);
+                return;
+            }
+            n = self
+                .threads_cv
+                .wait_timeout(n, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+struct ThreadGuard(Arc<Inner>);
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        self.0.thread_done();
+    }
+}
+
+/// Closes the node when the last user handle goes away.
+struct CloseGuard(Arc<Inner>);
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// A libchirp node: listens for peers, sends messages, delivers received ones.
+///
+/// The handle is cheap to clone and `Send + Sync`; the node closes when [`Node::close`] is
+/// called or the last handle is dropped.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use libchirp::{Config, Message, Node};
+///
+/// let mut config = Config::default();
+/// config.port = 0; // any free port
+/// config.disable_encryption = true;
+/// config.bind_v6 = None;
+/// // An echo node: every received message goes back to its sender.
+/// let (tx, rx) = std::sync::mpsc::channel::<Message>();
+/// let echo = Node::start(config.clone(), move |msg| { let _ = tx.send(msg); })?;
+/// let echo_handle = echo.clone();
+/// std::thread::spawn(move || {
+///     for msg in rx {
+///         let _ = echo_handle.send(msg).wait();
+///     }
+/// });
+///
+/// let (answers, inbox) = std::sync::mpsc::channel();
+/// let sender = Node::start(config, move |msg| { let _ = answers.send(msg); })?;
+/// let addr = format!("127.0.0.1:{}", echo.port()).parse()?;
+/// sender.send(Message::to(addr, b"hello")).wait()?;
+/// let back = inbox.recv_timeout(Duration::from_secs(5))?;
+/// assert_eq!(back.data(), b"hello");
+/// drop(back); // releases the slot, the echo's send completes
+/// sender.close();
+/// echo.close();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+    guard: Option<Arc<CloseGuard>>,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("identity", &self.inner.identity)
+            .field("port", &self.inner.port)
+            .field("closed", &self.inner.is_closed())
+            .finish()
+    }
+}
+
+/// A handle that does not keep the node open (given to handlers and sinks).
+#[derive(Clone)]
+pub(crate) struct WeakNode(Weak<Inner>);
+
+impl WeakNode {
+    pub(crate) fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner, guard: None })
+    }
+}
+
+impl Node {
+    /// Starts a node: validates `config`, sets up TLS, listens, and delivers every received
+    /// message to `sink`, which runs on the connection's reader thread (keep it short; the
+    /// [`pool`](crate::pool) and [`queue`](crate::queue) interfaces are built on it).
+    pub fn start(config: Config, sink: impl Fn(Message) + Send + Sync + 'static) -> Result<Node, Error> {
+        Node::start_with(config, |_| Box::new(sink))
+    }
+
+    /// Like [`Node::start`], with a sink built from a handle that does not keep the node open.
+    pub(crate) fn start_with(config: Config, make_sink: impl FnOnce(WeakNode) -> Sink) -> Result<Node, Error> {
+        let cfg = config.validate()?;
+        let tls = if cfg.config.disable_encryption {
+            None
+        } else {
+            let chain = cfg.config.cert_chain.as_deref().expect("validated");
+            let dh = cfg.config.dh_params.as_deref().expect("validated");
+            Some(TlsContext::new(chain, dh)?)
+        };
+        let (listeners, port) = bind(&cfg)?;
+        let lim = Limits {
+            timeout: cfg.config.timeout,
+            reuse_time: cfg.reuse_time,
+            synchronous: cfg.config.synchronous,
+            max_slots: cfg.max_slots,
+        };
+        let identity = cfg.identity;
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| Inner {
+            sink: make_sink(WeakNode(weak.clone())),
+            cfg,
+            lim,
+            identity,
+            port,
+            state: Mutex::new(State::new()),
+            timers: Timers::new(),
+            tls,
+            threads: Mutex::new(0),
+            threads_cv: Condvar::new(),
+            listeners: listeners.into_iter().map(Arc::new).collect(),
+            closed: AtomicBool::new(false),
+            request_seq: AtomicU64::new(1),
+        });
+        let node = Node {
+            guard: Some(Arc::new(CloseGuard(inner.clone()))),
+            inner,
+        };
+        node.start_threads()?;
+        log::info!(
+            "node {} listening on port {} ({})",
+            identity,
+            port,
+            if node.inner.tls.is_some() { "TLS except loopback" } else { "no encryption" }
+        );
+        Ok(node)
+    }
+
+    fn start_threads(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner.spawn("chirp-timer".into(), SERVICE_STACK, |inner| {
+            let weak = Arc::downgrade(&inner);
+            let timers = &inner.timers;
+            timers.run(|ev| {
+                if let Some(i) = weak.upgrade() {
+                    i.on_timer(ev);
+                }
+            });
+        })?;
+        let r = inner.lim.reuse_time.as_millis() as u64;
+        inner.timers.schedule(
+            Instant::now() + Duration::from_millis(crate::rand::range(r / 2, r)),
+            Event::Gc,
+        );
+        for l in &inner.listeners {
+            let l = l.clone();
+            let family = if l.local_addr().map(|a| a.is_ipv6()).unwrap_or(false) { "v6" } else { "v4" };
+            inner.spawn(format!("chirp-accept-{family}"), SERVICE_STACK, move |inner| {
+                accept_loop(&inner, &l)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The node's identity (sent to every peer in the handshake).
+    pub fn identity(&self) -> Identity {
+        self.inner.identity
+    }
+
+    /// The port the node listens on and advertises (the bound port when configured as 0).
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &Effective {
+        &self.inner.cfg
+    }
+
+    /// True once [`Node::close`] was called (or the last handle dropped).
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// A handle that does not keep the node open.
+    pub(crate) fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
+    fn check_outgoing(&self, msg: &Message) -> Result<SocketAddr, Error> {
+        let addr = msg
+            .address
+            .ok_or_else(|| Error::invalid("message address", "None", "the address and port of the receiving node"))?;
+        if addr.port() == 0 {
+            return Err(Error::invalid("message port", 0, "1 ..= 65535"));
+        }
+        if msg.header.len() > usize::from(u16::MAX) {
+            return Err(Error::invalid("message header", format!("{} bytes", msg.header.len()), "at most 65535 bytes"));
+        }
+        let max = u64::from(self.inner.cfg.config.max_msg_size);
+        if msg.payload_len() > max || msg.data.len() as u64 > u64::from(u32::MAX) {
+            return Err(Error::MessageTooLarge { size: msg.payload_len(), max });
+        }
+        Ok(addr)
+    }
+
+    /// Sends `msg` to its address. The completion finishes — with the message handed back —
+    /// when the peer released it (synchronous mode) or when it was written to the operating
+    /// system (asynchronous mode), or with a [`SendError`] that also hands the message back.
+    ///
+    /// The connection is set up on demand, reused, and garbage-collected when idle.
+    pub fn send(&self, msg: Message) -> Completion<Result<Message, SendError>> {
+        let addr = match self.check_outgoing(&msg) {
+            Ok(a) => a,
+            Err(error) => return Completion::ready(Err(SendError { error, message: msg })),
+        };
+        let (completion, done) = Completion::pair();
+        let pending = Pending::new(msg, Done::Wait(done));
+        let inner = &self.inner;
+        inner.with_state(move |st, lim, after| {
+            if st.closing {
+                after.push(Deferred::Send(pending, Err(Error::Shutdown)));
+            } else {
+                st.enqueue(lim, addr, pending, after);
+            }
+        });
+        completion
+    }
+
+    /// Sends `msg` as a request and completes with the answer: the first message that
+    /// arrives with the same identity (a peer answers by sending the received message back).
+    /// The answer is not also given to the handler or queue; you decide when its slot is
+    /// released. Fails with a timeout error when no answer arrives within the timeout; an
+    /// answer arriving later is delivered as an ordinary message.
+    pub fn request(&self, msg: Message) -> Completion<Result<Message, Error>> {
+        let addr = match self.check_outgoing(&msg) {
+            Ok(a) => a,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let (completion, done) = Completion::pair();
+        let identity = msg.identity;
+        let id = self.inner.request_seq.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + self.inner.lim.timeout;
+        self.inner.with_state(move |st, lim, after| {
+            if st.closing {
+                after.push(Deferred::Request(done, Err(Error::Shutdown)));
+                return;
+            }
+            if st.requests.contains_key(&identity) {
+                after.push(Deferred::Request(
+                    done,
+                    Err(Error::invalid("request identity", identity, "an identity without a pending request")),
+                ));
+                return;
+            }
+            st.requests.insert(identity, RequestEntry { id, done });
+            st.enqueue(lim, addr, Pending::new(msg, Done::Request(id, identity)), after);
+            after.push(Deferred::Timer(deadline, Event::Request(id, identity)));
+        });
+        completion
+    }
+
+    /// Closes the node: stops listening, fails every queued and in-flight send and every
+    /// pending request with [`Error::Shutdown`], closes every connection and ends every
+    /// thread. Returns once they have ended. Calling it again does nothing.
+    ///
+    /// Received messages still held by the application can be dropped or released
+    /// afterwards; no ACK is sent for them.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// The node's listening addresses.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// Number of live threads owned by the node (for diagnostics and tests).
+    #[doc(hidden)]
+    pub fn thread_count(&self) -> usize {
+        *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of connections the node currently has (for diagnostics and tests).
+    #[doc(hidden)]
+    pub fn connection_count(&self) -> usize {
+        self.inner.lock().conns.len()
+    }
+}
+
+fn accept_loop(inner: &Arc<Inner>, listener: &TcpListener) {
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                if inner.is_closed() {
+                    return;
+                }
+                inner.accept(stream, peer);
+            }
+            Err(e) => {
+                if inner.is_closed() {
+                    return;
+                }
+                log::warn!("accept failed: {e}");
+                // Out of file descriptors or similar: back off briefly instead of spinning.
+                if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)) {
+                    thread::park_timeout(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
+
+fn bind(cfg: &Effective) -> Result<(Vec<TcpListener>, u16), Error> {
+    let c = &cfg.config;
+    let backlog = c.backlog;
+    let in_use = |addr: SocketAddr, e: io::Error| Error::AddressInUse { addr, reason: e.to_string() };
+    let attempts = if c.port == 0 { 16 } else { 1 };
+    let mut last_err = None;
+    for _ in 0..attempts {
+        let mut listeners = Vec::new();
+        let mut port = c.port;
+        if let Some(v4) = c.bind_v4 {
+            let addr = SocketAddr::new(IpAddr::V4(v4), port);
+            match crate::sys::listen(addr, backlog) {
+                Ok(l) => {
+                    port = l.local_addr().map_err(Error::from)?.port();
+                    listeners.push(l);
+                }
+                Err(e) => return Err(in_use(addr, e)),
+            }
+        }
+        if let Some(v6) = c.bind_v6 {
+            let addr = SocketAddr::new(IpAddr::V6(v6), port);
+            match crate::sys::listen(addr, backlog) {
+                Ok(l) => {
+                    port = l.local_addr().map_err(Error::from)?.port();
+                    listeners.push(l);
+                }
+                Err(e) => {
+                    // With an ephemeral port the IPv4 port may be taken on IPv6: try another.
+                    last_err = Some(in_use(addr, e));
+                    if c.port == 0 && c.bind_v4.is_some() {
+                        continue;
+                    }
+                    return Err(last_err.expect("set"));
+                }
+            }
+        }
+        return Ok((listeners, port));
+    }
+    Err(last_err.unwrap_or_else(|| Error::invalid("port", c.port, "a free port")))
+}

@@ -1,0 +1,282 @@
+//! Mutual TLS exactly as libchirp sets it up (PROTOCOL.md §4), on the `openssl` crate.
+//!
+//! Every connection runs its OpenSSL session on memory buffers (like libchirp's BIO pair):
+//! the reader thread feeds ciphertext it read from the socket and takes plaintext out; the
+//! writer thread puts plaintext in and writes the ciphertext out. The session's mutex is held
+//! only while OpenSSL works on memory, never across a socket call. Ciphertext that a read
+//! produces (TLS 1.3 tickets, key updates) is left in the outgoing buffer and the writer
+//! thread is asked to flush it, so all socket writes stay in one thread and in order.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use openssl::dh::Dh;
+use openssl::pkey::PKey;
+use openssl::ssl::{
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions,
+    SslStream, SslVerifyMode, SslVersion,
+};
+use openssl::x509::X509;
+
+use crate::error::Error;
+
+/// libchirp's TLS ≤ 1.2 cipher list: finite-field DHE only.
+pub(crate) const CIPHER_LIST: &str =
+    "-ALL:DHE-DSS-AES256-GCM-SHA384:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES256-SHA256:DHE-DSS-AES256-SHA256:";
+
+/// The per-node TLS context.
+#[derive(Clone)]
+pub(crate) struct TlsContext {
+    ctx: SslContext,
+}
+
+fn file_error(path: &Path, what: &str, reason: impl std::fmt::Display) -> Error {
+    Error::tls(format!("{} ({what}): {reason}", path.display()))
+}
+
+impl TlsContext {
+    /// Builds the context from the certificate-chain file (key, certificate, CA) and the
+    /// DH-parameters file. Each failure names the file and the reason.
+    pub(crate) fn new(cert_chain: &Path, dh_params: &Path) -> Result<TlsContext, Error> {
+        let chain_pem = fs::read(cert_chain)
+            .map_err(|e| file_error(cert_chain, "certificate chain", e))?;
+        let dh_pem = fs::read(dh_params).map_err(|e| file_error(dh_params, "DH parameters", e))?;
+        // Parse up front so that errors say which part of which file is wrong.
+        let certs = X509::stack_from_pem(&chain_pem)
+            .map_err(|e| file_error(cert_chain, "certificate chain", format!("bad PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(file_error(
+                cert_chain,
+                "certificate chain",
+                "no certificate found (expected private key, node certificate, CA certificate)",
+            ));
+        }
+        let key = PKey::private_key_from_pem(&chain_pem).map_err(|e| {
+            file_error(
+                cert_chain,
+                "certificate chain",
+                format!("no usable private key in the file: {e}"),
+            )
+        })?;
+        let dh = Dh::params_from_pem(&dh_pem)
+            .map_err(|e| file_error(dh_params, "DH parameters", format!("bad PEM: {e}")))?;
+
+        let ctx_err = |e: openssl::error::ErrorStack| Error::tls(format!("TLS context: {e}"));
+        let mut b = SslContextBuilder::new(SslMethod::tls()).map_err(ctx_err)?;
+        b.set_min_proto_version(Some(SslVersion::TLS1_2))
+            .map_err(ctx_err)?;
+        b.set_mode(SslMode::AUTO_RETRY | SslMode::ENABLE_PARTIAL_WRITE);
+        b.set_options(SslOptions::NO_COMPRESSION);
+        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        b.set_verify_depth(5);
+        b.set_ca_file(cert_chain)
+            .map_err(|e| file_error(cert_chain, "certificate chain", format!("CA load: {e}")))?;
+        b.set_certificate(&certs[0])
+            .map_err(|e| file_error(cert_chain, "certificate chain", e))?;
+        for extra in certs.iter().skip(1) {
+            b.add_extra_chain_cert(extra.clone())
+                .map_err(|e| file_error(cert_chain, "certificate chain", e))?;
+        }
+        b.set_private_key(&key)
+            .map_err(|e| file_error(cert_chain, "certificate chain", e))?;
+        b.check_private_key().map_err(|_| {
+            file_error(
+                cert_chain,
+                "certificate chain",
+                "the private key does not match the node certificate (the first certificate in the file)",
+            )
+        })?;
+        b.set_tmp_dh(&dh)
+            .map_err(|e| file_error(dh_params, "DH parameters", e))?;
+        b.set_cipher_list(CIPHER_LIST).map_err(ctx_err)?;
+        Ok(TlsContext { ctx: b.build() })
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn load_check(cert_chain: &Path, dh_params: &Path) -> Result<(), Error> {
+        TlsContext::new(cert_chain, dh_params).map(|_| ())
+    }
+}
+
+/// Memory "socket" under the TLS engine.
+#[derive(Default)]
+pub(crate) struct MemBio {
+    incoming: Vec<u8>,
+    read_pos: usize,
+    outgoing: Vec<u8>,
+}
+
+impl Read for MemBio {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let avail = &self.incoming[self.read_pos..];
+        if avail.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.read_pos += n;
+        if self.read_pos == self.incoming.len() {
+            self.incoming.clear();
+            self.read_pos = 0;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for MemBio {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.outgoing.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One connection's TLS session.
+pub(crate) struct TlsSession {
+    stream: Mutex<SslStream<MemBio>>,
+}
+
+fn ssl_error(e: openssl::ssl::Error) -> Error {
+    let detail = match e.ssl_error() {
+        Some(stack) => stack.to_string(),
+        None => e.to_string(),
+    };
+    Error::tls(detail)
+}
+
+/// What one decrypt step produced.
+pub(crate) struct Decrypted {
+    /// Plaintext bytes written into the destination.
+    pub(crate) plain: usize,
+    /// The session has ciphertext to send (the writer must flush it).
+    pub(crate) wants_flush: bool,
+}
+
+impl TlsSession {
+    fn lock(&self) -> MutexGuard<'_, SslStream<MemBio>> {
+        self.stream.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Performs the TLS handshake over `sock` (client when `client`), giving up at
+    /// `deadline`. Runs before the connection's reader and writer threads exist.
+    pub(crate) fn handshake(
+        ctx: &TlsContext,
+        sock: &TcpStream,
+        client: bool,
+        deadline: Instant,
+    ) -> Result<TlsSession, Error> {
+        let mut ssl = Ssl::new(&ctx.ctx).map_err(|e| Error::tls(e.to_string()))?;
+        if client {
+            ssl.set_connect_state();
+        } else {
+            ssl.set_accept_state();
+        }
+        let mut stream = SslStream::new(ssl, MemBio::default()).map_err(|e| Error::tls(e.to_string()))?;
+        let mut buf = vec![0u8; 17 * 1024];
+        loop {
+            let r = stream.do_handshake();
+            flush_outgoing(stream.get_mut(), sock, deadline)?;
+            match r {
+                Ok(()) => break,
+                Err(e) if e.code() == ErrorCode::WANT_READ => {
+                    let n = crate::connection::read_until(sock, &mut buf, deadline)
+                        .map_err(|e| match e {
+                            Error::Protocol { .. } => Error::tls(
+                                "peer closed the connection during the TLS handshake (is it speaking TLS, with a certificate from our CA?)",
+                            ),
+                            other => other,
+                        })?;
+                    stream.get_mut().incoming.extend_from_slice(&buf[..n]);
+                }
+                Err(e) if e.code() == ErrorCode::WANT_WRITE => continue,
+                Err(e) => {
+                    let verify = stream.ssl().verify_result();
+                    let mut err = ssl_error(e);
+                    if let Error::Tls { reason } = &mut err {
+                        if verify != openssl::x509::X509VerifyResult::OK {
+                            reason.push_str(&format!(" (peer certificate: {})", verify));
+                        }
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(TlsSession {
+            stream: Mutex::new(stream),
+        })
+    }
+
+    /// Encrypts all of `parts` and appends the resulting ciphertext (plus any ciphertext
+    /// the reader left behind) to `out`.
+    pub(crate) fn encrypt(&self, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), Error> {
+        let mut s = self.lock();
+        for part in parts {
+            let mut rest = *part;
+            while !rest.is_empty() {
+                match s.ssl_write(rest) {
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) => return Err(ssl_error(e)),
+                }
+            }
+        }
+        out.append(&mut s.get_mut().outgoing);
+        Ok(())
+    }
+
+    /// Appends pending ciphertext (produced by reads) to `out`.
+    pub(crate) fn take_outgoing(&self, out: &mut Vec<u8>) {
+        out.append(&mut self.lock().get_mut().outgoing);
+    }
+
+    /// Feeds `cipher` (may be empty) and decrypts as much plaintext as fits into `plain`.
+    pub(crate) fn decrypt(&self, cipher: &[u8], plain: &mut [u8]) -> Result<Decrypted, Error> {
+        let mut s = self.lock();
+        s.get_mut().incoming.extend_from_slice(cipher);
+        let mut filled = 0;
+        while filled < plain.len() {
+            match s.ssl_read(&mut plain[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
+                    if filled > 0 {
+                        break;
+                    }
+                    return Err(Error::protocol("peer closed the TLS session"));
+                }
+                Err(e) => return Err(ssl_error(e)),
+            }
+        }
+        let wants_flush = !s.get_ref().outgoing.is_empty();
+        Ok(Decrypted {
+            plain: filled,
+            wants_flush,
+        })
+    }
+}
+
+fn flush_outgoing(bio: &mut MemBio, mut sock: &TcpStream, deadline: Instant) -> Result<(), Error> {
+    if bio.outgoing.is_empty() {
+        return Ok(());
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(Error::timeout("TLS handshake"));
+    }
+    sock.set_write_timeout(Some(remaining))?;
+    let r = sock.write_all(&bio.outgoing);
+    bio.outgoing.clear();
+    r.map_err(|e| {
+        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+            Error::timeout("TLS handshake write")
+        } else {
+            Error::tls(format!("writing the TLS handshake failed: {e}"))
+        }
+    })
+}
