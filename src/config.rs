@@ -240,7 +240,11 @@ impl Config {
             }
         }
         if self.pool_threads > 1024 {
-            return Err(Error::invalid("pool_threads", self.pool_threads, "0 ..= 1024"));
+            return Err(Error::invalid(
+                "pool_threads",
+                self.pool_threads,
+                "0 ..= 1024",
+            ));
         }
         let pool_threads = if self.pool_threads == 0 {
             std::thread::available_parallelism()
@@ -314,7 +318,10 @@ mod tests {
         c.timeout = Duration::from_secs(1);
         assert_eq!(c.validate().unwrap().reuse_time(), Duration::from_secs(3));
         c.timeout = Duration::from_secs(100);
-        assert_eq!(c.validate().unwrap().connect_timeout(), Duration::from_secs(60));
+        assert_eq!(
+            c.validate().unwrap().connect_timeout(),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
@@ -329,9 +336,18 @@ mod tests {
     #[test]
     fn invalid_values_name_the_field() {
         let cases: Vec<(Box<dyn Fn(&mut Config)>, &str)> = vec![
-            (Box::new(|c| c.timeout = Duration::from_millis(50)), "timeout"),
-            (Box::new(|c| c.timeout = Duration::from_secs(1201)), "timeout"),
-            (Box::new(|c| c.reuse_time = Duration::from_secs(4000)), "reuse_time"),
+            (
+                Box::new(|c| c.timeout = Duration::from_millis(50)),
+                "timeout",
+            ),
+            (
+                Box::new(|c| c.timeout = Duration::from_secs(1201)),
+                "timeout",
+            ),
+            (
+                Box::new(|c| c.reuse_time = Duration::from_secs(4000)),
+                "reuse_time",
+            ),
             (Box::new(|c| c.port = 80), "port"),
             (Box::new(|c| c.backlog = 128), "backlog"),
             (

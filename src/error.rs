@@ -59,6 +59,11 @@ pub enum Error {
     },
     /// The node is closing or closed, or the connection was garbage-collected.
     Shutdown,
+    /// A task submitted to the pool panicked.
+    TaskPanicked {
+        /// The panic message.
+        message: String,
+    },
     /// Another input/output error.
     Io {
         /// The kind of I/O error.
@@ -126,6 +131,7 @@ impl fmt::Display for Error {
                 "message of {size} bytes (header + data) exceeds the maximum message size of {max} bytes"
             ),
             Error::Shutdown => write!(f, "the node is shutting down or the connection was closed by it"),
+            Error::TaskPanicked { message } => write!(f, "task panicked: {message}"),
             Error::Io { kind, reason } => write!(f, "I/O error ({kind:?}): {reason}"),
         }
     }

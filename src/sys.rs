@@ -61,7 +61,12 @@ fn new_socket(addr: &SocketAddr) -> io::Result<RawFd> {
     cvt(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })
 }
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: the pointer and length describe a live c_int.
     cvt(unsafe {
         libc::setsockopt(
@@ -129,7 +134,10 @@ pub(crate) fn connect(
         }
         loop {
             if abandon.load(Ordering::Acquire) {
-                return Err(io::Error::new(io::ErrorKind::Interrupted, "node is closing"));
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "node is closing",
+                ));
             }
             let now = Instant::now();
             if now >= deadline {

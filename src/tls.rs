@@ -17,8 +17,8 @@ use std::time::Instant;
 use openssl::dh::Dh;
 use openssl::pkey::PKey;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions,
-    SslStream, SslVerifyMode, SslVersion,
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslStream,
+    SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
 
@@ -42,8 +42,8 @@ impl TlsContext {
     /// Builds the context from the certificate-chain file (key, certificate, CA) and the
     /// DH-parameters file. Each failure names the file and the reason.
     pub(crate) fn new(cert_chain: &Path, dh_params: &Path) -> Result<TlsContext, Error> {
-        let chain_pem = fs::read(cert_chain)
-            .map_err(|e| file_error(cert_chain, "certificate chain", e))?;
+        let chain_pem =
+            fs::read(cert_chain).map_err(|e| file_error(cert_chain, "certificate chain", e))?;
         let dh_pem = fs::read(dh_params).map_err(|e| file_error(dh_params, "DH parameters", e))?;
         // Parse up front so that errors say which part of which file is wrong.
         let certs = X509::stack_from_pem(&chain_pem)
@@ -177,7 +177,8 @@ impl TlsSession {
         } else {
             ssl.set_accept_state();
         }
-        let mut stream = SslStream::new(ssl, MemBio::default()).map_err(|e| Error::tls(e.to_string()))?;
+        let mut stream =
+            SslStream::new(ssl, MemBio::default()).map_err(|e| Error::tls(e.to_string()))?;
         let mut buf = vec![0u8; 17 * 1024];
         loop {
             let r = stream.do_handshake();
@@ -273,7 +274,10 @@ fn flush_outgoing(bio: &mut MemBio, mut sock: &TcpStream, deadline: Instant) -> 
     let r = sock.write_all(&bio.outgoing);
     bio.outgoing.clear();
     r.map_err(|e| {
-        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
             Error::timeout("TLS handshake write")
         } else {
             Error::tls(format!("writing the TLS handshake failed: {e}"))

@@ -102,7 +102,10 @@ impl std::fmt::Display for PreambleError {
                 "peer announced a message of {size} bytes, more than the maximum of {max}"
             ),
             PreambleError::ControlWithPayload => {
-                write!(f, "peer sent an ACK or NOOP frame that carries header or data")
+                write!(
+                    f,
+                    "peer sent an ACK or NOOP frame that carries header or data"
+                )
             }
             PreambleError::ControlWithReqAck => {
                 write!(f, "peer sent an ACK or NOOP frame with the REQ_ACK bit set")
@@ -200,10 +203,7 @@ mod tests {
             identity: Identity::from_bytes([0xAB; 16]),
         };
         let bytes = hs.encode();
-        assert_eq!(
-            bytes.to_vec(),
-            hex("0bb9 abababababababababababababababab")
-        );
+        assert_eq!(bytes.to_vec(), hex("0bb9 abababababababababababababababab"));
         assert_eq!(Handshake::decode(&bytes), hs);
     }
 

@@ -174,21 +174,36 @@ impl ReadBuf {
 }
 
 /// One read from `sock` bounded by `deadline`: the number of bytes read (never 0).
-pub(crate) fn read_until(mut sock: &TcpStream, buf: &mut [u8], deadline: Instant) -> Result<usize, Error> {
+pub(crate) fn read_until(
+    mut sock: &TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<usize, Error> {
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(Error::timeout("waiting for the peer during connection set-up"));
+            return Err(Error::timeout(
+                "waiting for the peer during connection set-up",
+            ));
         }
         sock.set_read_timeout(Some(remaining))?;
         match sock.read(buf) {
             Ok(0) => return Err(Error::protocol("peer closed the connection during set-up")),
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 continue;
             }
-            Err(e) => return Err(Error::protocol(format!("reading from the peer failed: {e}"))),
+            Err(e) => {
+                return Err(Error::protocol(format!(
+                    "reading from the peer failed: {e}"
+                )))
+            }
         }
     }
 }
@@ -235,7 +250,11 @@ pub(crate) fn run(inner: Arc<Inner>, conn: Arc<Conn>) {
         conn.peer,
         hs.identity,
         hs.port,
-        if conn.tls.get().is_some() { " (TLS)" } else { "" }
+        if conn.tls.get().is_some() {
+            " (TLS)"
+        } else {
+            ""
+        }
     );
     let wconn = conn.clone();
     if let Err(e) = inner.spawn(
@@ -245,7 +264,13 @@ pub(crate) fn run(inner: Arc<Inner>, conn: Arc<Conn>) {
     ) {
         inner.with_state(|st, lim, after| {
             st.conn_thread_exit(id);
-            st.shutdown_conn(lim, id, Error::protocol(format!("cannot start writer thread: {e}")), false, after);
+            st.shutdown_conn(
+                lim,
+                id,
+                Error::protocol(format!("cannot start writer thread: {e}")),
+                false,
+                after,
+            );
         });
     } else {
         // Let the writer see anything queued while the connection was set up.
@@ -266,18 +291,23 @@ fn establish(
     deadline: Instant,
 ) -> Result<(Handshake, crate::node::state::RemoteKey), Error> {
     if conn.outgoing {
-        crate::sys::connect(&conn.stream, &conn.peer, deadline, &conn.closed).map_err(|e| match e.kind() {
-            io::ErrorKind::TimedOut => Error::timeout(format!("connecting to {}", conn.peer)),
-            io::ErrorKind::Interrupted => Error::Shutdown,
-            _ => Error::CannotConnect {
-                addr: conn.peer,
-                reason: e.to_string(),
+        crate::sys::connect(&conn.stream, &conn.peer, deadline, &conn.closed).map_err(
+            |e| match e.kind() {
+                io::ErrorKind::TimedOut => Error::timeout(format!("connecting to {}", conn.peer)),
+                io::ErrorKind::Interrupted => Error::Shutdown,
+                _ => Error::CannotConnect {
+                    addr: conn.peer,
+                    reason: e.to_string(),
+                },
             },
-        })?;
+        )?;
     }
     crate::sys::configure_stream(&conn.stream)?;
     if inner.should_encrypt(conn.peer.ip()) {
-        let ctx = inner.tls.as_ref().expect("TLS context exists unless encryption is disabled");
+        let ctx = inner
+            .tls
+            .as_ref()
+            .expect("TLS context exists unless encryption is disabled");
         let session = TlsSession::handshake(ctx, &conn.stream, conn.outgoing, deadline)?;
         let _ = conn.tls.set(session);
     }
@@ -316,7 +346,8 @@ fn establish(
     let peer = Handshake::decode(&raw);
     let key = if conn.outgoing {
         let st = inner.lock();
-        st.outgoing_key(conn.id).unwrap_or((conn.peer.ip(), conn.peer.port()))
+        st.outgoing_key(conn.id)
+            .unwrap_or((conn.peer.ip(), conn.peer.port()))
     } else {
         (conn.peer.ip(), peer.port)
     };

@@ -64,7 +64,12 @@ impl<'a> Source<'a> {
     }
 
     /// Reads plaintext into `dst` (at least one byte).
-    fn read_into(&mut self, conn: &Arc<Conn>, dst: &mut [u8], deadline: Option<Instant>) -> Result<usize, Error> {
+    fn read_into(
+        &mut self,
+        conn: &Arc<Conn>,
+        dst: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> Result<usize, Error> {
         loop {
             if let Some(d) = deadline {
                 let remaining = d.saturating_duration_since(Instant::now());
@@ -127,7 +132,9 @@ impl<'a> Source<'a> {
                     self.inner.lim.timeout
                 ))),
             },
-            _ => Err(Error::protocol(format!("reading from the peer failed: {e}"))),
+            _ => Err(Error::protocol(format!(
+                "reading from the peer failed: {e}"
+            ))),
         }
     }
 
@@ -136,7 +143,11 @@ impl<'a> Source<'a> {
     /// arrive so that a peer announcing a large message and then stalling costs little.
     fn read_payload(&mut self, len: usize) -> Result<Vec<u8>, Error> {
         let have = self.buf.len().min(len);
-        let mut v = Vec::with_capacity(if len <= DIRECT_READ { len } else { have.max(DIRECT_READ) });
+        let mut v = Vec::with_capacity(if len <= DIRECT_READ {
+            len
+        } else {
+            have.max(DIRECT_READ)
+        });
         v.extend_from_slice(&self.buf.data()[..have]);
         self.buf.consume(have);
         while v.len() < len {
@@ -182,7 +193,12 @@ pub(crate) fn run(inner: &Arc<Inner>, conn: &Arc<Conn>, key: RemoteKey, src: &mu
     }
 }
 
-fn read_loop(inner: &Arc<Inner>, conn: &Arc<Conn>, key: RemoteKey, src: &mut Source) -> Result<(), Error> {
+fn read_loop(
+    inner: &Arc<Inner>,
+    conn: &Arc<Conn>,
+    key: RemoteKey,
+    src: &mut Source,
+) -> Result<(), Error> {
     let max = u64::from(inner.cfg.config.max_msg_size);
     let info = *conn.info.get().expect("handshake done before reading");
     let from = SocketAddr::new(conn.peer.ip(), info.port);
@@ -193,7 +209,9 @@ fn read_loop(inner: &Arc<Inner>, conn: &Arc<Conn>, key: RemoteKey, src: &mut Sou
             raw.copy_from_slice(&src.buf.data()[..PREAMBLE_SIZE]);
             let pre = Preamble::decode(&raw);
             let kind = pre.validate(max).map_err(|e| match e {
-                crate::wire::PreambleError::TooLarge { size, max } => Error::MessageTooLarge { size, max },
+                crate::wire::PreambleError::TooLarge { size, max } => {
+                    Error::MessageTooLarge { size, max }
+                }
                 other => Error::protocol(other.to_string()),
             })?;
             match kind {
@@ -254,7 +272,11 @@ fn read_loop(inner: &Arc<Inner>, conn: &Arc<Conn>, key: RemoteKey, src: &mut Sou
         }
         // Mid-frame, the rest must come within the timeout; between frames, wait freely
         // (idle connections are garbage-collected, which shuts the socket down).
-        let t = if src.buf.len() > 0 { Some(inner.lim.timeout) } else { None };
+        let t = if src.buf.len() > 0 {
+            Some(inner.lim.timeout)
+        } else {
+            None
+        };
         src.set_timeout(t)?;
         src.fill(None)?;
     }

@@ -19,10 +19,16 @@ pub(crate) fn run(inner: &Arc<Inner>, conn: &Arc<Conn>) {
     let mut preambles: Vec<[u8; PREAMBLE_SIZE]> = Vec::new();
     let mut cipher: Vec<u8> = Vec::new();
     let mut after = After::default();
-    let req_ack = if inner.lim.synchronous { TYPE_REQ_ACK } else { 0 };
+    let req_ack = if inner.lim.synchronous {
+        TYPE_REQ_ACK
+    } else {
+        0
+    };
     let mut st = inner.lock();
     loop {
-        let Some(e) = st.conns.get_mut(&id) else { break };
+        let Some(e) = st.conns.get_mut(&id) else {
+            break;
+        };
         if e.closing {
             break;
         }
@@ -89,7 +95,10 @@ pub(crate) fn run(inner: &Arc<Inner>, conn: &Arc<Conn>) {
 }
 
 fn write_error(e: io::Error) -> Error {
-    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
         Error::timeout("writing to the peer made no progress (is it reading?)")
     } else {
         Error::protocol(format!("writing to the peer failed: {e}"))

@@ -83,7 +83,10 @@ impl Inner {
     }
 
     /// Locks, applies `f`, unlocks, runs the deferred effects.
-    pub(crate) fn with_state<R>(self: &Arc<Self>, f: impl FnOnce(&mut State, &Limits, &mut After) -> R) -> R {
+    pub(crate) fn with_state<R>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut State, &Limits, &mut After) -> R,
+    ) -> R {
         let mut after = After::default();
         let r = {
             let mut st = self.lock();
@@ -132,12 +135,15 @@ impl Inner {
     ) -> io::Result<()> {
         *self.threads.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         let inner = self.clone();
-        let r = thread::Builder::new().name(name).stack_size(stack).spawn(move || {
-            NODE_THREAD.with(|c| c.set(Arc::as_ptr(&inner) as usize));
-            let guard = ThreadGuard(inner.clone());
-            f(inner);
-            drop(guard);
-        });
+        let r = thread::Builder::new()
+            .name(name)
+            .stack_size(stack)
+            .spawn(move || {
+                NODE_THREAD.with(|c| c.set(Arc::as_ptr(&inner) as usize));
+                let guard = ThreadGuard(inner.clone());
+                f(inner);
+                drop(guard);
+            });
         match r {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -156,11 +162,9 @@ impl Inner {
 
     fn spawn_dial(self: &Arc<Self>, conn: Arc<Conn>, addr: SocketAddr) {
         let c = conn.clone();
-        let r = self.spawn(
-            format!("chirp-reader-{addr}"),
-            READER_STACK,
-            move |inner| connection::run(inner, c),
-        );
+        let r = self.spawn(format!("chirp-reader-{addr}"), READER_STACK, move |inner| {
+            connection::run(inner, c)
+        });
         if let Err(e) = r {
             log::error!("cannot start a thread for the connection to {addr}: {e}");
             let id = conn.id;
@@ -192,11 +196,9 @@ impl Inner {
             conn
         };
         let c = conn.clone();
-        if let Err(e) = self.spawn(
-            format!("chirp-reader-{peer}"),
-            READER_STACK,
-            move |inner| connection::run(inner, c),
-        ) {
+        if let Err(e) = self.spawn(format!("chirp-reader-{peer}"), READER_STACK, move |inner| {
+            connection::run(inner, c)
+        }) {
             log::error!("cannot start a thread for the connection from {peer}: {e}");
             let id = conn.id;
             self.with_state(|st, lim, after| {
@@ -254,7 +256,10 @@ impl Inner {
         while *n > target {
             let now = Instant::now();
             if now >= deadline {
-                log::error!("close: {} node threads did not end within {CLOSE_WAIT:?}", *n - target);
+                log::error!(
+                    "close: {} node threads did not end within {CLOSE_WAIT:?}",
+                    *n - target
+                );
                 return;
             }
             n = self
@@ -322,7 +327,7 @@ impl Drop for CloseGuard {
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<Inner>,
-    guard: Option<Arc<CloseGuard>>,
+    _guard: Option<Arc<CloseGuard>>,
 }
 
 impl fmt::Debug for Node {
@@ -341,7 +346,10 @@ pub(crate) struct WeakNode(Weak<Inner>);
 
 impl WeakNode {
     pub(crate) fn upgrade(&self) -> Option<Node> {
-        self.0.upgrade().map(|inner| Node { inner, guard: None })
+        self.0.upgrade().map(|inner| Node {
+            inner,
+            _guard: None,
+        })
     }
 }
 
@@ -349,12 +357,46 @@ impl Node {
     /// Starts a node: validates `config`, sets up TLS, listens, and delivers every received
     /// message to `sink`, which runs on the connection's reader thread (keep it short; the
     /// [`pool`](crate::pool) and [`queue`](crate::queue) interfaces are built on it).
-    pub fn start(config: Config, sink: impl Fn(Message) + Send + Sync + 'static) -> Result<Node, Error> {
+    pub fn start(
+        config: Config,
+        sink: impl Fn(Message) + Send + Sync + 'static,
+    ) -> Result<Node, Error> {
         Node::start_with(config, |_| Box::new(sink))
     }
 
+    /// Like [`Node::start`], but the handler also gets a handle to the node, so it can send
+    /// (for example reply) directly. It runs on the connection's reader thread, like C
+    /// libchirp's receive callback: it must not block — in particular it must not wait on a
+    /// completion — or that connection stops reading. The handle does not keep the node open.
+    ///
+    /// ```
+    /// use libchirp::{Config, Node};
+    /// let mut config = Config::default();
+    /// config.port = 0;
+    /// config.disable_encryption = true;
+    /// // An echo node: the reply is sent without waiting; the message (and its slot) is
+    /// // released when that send finishes.
+    /// let echo = Node::start_inline(config, |node, msg| drop(node.send(msg)))?;
+    /// # Ok::<(), libchirp::Error>(())
+    /// ```
+    pub fn start_inline(
+        config: Config,
+        handler: impl Fn(&Node, Message) + Send + Sync + 'static,
+    ) -> Result<Node, Error> {
+        Node::start_with(config, move |weak| {
+            Box::new(move |msg| {
+                if let Some(node) = weak.upgrade() {
+                    handler(&node, msg);
+                }
+            })
+        })
+    }
+
     /// Like [`Node::start`], with a sink built from a handle that does not keep the node open.
-    pub(crate) fn start_with(config: Config, make_sink: impl FnOnce(WeakNode) -> Sink) -> Result<Node, Error> {
+    pub(crate) fn start_with(
+        config: Config,
+        make_sink: impl FnOnce(WeakNode) -> Sink,
+    ) -> Result<Node, Error> {
         let cfg = config.validate()?;
         let tls = if cfg.config.disable_encryption {
             None
@@ -387,7 +429,7 @@ impl Node {
             request_seq: AtomicU64::new(1),
         });
         let node = Node {
-            guard: Some(Arc::new(CloseGuard(inner.clone()))),
+            _guard: Some(Arc::new(CloseGuard(inner.clone()))),
             inner,
         };
         node.start_threads()?;
@@ -395,7 +437,11 @@ impl Node {
             "node {} listening on port {} ({})",
             identity,
             port,
-            if node.inner.tls.is_some() { "TLS except loopback" } else { "no encryption" }
+            if node.inner.tls.is_some() {
+                "TLS except loopback"
+            } else {
+                "no encryption"
+            }
         );
         Ok(node)
     }
@@ -418,10 +464,16 @@ impl Node {
         );
         for l in &inner.listeners {
             let l = l.clone();
-            let family = if l.local_addr().map(|a| a.is_ipv6()).unwrap_or(false) { "v6" } else { "v4" };
-            inner.spawn(format!("chirp-accept-{family}"), SERVICE_STACK, move |inner| {
-                accept_loop(&inner, &l)
-            })?;
+            let family = if l.local_addr().map(|a| a.is_ipv6()).unwrap_or(false) {
+                "v6"
+            } else {
+                "v4"
+            };
+            inner.spawn(
+                format!("chirp-accept-{family}"),
+                SERVICE_STACK,
+                move |inner| accept_loop(&inner, &l),
+            )?;
         }
         Ok(())
     }
@@ -446,24 +498,30 @@ impl Node {
         self.inner.is_closed()
     }
 
-    /// A handle that does not keep the node open.
-    pub(crate) fn downgrade(&self) -> WeakNode {
-        WeakNode(Arc::downgrade(&self.inner))
-    }
-
     fn check_outgoing(&self, msg: &Message) -> Result<SocketAddr, Error> {
-        let addr = msg
-            .address
-            .ok_or_else(|| Error::invalid("message address", "None", "the address and port of the receiving node"))?;
+        let addr = msg.address.ok_or_else(|| {
+            Error::invalid(
+                "message address",
+                "None",
+                "the address and port of the receiving node",
+            )
+        })?;
         if addr.port() == 0 {
             return Err(Error::invalid("message port", 0, "1 ..= 65535"));
         }
         if msg.header.len() > usize::from(u16::MAX) {
-            return Err(Error::invalid("message header", format!("{} bytes", msg.header.len()), "at most 65535 bytes"));
+            return Err(Error::invalid(
+                "message header",
+                format!("{} bytes", msg.header.len()),
+                "at most 65535 bytes",
+            ));
         }
         let max = u64::from(self.inner.cfg.config.max_msg_size);
         if msg.payload_len() > max || msg.data.len() as u64 > u64::from(u32::MAX) {
-            return Err(Error::MessageTooLarge { size: msg.payload_len(), max });
+            return Err(Error::MessageTooLarge {
+                size: msg.payload_len(),
+                max,
+            });
         }
         Ok(addr)
     }
@@ -476,7 +534,12 @@ impl Node {
     pub fn send(&self, msg: Message) -> Completion<Result<Message, SendError>> {
         let addr = match self.check_outgoing(&msg) {
             Ok(a) => a,
-            Err(error) => return Completion::ready(Err(SendError { error, message: msg })),
+            Err(error) => {
+                return Completion::ready(Err(SendError {
+                    error,
+                    message: msg,
+                }))
+            }
         };
         let (completion, done) = Completion::pair();
         let pending = Pending::new(msg, Done::Wait(done));
@@ -513,12 +576,21 @@ impl Node {
             if st.requests.contains_key(&identity) {
                 after.push(Deferred::Request(
                     done,
-                    Err(Error::invalid("request identity", identity, "an identity without a pending request")),
+                    Err(Error::invalid(
+                        "request identity",
+                        identity,
+                        "an identity without a pending request",
+                    )),
                 ));
                 return;
             }
             st.requests.insert(identity, RequestEntry { id, done });
-            st.enqueue(lim, addr, Pending::new(msg, Done::Request(id, identity)), after);
+            st.enqueue(
+                lim,
+                addr,
+                Pending::new(msg, Done::Request(id, identity)),
+                after,
+            );
             after.push(Deferred::Timer(deadline, Event::Request(id, identity)));
         });
         completion
@@ -536,7 +608,11 @@ impl Node {
 
     /// The node's listening addresses.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.inner.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.inner
+            .listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Number of live threads owned by the node (for diagnostics and tests).
@@ -567,7 +643,13 @@ fn accept_loop(inner: &Arc<Inner>, listener: &TcpListener) {
                 }
                 log::warn!("accept failed: {e}");
                 // Out of file descriptors or similar: back off briefly instead of spinning.
-                if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)) {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE)
+                        | Some(libc::ENFILE)
+                        | Some(libc::ENOBUFS)
+                        | Some(libc::ENOMEM)
+                ) {
                     thread::park_timeout(Duration::from_millis(50));
                 }
             }
@@ -578,7 +660,10 @@ fn accept_loop(inner: &Arc<Inner>, listener: &TcpListener) {
 fn bind(cfg: &Effective) -> Result<(Vec<TcpListener>, u16), Error> {
     let c = &cfg.config;
     let backlog = c.backlog;
-    let in_use = |addr: SocketAddr, e: io::Error| Error::AddressInUse { addr, reason: e.to_string() };
+    let in_use = |addr: SocketAddr, e: io::Error| Error::AddressInUse {
+        addr,
+        reason: e.to_string(),
+    };
     let attempts = if c.port == 0 { 16 } else { 1 };
     let mut last_err = None;
     for _ in 0..attempts {

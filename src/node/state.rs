@@ -50,7 +50,9 @@ impl Pending {
     }
 
     pub(crate) fn msg(&self) -> &Message {
-        self.msg.as_ref().expect("pending message present until finished")
+        self.msg
+            .as_ref()
+            .expect("pending message present until finished")
     }
 
     /// Completes with the outcome. Must run without the state lock (see module docs).
@@ -175,10 +177,7 @@ pub(crate) struct RequestEntry {
 pub(crate) enum Deferred {
     Send(Pending, Result<(), Error>),
     Release(ReleaseDone),
-    Dial {
-        conn: Arc<Conn>,
-        addr: SocketAddr,
-    },
+    Dial { conn: Arc<Conn>, addr: SocketAddr },
     CloseSocket(Arc<Conn>),
     Request(Completer<Result<Message, Error>>, Result<Message, Error>),
     Timer(Instant, super::timer::Event),
@@ -250,11 +249,18 @@ impl State {
     }
 
     /// Queues a user message for `addr` and gets it moving (PROTOCOL.md §3.2).
-    pub(crate) fn enqueue(&mut self, lim: &Limits, addr: SocketAddr, p: Pending, after: &mut After) {
+    pub(crate) fn enqueue(
+        &mut self,
+        lim: &Limits,
+        addr: SocketAddr,
+        p: Pending,
+        after: &mut After,
+    ) {
         let probe_after = lim.reuse_time / 4 * 3;
         let remote = self.remote_entry(addr);
         // Probe an idle connection before the real message (§2.5).
-        if remote.conn.is_some() && !remote.noop_queued && remote.timestamp.elapsed() > probe_after {
+        if remote.conn.is_some() && !remote.noop_queued && remote.timestamp.elapsed() > probe_after
+        {
             remote.control.push_back(Control::Noop);
             remote.noop_queued = true;
         }
@@ -277,7 +283,10 @@ impl State {
                 }
             }
             None => {
-                if closing || remote.blocked || (remote.user.is_empty() && remote.control.is_empty()) {
+                if closing
+                    || remote.blocked
+                    || (remote.user.is_empty() && remote.control.is_empty())
+                {
                     return;
                 }
                 let dial_addr = remote.dial_addr;
@@ -418,7 +427,9 @@ impl State {
         } else {
             let mut bytes = 0u64;
             while bytes < BATCH_BYTES {
-                let Some(p) = remote.user.pop_front() else { break };
+                let Some(p) = remote.user.pop_front() else {
+                    break;
+                };
                 bytes += 27 + p.msg().payload_len();
                 remote.serial = remote.serial.wrapping_add(1);
                 out.push((Frame::User(p), remote.serial));

@@ -154,8 +154,14 @@ mod tests {
         timers.schedule(now, Event::Gc);
         let deadline = Instant::now() + Duration::from_secs(5);
         assert_eq!(rx.recv_deadline(deadline).unwrap(), Event::Gc);
-        assert_eq!(rx.recv_deadline(deadline).unwrap(), Event::Debounce((ip, 1)));
-        assert_eq!(rx.recv_deadline(deadline).unwrap(), Event::Debounce((ip, 2)));
+        assert_eq!(
+            rx.recv_deadline(deadline).unwrap(),
+            Event::Debounce((ip, 1))
+        );
+        assert_eq!(
+            rx.recv_deadline(deadline).unwrap(),
+            Event::Debounce((ip, 2))
+        );
         assert!(now.elapsed() >= Duration::from_millis(60));
         timers.stop();
         t.join().unwrap();

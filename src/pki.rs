@@ -1,0 +1,203 @@
+//! Throwaway PKIs for tests, benchmarks and trying TLS out: a CA, node certificates signed by
+//! it (X.509 v1, as in libchirp's own test PKI, and v3), a foreign CA with its own node, and
+//! DH parameters — written as the files libchirp expects.
+//!
+//! Never use these for production: the keys are written unencrypted to the directory given.
+//!
+//! # Examples
+//!
+//! ```
+//! let dir = std::env::temp_dir().join(format!("chirp-pki-doc-{}", std::process::id()));
+//! let pki = libchirp::pki::TestPki::generate(&dir)?;
+//! let mut config = libchirp::Config::default();
+//! config.cert_chain = Some(pki.node_v1.clone());
+//! config.dh_params = Some(pki.dh_params.clone());
+//! assert!(config.validate().is_ok());
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), libchirp::Error>(())
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::dh::Dh;
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectKeyIdentifier};
+use openssl::x509::{X509Name, X509};
+
+use crate::error::Error;
+
+/// RFC 7919 ffdhe2048 group.
+const FFDHE2048: &str = "-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+";
+
+/// Paths of a generated PKI. Each `node_*` file holds a private key, the node certificate
+/// and the CA certificate, in that order — the layout libchirp's `CERT_CHAIN_PEM` expects.
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    /// Node signed by the CA, X.509 v1 certificate (no extensions).
+    pub node_v1: PathBuf,
+    /// Another node signed by the same CA, X.509 v3 certificate.
+    pub node_v3: PathBuf,
+    /// A node whose certificate (and CA) belong to a different, foreign CA.
+    pub foreign: PathBuf,
+    /// A node certificate signed by the CA, but the file's CA is the foreign one, so the
+    /// node presents a valid certificate yet trusts nobody of ours.
+    pub ca_cert: PathBuf,
+    /// DH parameters (RFC 7919 ffdhe2048).
+    pub dh_params: PathBuf,
+}
+
+fn e(what: &str) -> impl Fn(openssl::error::ErrorStack) -> Error + '_ {
+    move |err| Error::tls(format!("generating {what}: {err}"))
+}
+
+fn key() -> Result<PKey<Private>, Error> {
+    let rsa = Rsa::generate(2048).map_err(e("RSA key"))?;
+    PKey::from_rsa(rsa).map_err(e("RSA key"))
+}
+
+fn name(cn: &str) -> Result<X509Name, Error> {
+    let mut b = X509Name::builder().map_err(e("name"))?;
+    b.append_entry_by_text("CN", cn).map_err(e("name"))?;
+    Ok(b.build())
+}
+
+fn serial() -> Result<openssl::asn1::Asn1Integer, Error> {
+    let mut bn = BigNum::new().map_err(e("serial"))?;
+    bn.rand(64, MsbOption::MAYBE_ZERO, false)
+        .map_err(e("serial"))?;
+    bn.to_asn1_integer().map_err(e("serial"))
+}
+
+fn ca(cn: &str) -> Result<(PKey<Private>, X509), Error> {
+    let k = key()?;
+    let mut b = X509::builder().map_err(e("CA"))?;
+    b.set_version(2).map_err(e("CA"))?;
+    b.set_serial_number(&*serial()?).map_err(e("CA"))?;
+    let n = name(cn)?;
+    b.set_subject_name(&n).map_err(e("CA"))?;
+    b.set_issuer_name(&n).map_err(e("CA"))?;
+    b.set_pubkey(&k).map_err(e("CA"))?;
+    b.set_not_before(&*Asn1Time::days_from_now(0).map_err(e("CA"))?)
+        .map_err(e("CA"))?;
+    b.set_not_after(&*Asn1Time::days_from_now(3650).map_err(e("CA"))?)
+        .map_err(e("CA"))?;
+    b.append_extension(
+        BasicConstraints::new()
+            .critical()
+            .ca()
+            .build()
+            .map_err(e("CA"))?,
+    )
+    .map_err(e("CA"))?;
+    b.append_extension(
+        KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()
+            .map_err(e("CA"))?,
+    )
+    .map_err(e("CA"))?;
+    let ski = SubjectKeyIdentifier::new()
+        .build(&b.x509v3_context(None, None))
+        .map_err(e("CA"))?;
+    b.append_extension(ski).map_err(e("CA"))?;
+    b.sign(&k, MessageDigest::sha256()).map_err(e("CA"))?;
+    Ok((k, b.build()))
+}
+
+fn node(
+    cn: &str,
+    v1: bool,
+    ca_key: &PKey<Private>,
+    ca: &X509,
+) -> Result<(PKey<Private>, X509), Error> {
+    let k = key()?;
+    let mut b = X509::builder().map_err(e("node certificate"))?;
+    b.set_version(if v1 { 0 } else { 2 })
+        .map_err(e("node certificate"))?;
+    b.set_serial_number(&*serial()?)
+        .map_err(e("node certificate"))?;
+    b.set_subject_name(&*name(cn)?)
+        .map_err(e("node certificate"))?;
+    b.set_issuer_name(ca.subject_name())
+        .map_err(e("node certificate"))?;
+    b.set_pubkey(&k).map_err(e("node certificate"))?;
+    b.set_not_before(&*Asn1Time::days_from_now(0).map_err(e("node certificate"))?)
+        .map_err(e("node certificate"))?;
+    b.set_not_after(&*Asn1Time::days_from_now(3650).map_err(e("node certificate"))?)
+        .map_err(e("node certificate"))?;
+    if !v1 {
+        b.append_extension(
+            BasicConstraints::new()
+                .build()
+                .map_err(e("node certificate"))?,
+        )
+        .map_err(e("node certificate"))?;
+    }
+    b.sign(ca_key, MessageDigest::sha256())
+        .map_err(e("node certificate"))?;
+    Ok((k, b.build()))
+}
+
+fn chain_pem(k: &PKey<Private>, leaf: &X509, ca: &X509) -> Result<Vec<u8>, Error> {
+    let mut out = k.private_key_to_pem_pkcs8().map_err(e("PEM"))?;
+    out.extend(leaf.to_pem().map_err(e("PEM"))?);
+    out.extend(ca.to_pem().map_err(e("PEM"))?);
+    Ok(out)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    fs::write(path, bytes).map_err(|err| Error::Io {
+        kind: err.kind(),
+        reason: format!("writing {}: {err}", path.display()),
+    })
+}
+
+impl TestPki {
+    /// Generates a fresh PKI into `dir` (created if missing).
+    pub fn generate(dir: &Path) -> Result<TestPki, Error> {
+        fs::create_dir_all(dir).map_err(|err| Error::Io {
+            kind: err.kind(),
+            reason: format!("creating {}: {err}", dir.display()),
+        })?;
+        let (ca_key, ca_cert) = ca("libchirp test CA")?;
+        let (fca_key, fca_cert) = ca("foreign test CA")?;
+        let (k1, c1) = node("node-v1.libchirp.test", true, &ca_key, &ca_cert)?;
+        let (k3, c3) = node("node-v3.libchirp.test", false, &ca_key, &ca_cert)?;
+        let (kf, cf) = node("stranger.libchirp.test", false, &fca_key, &fca_cert)?;
+        let pki = TestPki {
+            node_v1: dir.join("node_v1.pem"),
+            node_v3: dir.join("node_v3.pem"),
+            foreign: dir.join("foreign.pem"),
+            ca_cert: dir.join("ca.pem"),
+            dh_params: dir.join("dh.pem"),
+        };
+        write(&pki.node_v1, &chain_pem(&k1, &c1, &ca_cert)?)?;
+        write(&pki.node_v3, &chain_pem(&k3, &c3, &ca_cert)?)?;
+        write(&pki.foreign, &chain_pem(&kf, &cf, &fca_cert)?)?;
+        write(&pki.ca_cert, &ca_cert.to_pem().map_err(e("PEM"))?)?;
+        let dh = match Dh::params_from_pem(FFDHE2048.as_bytes()) {
+            Ok(dh) => dh.params_to_pem().map_err(e("DH"))?,
+            Err(_) => Dh::get_2048_256()
+                .map_err(e("DH"))?
+                .params_to_pem()
+                .map_err(e("DH"))?,
+        };
+        write(&pki.dh_params, &dh)?;
+        Ok(pki)
+    }
+}
