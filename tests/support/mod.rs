@@ -2,6 +2,8 @@
 //! counting of the process's threads and file descriptors.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

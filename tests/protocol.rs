@@ -1,0 +1,219 @@
+//! Wire-level behaviour checked with a hand-driven peer (tests/support/raw.rs):
+//! PROTOCOL.md §1–§3.
+mod support;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use libchirp::wire::{TYPE_ACK, TYPE_NOOP, TYPE_REQ_ACK};
+use libchirp::{Error, Identity, Message};
+use support::raw::Raw;
+use support::*;
+
+#[test]
+fn handshake_advertises_the_bound_port_and_identity() {
+    let (node, _rx) = inbox_node(config(true));
+    assert_ne!(node.port(), 0);
+    let raw = Raw::connect(v4(&node), 4000);
+    assert_eq!(raw.peer.port, node.port());
+    assert_eq!(raw.peer.identity, node.identity());
+    let raw6 = Raw::connect(v6(&node), 4000);
+    assert_eq!(raw6.peer.port, node.port());
+    node.close();
+}
+
+#[test]
+fn handshake_split_over_several_writes_is_accepted() {
+    use std::io::Write;
+    let (node, rx) = inbox_node(config(false));
+    let mut s = std::net::TcpStream::connect(v4(&node)).unwrap();
+    let hs = libchirp::wire::Handshake { port: 4001, identity: Identity::random() }.encode();
+    for chunk in hs.chunks(5) {
+        s.write_all(chunk).unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(5)); // force separate segments
+    }
+    let mut raw = Raw { stream: s, peer: libchirp::wire::Handshake { port: 0, identity: Identity::zero() } };
+    raw.send_frame(Identity::random(), 1, 0, b"", b"after split handshake");
+    let m = recv(&rx, "message after split handshake");
+    assert_eq!(m.data(), b"after split handshake");
+    node.close();
+}
+
+#[test]
+fn sync_sends_one_in_flight_with_serials_per_remote_and_ack_semantics() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (node, _rx) = inbox_node(config(true));
+    let to = format!("127.0.0.1:{port}").parse().unwrap();
+    let a = node.send(Message::to(to, b"one".to_vec()));
+    let b = node.send(Message::to(to, b"two".to_vec()));
+    let mut raw = Raw::accept(&listener);
+    assert_eq!(raw.peer.port, node.port());
+    let f1 = raw.read_frame();
+    assert_eq!(f1.kind, TYPE_REQ_ACK, "synchronous data frames carry REQ_ACK");
+    assert_eq!(f1.data, b"one");
+    // One message in flight: the second is not written before the first is acknowledged.
+    assert!(raw.quiet_for(Duration::from_millis(200)));
+    assert!(!a.is_ready());
+    raw.ack(Identity::random(), 99); // unknown identity: ignored
+    raw.ack(f1.identity, 12345); // any serial is accepted
+    let a = a.wait().expect("first send completes after its ACK");
+    assert_eq!(a.data(), b"one");
+    let f2 = raw.read_frame();
+    assert_eq!(f2.data, b"two");
+    assert_eq!(f2.serial, f1.serial.wrapping_add(1), "serial increments per frame");
+    raw.ack(f2.identity, 1);
+    b.wait().expect("second send");
+    // Our node acks what it receives (REQ_ACK) with its own next serial.
+    let (node2, rx2) = inbox_node(config(true));
+    let mut raw2 = Raw::connect(v4(&node2), 4002);
+    let id = Identity::random();
+    raw2.send_frame(id, 7, TYPE_REQ_ACK, b"hdr", b"data");
+    let m = recv(&rx2, "sync message");
+    assert_eq!((m.identity(), m.serial(), m.header(), m.data()), (id, 7, &b"hdr"[..], &b"data"[..]));
+    assert!(raw2.quiet_for(Duration::from_millis(100)), "no ACK before release");
+    let first_ack_wait = Instant::now();
+    drop(m);
+    let ack = raw2.read_frame();
+    assert!(first_ack_wait.elapsed() < Duration::from_secs(5));
+    assert_eq!((ack.kind, ack.identity), (TYPE_ACK, id));
+    assert!(ack.header.is_empty() && ack.data.is_empty());
+    // The ACK consumed a serial: the next frame to that remote continues from it.
+    let reply = node2.send(Message::to(format!("127.0.0.1:4002").parse().unwrap(), b"x".to_vec()));
+    let f = raw2.read_frame();
+    assert_eq!(f.serial, ack.serial.wrapping_add(1));
+    raw2.ack(f.identity, 0);
+    reply.wait().expect("reply over the accepted connection");
+    node.close();
+    node2.close();
+}
+
+#[test]
+fn async_frames_have_no_req_ack_and_complete_without_ack() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (node, _rx) = inbox_node(config(false));
+    let to = format!("127.0.0.1:{port}").parse().unwrap();
+    let sends: Vec<_> = (0..50u32).map(|i| node.send(Message::to(to, i.to_be_bytes().to_vec()))).collect();
+    let mut raw = Raw::accept(&listener);
+    let mut last = None;
+    for i in 0..50u32 {
+        let f = raw.read_frame();
+        assert_eq!(f.kind, 0);
+        assert_eq!(f.data, i.to_be_bytes());
+        if let Some(prev) = last {
+            assert_eq!(f.serial, u32::wrapping_add(prev, 1));
+        }
+        last = Some(f.serial);
+    }
+    for s in sends {
+        s.wait().expect("async send completes when written");
+    }
+    node.close();
+}
+
+#[test]
+fn noop_probe_precedes_a_message_after_three_quarters_of_reuse_time() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut c = config(false);
+    c.timeout = Duration::from_millis(200);
+    c.reuse_time = Duration::from_millis(1000);
+    let (node, _rx) = inbox_node(c);
+    let to = format!("127.0.0.1:{port}").parse().unwrap();
+    let first = node.send(Message::to(to, b"first".to_vec()));
+    let mut raw = Raw::accept(&listener);
+    first.wait().unwrap();
+    let f1 = raw.read_frame();
+    // Idle for more than 3/4 of the reuse time, less than all of it.
+    std::thread::sleep(Duration::from_millis(800));
+    node.send(Message::to(to, b"second".to_vec())).wait().unwrap();
+    let noop = raw.read_frame();
+    assert_eq!(noop.kind, TYPE_NOOP);
+    assert_eq!(noop.identity, Identity::zero());
+    assert_eq!(noop.serial, f1.serial.wrapping_add(1));
+    let f2 = raw.read_frame();
+    assert_eq!(f2.data, b"second");
+    assert_eq!(f2.serial, f1.serial.wrapping_add(2));
+    node.close();
+}
+
+#[test]
+fn protocol_violations_close_only_that_connection() {
+    let (node, rx) = inbox_node(config(false));
+    let mut good = Raw::connect(v4(&node), 4100);
+    let cases: Vec<(u8, Vec<u8>)> = vec![
+        (TYPE_ACK, b"payload".to_vec()),
+        (TYPE_NOOP, b"payload".to_vec()),
+        (TYPE_ACK | TYPE_REQ_ACK, vec![]),
+    ];
+    for (kind, data) in cases {
+        let mut bad = Raw::connect(v4(&node), 4200);
+        bad.send_frame(Identity::random(), 1, kind, &[], &data);
+        assert!(bad.closed_within(Duration::from_secs(5)), "kind {kind:#x} closes the connection");
+    }
+    // Too large (and the u32 wrap C misses): header 1 + data 0xFFFFFFFF.
+    let mut bad = Raw::connect(v4(&node), 4201);
+    use std::io::Write;
+    let pre = libchirp::wire::Preamble {
+        identity: Identity::random(),
+        serial: 1,
+        data_len: u32::MAX,
+        header_len: 1,
+        kind_bits: 0,
+    };
+    bad.stream.write_all(&pre.encode()).unwrap();
+    assert!(bad.closed_within(Duration::from_secs(5)));
+    good.send_frame(Identity::random(), 5, 0, b"", b"still served");
+    assert_eq!(recv(&rx, "good peer's message").data(), b"still served");
+    assert!(!node.is_closed());
+    node.close();
+}
+
+#[test]
+fn accepted_connection_without_handshake_is_closed_after_connect_timeout() {
+    let mut c = config(true);
+    c.timeout = Duration::from_millis(200); // connect timeout 400 ms
+    let (node, _rx) = inbox_node(c);
+    let mut s = std::net::TcpStream::connect(v4(&node)).unwrap();
+    let t = Instant::now();
+    assert!(support::raw::closed_within(&mut s, Duration::from_secs(5)));
+    assert!(t.elapsed() >= Duration::from_millis(350), "closed too early: {:?}", t.elapsed());
+    node.close();
+}
+
+#[test]
+fn connect_timeout_covers_a_peer_that_never_handshakes() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut c = config(true);
+    c.timeout = Duration::from_millis(250); // connect timeout 500 ms
+    let (node, _rx) = inbox_node(c);
+    let t = Instant::now();
+    let r = node.send(Message::to(format!("127.0.0.1:{port}").parse().unwrap(), b"x".to_vec())).wait();
+    let err = r.unwrap_err();
+    assert!(err.error().is_timeout(), "{err}");
+    assert!(t.elapsed() >= Duration::from_millis(450) && t.elapsed() < Duration::from_secs(5));
+    drop(listener);
+    node.close();
+}
+
+#[test]
+fn sync_send_times_out_when_the_peer_never_releases() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut c = config(true);
+    c.timeout = Duration::from_millis(300);
+    let (node, _rx) = inbox_node(c);
+    let sending = node.send(Message::to(format!("127.0.0.1:{port}").parse().unwrap(), b"x".to_vec()));
+    let mut raw = Raw::accept(&listener);
+    let _f = raw.read_frame();
+    let t = Instant::now();
+    let err = sending.wait().unwrap_err();
+    assert!(matches!(err.error(), Error::Timeout { .. }), "{err}");
+    assert!(t.elapsed() >= Duration::from_millis(250) && t.elapsed() < Duration::from_secs(3));
+    assert_eq!(err.into_message().data(), b"x", "the message is handed back");
+    assert!(raw.closed_within(Duration::from_secs(5)), "the connection is shut down");
+    node.close();
+}
