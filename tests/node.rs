@@ -32,19 +32,29 @@ fn listens_on_ipv4_and_ipv6_and_either_can_be_switched_off() {
         sender.send(Message::to(to, b"hi".to_vec())).wait().unwrap();
         let back = recv(&inbox, "echo");
         assert_eq!(back.address().unwrap().ip(), to.ip());
-        assert_eq!(back.address().unwrap().port(), node.port(), "address carries the advertised port");
+        assert_eq!(
+            back.address().unwrap().port(),
+            node.port(),
+            "address carries the advertised port"
+        );
     }
     let mut c = config(false);
     c.bind_v6 = None;
     let only4 = echo_node(c);
     assert!(only4.local_addrs().iter().all(|a| a.is_ipv4()));
-    let e = sender.send(Message::to(v6(&only4), b"x".to_vec())).wait().unwrap_err();
+    let e = sender
+        .send(Message::to(v6(&only4), b"x".to_vec()))
+        .wait()
+        .unwrap_err();
     assert!(matches!(e.error(), Error::CannotConnect { .. }), "{e}");
     let mut c = config(false);
     c.bind_v4 = None;
     let only6 = echo_node(c);
     assert!(only6.local_addrs().iter().all(|a| a.is_ipv6()));
-    sender.send(Message::to(v6(&only6), b"x".to_vec())).wait().unwrap();
+    sender
+        .send(Message::to(v6(&only6), b"x".to_vec()))
+        .wait()
+        .unwrap();
     for n in [node, only4, only6, sender] {
         n.close();
     }
@@ -66,7 +76,10 @@ fn invalid_config_is_refused_with_field_and_range() {
     let mut c = config(true);
     c.backlog = 200;
     let err = Node::start(c, drop).unwrap_err();
-    assert_eq!(err.to_string(), "invalid value for backlog: 200 (allowed: 0 ..= 127)");
+    assert_eq!(
+        err.to_string(),
+        "invalid value for backlog: 200 (allowed: 0 ..= 127)"
+    );
 }
 
 #[test]
@@ -76,14 +89,21 @@ fn messages_keep_identity_and_carry_peer_information() {
     let mut m = Message::to(v4(&receiver), b"data".to_vec());
     m.set_header(b"head".to_vec());
     let id = m.identity();
-    assert_ne!(id, Message::new(Vec::new()).identity(), "identities are random");
+    assert_ne!(
+        id,
+        Message::new(Vec::new()).identity(),
+        "identities are random"
+    );
     let sending = sender.send(m);
     let mut got = recv(&rx, "message");
     assert_eq!(got.identity(), id);
     assert_eq!(got.header(), b"head");
     assert_eq!(got.data(), b"data");
     assert_eq!(got.remote_identity(), sender.identity());
-    assert_eq!(got.address().unwrap(), SocketAddr::from(([127, 0, 0, 1], sender.port())));
+    assert_eq!(
+        got.address().unwrap(),
+        SocketAddr::from(([127, 0, 0, 1], sender.port()))
+    );
     assert!(got.has_slot());
     assert_eq!(got.type_bits(), libchirp::wire::TYPE_REQ_ACK);
     // Reply: the same message, new data, sent back.
@@ -94,7 +114,10 @@ fn messages_keep_identity_and_carry_peer_information() {
     assert_eq!(answer.data(), b"answer");
     drop(answer);
     let replied = replying.wait().unwrap();
-    assert!(replied.has_slot(), "the slot stays with the message until it is dropped");
+    assert!(
+        replied.has_slot(),
+        "the slot stays with the message until it is dropped"
+    );
     drop(replied);
     sending.wait().unwrap();
     // The receiver answered over the accepted connection: it never dialed.
@@ -111,15 +134,24 @@ fn connections_are_reused_and_garbage_collected() {
     let echo = echo_node(c.clone());
     let (sender, inbox) = inbox_node(c);
     for _ in 0..20 {
-        sender.send(Message::to(v4(&echo), b"x".to_vec())).wait().unwrap();
+        sender
+            .send(Message::to(v4(&echo), b"x".to_vec()))
+            .wait()
+            .unwrap();
         recv(&inbox, "echo");
     }
     assert_eq!(sender.connection_count(), 1);
     assert_eq!(echo.connection_count(), 1);
-    assert!(eventually(Duration::from_secs(5), || sender.connection_count() == 0 && echo.connection_count() == 0),
-        "idle connection collected after the reuse time");
+    assert!(
+        eventually(Duration::from_secs(5), || sender.connection_count() == 0
+            && echo.connection_count() == 0),
+        "idle connection collected after the reuse time"
+    );
     // And a new one is made on demand.
-    sender.send(Message::to(v4(&echo), b"again".to_vec())).wait().unwrap();
+    sender
+        .send(Message::to(v4(&echo), b"again".to_vec()))
+        .wait()
+        .unwrap();
     assert_eq!(recv(&inbox, "echo after gc").data(), b"again");
     sender.close();
     echo.close();
@@ -154,16 +186,28 @@ fn a_failure_fails_one_queued_message_and_reconnects_are_debounced() {
     let (node, _rx) = inbox_node(config(true));
     let to = free_closed_port();
     let start = Instant::now();
-    let sends: Vec<_> = (0..3).map(|i| node.send(Message::to(to, vec![i]))).collect();
+    let sends: Vec<_> = (0..3)
+        .map(|i| node.send(Message::to(to, vec![i])))
+        .collect();
     let mut times = Vec::new();
     for (i, s) in sends.into_iter().enumerate() {
         let err = s.wait().unwrap_err();
         times.push(start.elapsed());
         assert!(matches!(err.error(), Error::CannotConnect { .. }), "{err}");
-        assert_eq!(err.into_message().data(), [i as u8], "each failure fails the queue head, in order");
+        assert_eq!(
+            err.into_message().data(),
+            [i as u8],
+            "each failure fails the queue head, in order"
+        );
     }
-    assert!(times[1] - times[0] >= Duration::from_millis(45), "{times:?}");
-    assert!(times[2] - times[1] >= Duration::from_millis(45), "{times:?}");
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(45),
+        "{times:?}"
+    );
+    assert!(
+        times[2] - times[1] >= Duration::from_millis(45),
+        "{times:?}"
+    );
     node.close();
 }
 
@@ -175,7 +219,9 @@ fn sync_send_completes_only_after_the_receiver_released() {
     let (sender, _) = inbox_node(config(true));
     let sending = sender.send(Message::to(v4(&receiver), b"hold".to_vec()));
     let mut msg = recv(&rx, "message");
-    let sending = sending.wait_timeout(Duration::from_millis(200)).expect_err("not complete before release");
+    let sending = sending
+        .wait_timeout(Duration::from_millis(200))
+        .expect_err("not complete before release");
     let released = msg.release().wait();
     assert_eq!(released, (msg.identity(), msg.serial()));
     assert!(!msg.has_slot());
@@ -201,7 +247,10 @@ fn slots_give_backpressure_and_nothing_is_lost_or_corrupted() {
         })
         .collect();
     let mut held = vec![recv(&rx, "first"), recv(&rx, "second")];
-    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "a third message needs a free slot");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a third message needs a free slot"
+    );
     let mut expected = 0usize;
     for m in held.drain(..) {
         assert_eq!(m.header(), (expected as u32).to_be_bytes());
@@ -211,7 +260,10 @@ fn slots_give_backpressure_and_nothing_is_lost_or_corrupted() {
         let m = recv(&rx, "next");
         assert_eq!(m.header(), (expected as u32).to_be_bytes(), "order kept");
         assert_eq!(m.data().len(), 1000 + expected * 37);
-        assert!(m.data().iter().all(|&b| b == (expected % 251) as u8), "bytes intact");
+        assert!(
+            m.data().iter().all(|&b| b == (expected % 251) as u8),
+            "bytes intact"
+        );
         expected += 1;
     }
     for s in sends {
@@ -226,11 +278,20 @@ fn sending_messages_that_cannot_be_sent_fails_at_once() {
     let mut c = config(true);
     c.max_msg_size = 100;
     let (node, _) = inbox_node(c);
-    let e = node.send(Message::new(b"no address".to_vec())).wait().unwrap_err();
+    let e = node
+        .send(Message::new(b"no address".to_vec()))
+        .wait()
+        .unwrap_err();
     assert!(matches!(e.error(), Error::InvalidValue { .. }), "{e}");
     let big = Message::to("127.0.0.1:9".parse().unwrap(), vec![0; 101]);
     let e = node.send(big).wait().unwrap_err();
-    assert_eq!(e.error(), &Error::MessageTooLarge { size: 101, max: 100 });
+    assert_eq!(
+        e.error(),
+        &Error::MessageTooLarge {
+            size: 101,
+            max: 100
+        }
+    );
     assert_eq!(e.into_message().data().len(), 101);
     node.close();
 }
@@ -241,16 +302,28 @@ fn close_fails_pending_operations_and_later_sends() {
     let to: SocketAddr = listener.local_addr().unwrap();
     let (node, _) = inbox_node(config(true));
     // Stuck peer: accepts (kernel backlog) but never handshakes.
-    let pending: Vec<_> = (0..5).map(|_| node.send(Message::to(to, b"x".to_vec()))).collect();
+    let pending: Vec<_> = (0..5)
+        .map(|_| node.send(Message::to(to, b"x".to_vec())))
+        .collect();
     let request = node.request(Message::to(to, b"r".to_vec()));
     let t = Instant::now();
     node.close();
-    assert!(t.elapsed() < Duration::from_secs(2), "close returns promptly: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "close returns promptly: {:?}",
+        t.elapsed()
+    );
     for p in pending {
         assert_eq!(p.wait().unwrap_err().error(), &Error::Shutdown);
     }
     assert_eq!(request.wait().unwrap_err(), Error::Shutdown);
-    assert_eq!(node.send(Message::to(to, b"late".to_vec())).wait().unwrap_err().error(), &Error::Shutdown);
+    assert_eq!(
+        node.send(Message::to(to, b"late".to_vec()))
+            .wait()
+            .unwrap_err()
+            .error(),
+        &Error::Shutdown
+    );
     assert_eq!(node.thread_count(), 0);
     node.close(); // twice is fine
 }
@@ -264,7 +337,11 @@ fn dropping_the_last_handle_closes_the_node() {
     assert!(!probe.is_closed());
     drop(probe);
     // The port is free again.
-    assert!(eventually(Duration::from_secs(5), || TcpListener::bind(("127.0.0.1", port)).is_ok()));
+    assert!(eventually(Duration::from_secs(5), || TcpListener::bind((
+        "127.0.0.1",
+        port
+    ))
+    .is_ok()));
 }
 
 #[test]
@@ -284,10 +361,18 @@ fn ack_queued_when_the_connection_fails_still_completes_release() {
     c.auto_release = false;
     let (receiver, rx) = inbox_node(c);
     let mut raw = support::raw::Raw::connect(v4(&receiver), 4300);
-    raw.send_frame(Identity::random(), 1, libchirp::wire::TYPE_REQ_ACK, b"", b"x");
+    raw.send_frame(
+        Identity::random(),
+        1,
+        libchirp::wire::TYPE_REQ_ACK,
+        b"",
+        b"x",
+    );
     let mut m = recv(&rx, "message");
     drop(raw); // peer goes away before we release
-    assert!(eventually(Duration::from_secs(5), || receiver.connection_count() == 0));
+    assert!(eventually(Duration::from_secs(5), || receiver
+        .connection_count()
+        == 0));
     let done = m.release();
     assert!(done.wait_timeout(Duration::from_secs(5)).is_ok());
     receiver.close();
@@ -296,5 +381,8 @@ fn ack_queued_when_the_connection_fails_still_completes_release() {
 #[test]
 fn config_default_matches_libchirp() {
     let c = Config::default();
-    assert_eq!((c.timeout, c.reuse_time, c.port), (Duration::from_secs(5), Duration::from_secs(30), 2998));
+    assert_eq!(
+        (c.timeout, c.reuse_time, c.port),
+        (Duration::from_secs(5), Duration::from_secs(30), 2998)
+    );
 }

@@ -27,13 +27,23 @@ fn handshake_split_over_several_writes_is_accepted() {
     use std::io::Write;
     let (node, rx) = inbox_node(config(false));
     let mut s = std::net::TcpStream::connect(v4(&node)).unwrap();
-    let hs = libchirp::wire::Handshake { port: 4001, identity: Identity::random() }.encode();
+    let hs = libchirp::wire::Handshake {
+        port: 4001,
+        identity: Identity::random(),
+    }
+    .encode();
     for chunk in hs.chunks(5) {
         s.write_all(chunk).unwrap();
         s.flush().unwrap();
         std::thread::sleep(Duration::from_millis(5)); // force separate segments
     }
-    let mut raw = Raw { stream: s, peer: libchirp::wire::Handshake { port: 0, identity: Identity::zero() } };
+    let mut raw = Raw {
+        stream: s,
+        peer: libchirp::wire::Handshake {
+            port: 0,
+            identity: Identity::zero(),
+        },
+    };
     raw.send_frame(Identity::random(), 1, 0, b"", b"after split handshake");
     let m = recv(&rx, "message after split handshake");
     assert_eq!(m.data(), b"after split handshake");
@@ -51,7 +61,10 @@ fn sync_sends_one_in_flight_with_serials_per_remote_and_ack_semantics() {
     let mut raw = Raw::accept(&listener);
     assert_eq!(raw.peer.port, node.port());
     let f1 = raw.read_frame();
-    assert_eq!(f1.kind, TYPE_REQ_ACK, "synchronous data frames carry REQ_ACK");
+    assert_eq!(
+        f1.kind, TYPE_REQ_ACK,
+        "synchronous data frames carry REQ_ACK"
+    );
     assert_eq!(f1.data, b"one");
     // One message in flight: the second is not written before the first is acknowledged.
     assert!(raw.quiet_for(Duration::from_millis(200)));
@@ -62,7 +75,11 @@ fn sync_sends_one_in_flight_with_serials_per_remote_and_ack_semantics() {
     assert_eq!(a.data(), b"one");
     let f2 = raw.read_frame();
     assert_eq!(f2.data, b"two");
-    assert_eq!(f2.serial, f1.serial.wrapping_add(1), "serial increments per frame");
+    assert_eq!(
+        f2.serial,
+        f1.serial.wrapping_add(1),
+        "serial increments per frame"
+    );
     raw.ack(f2.identity, 1);
     b.wait().expect("second send");
     // Our node acks what it receives (REQ_ACK) with its own next serial.
@@ -71,8 +88,14 @@ fn sync_sends_one_in_flight_with_serials_per_remote_and_ack_semantics() {
     let id = Identity::random();
     raw2.send_frame(id, 7, TYPE_REQ_ACK, b"hdr", b"data");
     let m = recv(&rx2, "sync message");
-    assert_eq!((m.identity(), m.serial(), m.header(), m.data()), (id, 7, &b"hdr"[..], &b"data"[..]));
-    assert!(raw2.quiet_for(Duration::from_millis(100)), "no ACK before release");
+    assert_eq!(
+        (m.identity(), m.serial(), m.header(), m.data()),
+        (id, 7, &b"hdr"[..], &b"data"[..])
+    );
+    assert!(
+        raw2.quiet_for(Duration::from_millis(100)),
+        "no ACK before release"
+    );
     let first_ack_wait = Instant::now();
     drop(m);
     let ack = raw2.read_frame();
@@ -80,7 +103,10 @@ fn sync_sends_one_in_flight_with_serials_per_remote_and_ack_semantics() {
     assert_eq!((ack.kind, ack.identity), (TYPE_ACK, id));
     assert!(ack.header.is_empty() && ack.data.is_empty());
     // The ACK consumed a serial: the next frame to that remote continues from it.
-    let reply = node2.send(Message::to(format!("127.0.0.1:4002").parse().unwrap(), b"x".to_vec()));
+    let reply = node2.send(Message::to(
+        format!("127.0.0.1:4002").parse().unwrap(),
+        b"x".to_vec(),
+    ));
     let f = raw2.read_frame();
     assert_eq!(f.serial, ack.serial.wrapping_add(1));
     raw2.ack(f.identity, 0);
@@ -95,7 +121,9 @@ fn async_frames_have_no_req_ack_and_complete_without_ack() {
     let port = listener.local_addr().unwrap().port();
     let (node, _rx) = inbox_node(config(false));
     let to = format!("127.0.0.1:{port}").parse().unwrap();
-    let sends: Vec<_> = (0..50u32).map(|i| node.send(Message::to(to, i.to_be_bytes().to_vec()))).collect();
+    let sends: Vec<_> = (0..50u32)
+        .map(|i| node.send(Message::to(to, i.to_be_bytes().to_vec())))
+        .collect();
     let mut raw = Raw::accept(&listener);
     let mut last = None;
     for i in 0..50u32 {
@@ -128,7 +156,9 @@ fn noop_probe_precedes_a_message_after_three_quarters_of_reuse_time() {
     let f1 = raw.read_frame();
     // Idle for more than 3/4 of the reuse time, less than all of it.
     std::thread::sleep(Duration::from_millis(800));
-    node.send(Message::to(to, b"second".to_vec())).wait().unwrap();
+    node.send(Message::to(to, b"second".to_vec()))
+        .wait()
+        .unwrap();
     let noop = raw.read_frame();
     assert_eq!(noop.kind, TYPE_NOOP);
     assert_eq!(noop.identity, Identity::zero());
@@ -151,7 +181,10 @@ fn protocol_violations_close_only_that_connection() {
     for (kind, data) in cases {
         let mut bad = Raw::connect(v4(&node), 4200);
         bad.send_frame(Identity::random(), 1, kind, &[], &data);
-        assert!(bad.closed_within(Duration::from_secs(5)), "kind {kind:#x} closes the connection");
+        assert!(
+            bad.closed_within(Duration::from_secs(5)),
+            "kind {kind:#x} closes the connection"
+        );
     }
     // Too large (and the u32 wrap C misses): header 1 + data 0xFFFFFFFF.
     let mut bad = Raw::connect(v4(&node), 4201);
@@ -179,7 +212,11 @@ fn accepted_connection_without_handshake_is_closed_after_connect_timeout() {
     let mut s = std::net::TcpStream::connect(v4(&node)).unwrap();
     let t = Instant::now();
     assert!(support::raw::closed_within(&mut s, Duration::from_secs(5)));
-    assert!(t.elapsed() >= Duration::from_millis(350), "closed too early: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(350),
+        "closed too early: {:?}",
+        t.elapsed()
+    );
     node.close();
 }
 
@@ -191,7 +228,12 @@ fn connect_timeout_covers_a_peer_that_never_handshakes() {
     c.timeout = Duration::from_millis(250); // connect timeout 500 ms
     let (node, _rx) = inbox_node(c);
     let t = Instant::now();
-    let r = node.send(Message::to(format!("127.0.0.1:{port}").parse().unwrap(), b"x".to_vec())).wait();
+    let r = node
+        .send(Message::to(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            b"x".to_vec(),
+        ))
+        .wait();
     let err = r.unwrap_err();
     assert!(err.error().is_timeout(), "{err}");
     assert!(t.elapsed() >= Duration::from_millis(450) && t.elapsed() < Duration::from_secs(5));
@@ -206,14 +248,24 @@ fn sync_send_times_out_when_the_peer_never_releases() {
     let mut c = config(true);
     c.timeout = Duration::from_millis(300);
     let (node, _rx) = inbox_node(c);
-    let sending = node.send(Message::to(format!("127.0.0.1:{port}").parse().unwrap(), b"x".to_vec()));
+    let sending = node.send(Message::to(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        b"x".to_vec(),
+    ));
     let mut raw = Raw::accept(&listener);
     let _f = raw.read_frame();
     let t = Instant::now();
     let err = sending.wait().unwrap_err();
     assert!(matches!(err.error(), Error::Timeout { .. }), "{err}");
     assert!(t.elapsed() >= Duration::from_millis(250) && t.elapsed() < Duration::from_secs(3));
-    assert_eq!(err.into_message().data(), b"x", "the message is handed back");
-    assert!(raw.closed_within(Duration::from_secs(5)), "the connection is shut down");
+    assert_eq!(
+        err.into_message().data(),
+        b"x",
+        "the message is handed back"
+    );
+    assert!(
+        raw.closed_within(Duration::from_secs(5)),
+        "the connection is shut down"
+    );
     node.close();
 }

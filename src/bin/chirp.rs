@@ -278,8 +278,12 @@ fn run(cli: Cli, signals: Receiver<()>) -> Result<(), Fail> {
                 (None, None) => b"hello".to_vec(),
             };
             let (tx, inbox) = crossbeam_channel::unbounded();
+            // Without --echo, whatever comes back is released at once (a synchronous echo
+            // node's send, and so its release of ours, waits for that).
             let node = Node::start(config(&common, 0)?, move |m| {
-                let _ = tx.send(m);
+                if echo {
+                    let _ = tx.send(m);
+                }
             })?;
             let node = Arc::new(node);
             watch_signals(&node, signals);

@@ -25,18 +25,34 @@ pub struct Raw {
 
 impl Raw {
     fn start(stream: TcpStream, my_port: u16, my_id: Identity) -> Raw {
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
         let mut s = stream;
-        s.write_all(&Handshake { port: my_port, identity: my_id }.encode()).unwrap();
+        s.write_all(
+            &Handshake {
+                port: my_port,
+                identity: my_id,
+            }
+            .encode(),
+        )
+        .unwrap();
         let mut hs = [0u8; HANDSHAKE_SIZE];
         s.read_exact(&mut hs).expect("peer handshake");
-        Raw { stream: s, peer: Handshake::decode(&hs) }
+        Raw {
+            stream: s,
+            peer: Handshake::decode(&hs),
+        }
     }
 
     /// Connects to a node and exchanges handshakes, advertising `my_port`.
     pub fn connect(addr: SocketAddr, my_port: u16) -> Raw {
-        Raw::start(TcpStream::connect(addr).expect("connect"), my_port, Identity::random())
+        Raw::start(
+            TcpStream::connect(addr).expect("connect"),
+            my_port,
+            Identity::random(),
+        )
     }
 
     /// Accepts one connection from a node and exchanges handshakes.
@@ -46,7 +62,14 @@ impl Raw {
         Raw::start(s, port, Identity::random())
     }
 
-    pub fn send_frame(&mut self, identity: Identity, serial: u32, kind: u8, header: &[u8], data: &[u8]) {
+    pub fn send_frame(
+        &mut self,
+        identity: Identity,
+        serial: u32,
+        kind: u8,
+        header: &[u8],
+        data: &[u8],
+    ) {
         let mut out = Preamble {
             identity,
             serial,
@@ -73,7 +96,13 @@ impl Raw {
         self.stream.read_exact(&mut header).expect("frame header");
         let mut data = vec![0; pre.data_len as usize];
         self.stream.read_exact(&mut data).expect("frame data");
-        Frame { identity: pre.identity, serial: pre.serial, kind: pre.kind_bits, header, data }
+        Frame {
+            identity: pre.identity,
+            serial: pre.serial,
+            kind: pre.kind_bits,
+            header,
+            data,
+        }
     }
 
     /// True if nothing arrives within `d` (and the connection is still open).
@@ -81,7 +110,9 @@ impl Raw {
         self.stream.set_read_timeout(Some(d)).unwrap();
         let mut b = [0u8; 1];
         let r = self.stream.peek(&mut b);
-        self.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         matches!(r, Err(ref e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
     }
 
@@ -104,7 +135,14 @@ pub fn closed_within(s: &mut TcpStream, d: Duration) -> bool {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
             Err(_) => return true,
         }
     }

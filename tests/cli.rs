@@ -1,0 +1,316 @@
+//! The `chirp` binary, end to end (issue 3). Needs the `cli` feature:
+//! `cargo test --all-features`; without it these tests print SKIPPED.
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Option<&'static str> {
+    let b = option_env!("CARGO_BIN_EXE_chirp");
+    if b.is_none() {
+        eprintln!("SKIPPED: the chirp binary is built only with --features cli (cargo test --all-features)");
+    }
+    b
+}
+
+/// A running `chirp echo`/`listen`, killed on drop.
+struct Daemon {
+    child: Child,
+    port: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn daemon(bin: &str, args: &[&str]) -> Daemon {
+    let mut child = Command::new(bin)
+        .args(args)
+        .args(["--port", "0", "--no-encryption"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn chirp");
+    let out = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("listening line");
+    let port = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .parse()
+        .unwrap();
+    Daemon { child, port, lines }
+}
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chirp");
+    // Bounded wait: never hang the suite.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chirp {args:?} did not finish within 60 s");
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_rate_line(out: &str, n: u64) {
+    let line = out.lines().last().unwrap_or("");
+    let rest = line
+        .strip_prefix(&format!("{n} round trips in "))
+        .unwrap_or_else(|| panic!("bad rate line {line:?}"));
+    let (secs, rate) = rest.split_once(" s: ").expect("' s: '");
+    let (whole, frac) = secs.split_once('.').expect("decimals");
+    assert!(
+        whole.parse::<u64>().is_ok() && frac.len() == 3 && frac.parse::<u64>().is_ok(),
+        "{line}"
+    );
+    let rate = rate.strip_suffix("/s").expect("/s");
+    assert!(rate.parse::<u64>().is_ok(), "{line}");
+    assert_eq!(out.lines().count(), 1, "exactly one line: {out:?}");
+}
+
+#[test]
+fn echo_and_send_sync_async_ipv4_ipv6() {
+    let Some(bin) = bin() else { return };
+    for mode in [&[][..], &["--async"][..]] {
+        let echo = daemon(bin, &[&["echo"][..], mode].concat());
+        for host in ["127.0.0.1", "[::1]"] {
+            let to = format!("{host}:{}", echo.port);
+            let o = run(
+                bin,
+                &[
+                    &[
+                        "send",
+                        &to,
+                        "--no-encryption",
+                        "--count",
+                        "200",
+                        "--window",
+                        "8",
+                        "--echo",
+                    ][..],
+                    mode,
+                ]
+                .concat(),
+            );
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert_rate_line(&stdout(&o), 200);
+            assert!(
+                o.stderr.is_empty(),
+                "no progress on a pipe: {:?}",
+                stderr(&o)
+            );
+        }
+        // Without --echo: waits for the sends, prints nothing.
+        let o = run(
+            bin,
+            &[
+                &[
+                    "send",
+                    &format!("127.0.0.1:{}", echo.port),
+                    "--no-encryption",
+                    "--size",
+                    "100000",
+                    "--count",
+                    "5",
+                ][..],
+                mode,
+            ]
+            .concat(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "");
+    }
+}
+
+#[test]
+fn echo_and_request() {
+    let Some(bin) = bin() else { return };
+    let echo = daemon(bin, &["echo"]);
+    let o = run(
+        bin,
+        &[
+            "request",
+            &format!("127.0.0.1:{}", echo.port),
+            "--data",
+            "how are you",
+            "--no-encryption",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "how are you\n");
+}
+
+#[test]
+fn listen_prints_one_line_per_message() {
+    let Some(bin) = bin() else { return };
+    let listen = daemon(bin, &["listen"]);
+    let o = run(
+        bin,
+        &[
+            "send",
+            &format!("127.0.0.1:{}", listen.port),
+            "--data",
+            "héllo wörld",
+            "--count",
+            "3",
+            "--no-encryption",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut serials = Vec::new();
+    for _ in 0..3 {
+        let line = listen
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a line per message");
+        let parts: Vec<&str> = line.splitn(4, ' ').collect();
+        assert_eq!(parts.len(), 4, "{line}");
+        assert!(parts[0].starts_with("127.0.0.1:"), "{line}");
+        assert!(parts[0][10..].parse::<u16>().is_ok(), "{line}");
+        assert_eq!(parts[1].len(), 32);
+        assert!(parts[1].chars().all(|c| c.is_ascii_hexdigit()));
+        serials.push(parts[2].parse::<u32>().expect("serial"));
+        assert_eq!(parts[3], "héllo wörld");
+    }
+    assert_eq!(serials[1], serials[0].wrapping_add(1));
+    assert_eq!(serials[2], serials[1].wrapping_add(1));
+}
+
+#[test]
+fn bench_prints_the_rate_plain_and_tls() {
+    let Some(bin) = bin() else { return };
+    for args in [
+        &["bench", "--count", "300"][..],
+        &["bench", "--async", "--window", "16", "--count", "2000"][..],
+        &["bench", "--tls", "--count", "100"][..],
+        &[
+            "bench", "--tls", "--async", "--window", "4", "--size", "70000", "--count", "50",
+        ][..],
+    ] {
+        let o = run(bin, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let n: u64 = args[args.iter().position(|a| *a == "--count").unwrap() + 1]
+            .parse()
+            .unwrap();
+        assert_rate_line(&stdout(&o), n);
+    }
+}
+
+#[test]
+fn bad_arguments_fail_with_one_line() {
+    let Some(bin) = bin() else { return };
+    for args in [
+        &["send"][..],
+        &["send", "not-an-address", "--no-encryption"][..],
+        &["frobnicate"][..],
+        &["echo", "--port", "0"][..], // encryption needs files
+        &["echo", "--port", "80", "--no-encryption"][..],
+        &["send", "127.0.0.1:1", "--count", "x"][..],
+        &[
+            "echo",
+            "--port",
+            "0",
+            "--cert-chain",
+            "/nonexistent.pem",
+            "--dh-params",
+            "/x",
+        ][..],
+    ] {
+        let o = run(bin, args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
+    }
+    let o = run(bin, &["echo", "--port", "0"]);
+    assert!(stderr(&o).contains("--no-encryption"), "says what to do");
+}
+
+#[test]
+fn unreachable_peer_fails_with_one_line() {
+    let Some(bin) = bin() else { return };
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let o = run(
+        bin,
+        &[
+            "send",
+            &closed.to_string(),
+            "--no-encryption",
+            "--timeout",
+            "1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[test]
+fn sigterm_and_sigint_close_cleanly() {
+    let Some(bin) = bin() else { return };
+    for sig in [libc_sig::TERM, libc_sig::INT] {
+        let mut echo = daemon(bin, &["echo"]);
+        let pid = echo.child.id();
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = echo.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chirp echo did not exit on SIG{sig}"
+            );
+            std::thread::park_timeout(Duration::from_millis(10));
+        };
+        assert!(status.success(), "exit status after SIG{sig}: {status:?}");
+    }
+}
+
+mod libc_sig {
+    pub const TERM: &str = "TERM";
+    pub const INT: &str = "INT";
+}
