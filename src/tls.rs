@@ -81,8 +81,14 @@ impl TlsContext {
             b.add_extra_chain_cert(extra.clone())
                 .map_err(|e| file_error(cert_chain, "certificate chain", e))?;
         }
-        b.set_private_key(&key)
-            .map_err(|e| file_error(cert_chain, "certificate chain", e))?;
+        let mismatch = |_| {
+            file_error(
+                cert_chain,
+                "certificate chain",
+                "the private key does not match the node certificate (the first certificate in the file)",
+            )
+        };
+        b.set_private_key(&key).map_err(mismatch)?;
         b.check_private_key().map_err(|_| {
             file_error(
                 cert_chain,
@@ -254,11 +260,37 @@ impl TlsSession {
                 Err(e) => return Err(ssl_error(e)),
             }
         }
+        answer_key_update(&mut s);
         let wants_flush = !s.get_ref().outgoing.is_empty();
         Ok(Decrypted {
             plain: filled,
             wants_flush,
         })
+    }
+}
+
+extern "C" {
+    // libssl (linked through openssl-sys); the openssl crate has no binding for these.
+    fn SSL_get_key_update_type(ssl: *const openssl_sys::SSL) -> std::ffi::c_int;
+    fn SSL_key_update(ssl: *mut openssl_sys::SSL, updatetype: std::ffi::c_int) -> std::ffi::c_int;
+}
+
+/// OpenSSL answers a peer's TLS 1.3 KeyUpdate request only on our next write. A node with
+/// nothing to send would never answer, so send the answer now: schedule it and let the
+/// handshake function write it into the outgoing buffer (the writer thread flushes it).
+fn answer_key_update(s: &mut SslStream<MemBio>) {
+    use foreign_types::ForeignTypeRef;
+    let ssl = s.ssl().as_ptr();
+    // SAFETY: `ssl` is the live SSL object owned by `s`, which we hold exclusively.
+    let pending = unsafe { SSL_get_key_update_type(ssl) };
+    if pending < 0 {
+        return; // SSL_KEY_UPDATE_NONE
+    }
+    // SAFETY: as above; SSL_key_update only schedules, do_handshake writes to memory.
+    if unsafe { SSL_key_update(ssl, pending) } == 1 {
+        if let Err(e) = s.do_handshake() {
+            log::debug!("answering a TLS key update failed: {e}");
+        }
     }
 }
 
