@@ -335,7 +335,8 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut Config)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|c| c.timeout = Duration::from_millis(50)),
                 "timeout",

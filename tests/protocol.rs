@@ -104,7 +104,7 @@ fn sync_sends_one_in_flight_with_serials_per_remote_and_ack_semantics() {
     assert!(ack.header.is_empty() && ack.data.is_empty());
     // The ACK consumed a serial: the next frame to that remote continues from it.
     let reply = node2.send(Message::to(
-        format!("127.0.0.1:4002").parse().unwrap(),
+        "127.0.0.1:4002".parse().unwrap(),
         b"x".to_vec(),
     ));
     let f = raw2.read_frame();

@@ -116,6 +116,7 @@ impl Drop for Slot {
 /// A connection's read buffer: `buf[start..end]` holds bytes read but not parsed yet. It
 /// starts small and grows up to the configured buffer size only when reads fill it, so idle
 /// connections stay cheap.
+#[derive(Default)]
 pub(crate) struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
@@ -330,7 +331,7 @@ fn establish(
     if remaining.is_zero() {
         return Err(Error::timeout("connection set-up"));
     }
-    (&conn.stream).set_write_timeout(Some(remaining))?;
+    conn.stream.set_write_timeout(Some(remaining))?;
     (&conn.stream)
         .write_all(bytes)
         .map_err(|e| Error::protocol(format!("writing the handshake failed: {e}")))?;

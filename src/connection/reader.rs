@@ -174,17 +174,6 @@ impl<'a> Source<'a> {
     }
 }
 
-impl Default for ReadBuf {
-    fn default() -> ReadBuf {
-        ReadBuf {
-            buf: Vec::new(),
-            start: 0,
-            end: 0,
-            max: 0,
-        }
-    }
-}
-
 /// Reads and dispatches frames until the connection fails; returns the reason.
 pub(crate) fn run(inner: &Arc<Inner>, conn: &Arc<Conn>, key: RemoteKey, src: &mut Source) -> Error {
     match read_loop(inner, conn, key, src) {

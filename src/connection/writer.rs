@@ -25,10 +25,7 @@ pub(crate) fn run(inner: &Arc<Inner>, conn: &Arc<Conn>) {
         0
     };
     let mut st = inner.lock();
-    loop {
-        let Some(e) = st.conns.get_mut(&id) else {
-            break;
-        };
+    while let Some(e) = st.conns.get_mut(&id) {
         if e.closing {
             break;
         }

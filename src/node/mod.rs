@@ -302,24 +302,19 @@ impl Drop for CloseGuard {
 /// let mut config = Config::default();
 /// config.port = 0; // any free port
 /// config.disable_encryption = true;
-/// config.bind_v6 = None;
 /// // An echo node: every received message goes back to its sender.
-/// let (tx, rx) = std::sync::mpsc::channel::<Message>();
-/// let echo = Node::start(config.clone(), move |msg| { let _ = tx.send(msg); })?;
-/// let echo_handle = echo.clone();
-/// std::thread::spawn(move || {
-///     for msg in rx {
-///         let _ = echo_handle.send(msg).wait();
-///     }
-/// });
+/// let echo = Node::start_inline(config.clone(), |node, msg| drop(node.send(msg)))?;
 ///
 /// let (answers, inbox) = std::sync::mpsc::channel();
 /// let sender = Node::start(config, move |msg| { let _ = answers.send(msg); })?;
 /// let addr = format!("127.0.0.1:{}", echo.port()).parse()?;
-/// sender.send(Message::to(addr, b"hello")).wait()?;
+/// let sending = sender.send(Message::to(addr, b"hello"));
 /// let back = inbox.recv_timeout(Duration::from_secs(5))?;
 /// assert_eq!(back.data(), b"hello");
-/// drop(back); // releases the slot, the echo's send completes
+/// // Synchronous mode: our send completes once the echo released our message, which it
+/// // does when its own send completed, which needs us to release the echo.
+/// drop(back);
+/// sending.wait()?;
 /// sender.close();
 /// echo.close();
 /// # Ok::<(), Box<dyn std::error::Error>>(())

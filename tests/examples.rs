@@ -1,0 +1,59 @@
+//! The examples run against each other (each echo with each sender), as the README shows.
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn example(name: &str) -> PathBuf {
+    // target/<profile>/deps/examples-<hash> -> target/<profile>/examples/<name>
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+#[test]
+fn examples_work_pairwise() {
+    for echo in ["pool_echo", "queue_echo"] {
+        let path = example(echo);
+        assert!(path.exists(), "{} is built by cargo test", path.display());
+        let mut child = Command::new(&path)
+            .arg("0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("listening line")
+            .to_string();
+        for sender in ["pool_send", "queue_send", "pool_request"] {
+            let mut s = Command::new(example(sender))
+                .args([format!("127.0.0.1:{port}"), "0".into()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while s.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "{sender} against {echo} hangs");
+                std::thread::park_timeout(Duration::from_millis(10));
+            }
+            let out = s.wait_with_output().unwrap();
+            assert!(out.status.success(), "{sender} against {echo}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "hello\n",
+                "{sender} against {echo}"
+            );
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
