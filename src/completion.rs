@@ -18,13 +18,32 @@ enum Slot<T> {
     Taken,
 }
 
+struct State<T> {
+    slot: Slot<T>,
+    /// Threads blocked in a wait: only then does completing need a (system-call) wake-up.
+    waiting: usize,
+}
+
+impl<T> std::ops::Deref for State<T> {
+    type Target = Slot<T>;
+    fn deref(&self) -> &Slot<T> {
+        &self.slot
+    }
+}
+
+impl<T> std::ops::DerefMut for State<T> {
+    fn deref_mut(&mut self) -> &mut Slot<T> {
+        &mut self.slot
+    }
+}
+
 struct Shared<T> {
-    slot: Mutex<Slot<T>>,
+    slot: Mutex<State<T>>,
     ready: Condvar,
 }
 
 impl<T> Shared<T> {
-    fn lock(&self) -> MutexGuard<'_, Slot<T>> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
         // A poisoned lock only means another thread panicked while holding it; the slot
         // itself is always in a consistent state, so keep going.
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
@@ -64,7 +83,10 @@ impl<T> Completion<T> {
     /// Creates a connected pair: the completion to wait on and the completer to fulfil it.
     pub fn pair() -> (Completion<T>, Completer<T>) {
         let shared = Arc::new(Shared {
-            slot: Mutex::new(Slot::Pending),
+            slot: Mutex::new(State {
+                slot: Slot::Pending,
+                waiting: 0,
+            }),
             ready: Condvar::new(),
         });
         (
@@ -79,7 +101,10 @@ impl<T> Completion<T> {
     pub fn ready(value: T) -> Completion<T> {
         Completion {
             shared: Arc::new(Shared {
-                slot: Mutex::new(Slot::Ready(value)),
+                slot: Mutex::new(State {
+                    slot: Slot::Ready(value),
+                    waiting: 0,
+                }),
                 ready: Condvar::new(),
             }),
         }
@@ -87,7 +112,7 @@ impl<T> Completion<T> {
 
     /// True when the value is available (a `wait` would not block).
     pub fn is_ready(&self) -> bool {
-        matches!(*self.shared.lock(), Slot::Ready(_))
+        matches!(**self.shared.lock(), Slot::Ready(_))
     }
 
     /// Blocks until the value is available and returns it.
@@ -97,11 +122,13 @@ impl<T> Completion<T> {
             if let Some(v) = take(&mut slot) {
                 return v;
             }
+            slot.waiting += 1;
             slot = self
                 .shared
                 .ready
                 .wait(slot)
                 .unwrap_or_else(|e| e.into_inner());
+            slot.waiting -= 1;
         }
     }
 
@@ -125,12 +152,14 @@ impl<T> Completion<T> {
                 if now >= deadline {
                     break;
                 }
+                slot.waiting += 1;
                 slot = self
                     .shared
                     .ready
                     .wait_timeout(slot, deadline - now)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
+                slot.waiting -= 1;
             }
         }
         Err(self)
@@ -156,16 +185,24 @@ fn take<T>(slot: &mut Slot<T>) -> Option<T> {
 impl<T> Completer<T> {
     /// Stores the value and wakes the waiter.
     pub fn complete(self, value: T) {
-        let mut slot = self.shared.lock();
-        *slot = Slot::Ready(value);
-        drop(slot);
-        self.shared.ready.notify_all();
+        if Arc::strong_count(&self.shared) == 1 {
+            // Nobody can wait any more: drop the value here, outside the lock.
+            drop(value);
+            return;
+        }
+        let mut state = self.shared.lock();
+        state.slot = Slot::Ready(value);
+        let wake = state.waiting > 0;
+        drop(state);
+        if wake {
+            self.shared.ready.notify_all();
+        }
     }
 }
 
 impl<T> fmt::Debug for Completion<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match *self.shared.lock() {
+        let state = match **self.shared.lock() {
             Slot::Pending => "pending",
             Slot::Ready(_) => "ready",
             Slot::Taken => "taken",

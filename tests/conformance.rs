@@ -318,7 +318,18 @@ fn release_holds_back_synchronous_senders_both_ways() {
     peer.command("release");
     peer.expect("released", 10);
     sending.wait().expect("completes after the release");
-    peer.expect("holding", 30);
+    if peer
+        .lines
+        .recv_timeout(Duration::from_secs(10))
+        .map(|l| !l.starts_with("holding"))
+        .unwrap_or(true)
+    {
+        let state = node.debug_state();
+        panic!(
+            "second message not held by libchirp; our state: {state}; second: {:?}",
+            second.wait().map(|_| ())
+        );
+    }
     peer.command("release");
     second.wait().expect("second send");
     node.close();

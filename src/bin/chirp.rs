@@ -120,8 +120,30 @@ enum Command {
         /// Use TLS with a throwaway PKI (always-encrypt).
         #[arg(long)]
         tls: bool,
+        /// Measure one-way bandwidth (COUNT messages of SIZE bytes) instead of round trips.
+        #[arg(long)]
+        stream: bool,
         #[command(flatten)]
         common: Common,
+    },
+    /// Resident memory of idle plaintext connections: opens N connections to a node.
+    BenchIdle {
+        /// Number of idle connections.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
+    /// Baseline: raw TCP on loopback, no libchirp. Ping-pong of SIZE-byte messages (one
+    /// outstanding) or, with --stream, one-way bandwidth.
+    BenchRaw {
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+        /// Number of round trips (or messages with --stream).
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Measure one-way bandwidth instead of round trips.
+        #[arg(long)]
+        stream: bool,
     },
 }
 
@@ -277,23 +299,19 @@ fn run(cli: Cli, signals: Receiver<()>) -> Result<(), Fail> {
                 (Some(d), None) => d.into_bytes(),
                 (None, None) => b"hello".to_vec(),
             };
-            let (tx, inbox) = crossbeam_channel::unbounded();
-            // Without --echo, whatever comes back is released at once (a synchronous echo
-            // node's send, and so its release of ours, waits for that).
-            let node = Node::start(config(&common, 0)?, move |m| {
-                if echo {
-                    let _ = tx.send(m);
-                }
-            })?;
-            let node = Arc::new(node);
-            watch_signals(&node, signals);
-            let r = round_trips(&node, &inbox, to, &payload, count, window.max(1), echo);
-            node.close();
-            let elapsed = r?;
+            let config = config(&common, 0)?;
             if echo {
+                let elapsed = echo_round_trips(config, to, payload, count, window.max(1), signals)?;
                 print_rate(count, elapsed);
+                return Ok(());
             }
-            Ok(())
+            // Whatever comes back is released at once (a synchronous echo node's send, and
+            // so its release of ours, waits for that).
+            let node = Arc::new(Node::start(config, drop)?);
+            watch_signals(&node, signals);
+            let r = plain_sends(&node, to, &payload, count, window.max(1));
+            node.close();
+            r
         }
         Command::Request { addr, data, common } => {
             let to = parse_addr(&addr)?;
@@ -317,8 +335,15 @@ fn run(cli: Cli, signals: Receiver<()>) -> Result<(), Fail> {
             size,
             count,
             tls,
+            stream,
             common,
-        } => bench(common, window.max(1), size, count, tls, signals),
+        } => bench(common, window.max(1), size, count, tls, stream, signals),
+        Command::BenchIdle { connections } => bench_idle(connections),
+        Command::BenchRaw {
+            size,
+            count,
+            stream,
+        } => bench_raw(size, count, stream),
     }
 }
 
@@ -352,90 +377,180 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
-/// Sends `count` messages with at most `window` outstanding. With `echo`, a message is
-/// outstanding until it came back (and its send completed); otherwise until its send
-/// completed. Returns the elapsed time.
-fn round_trips(
-    node: &Node,
-    inbox: &Receiver<Message>,
+/// Drives `send --echo` and `bench`: an event-driven sender. The handler (on the reader
+/// thread, like a C libchirp callback) releases each echo and sends the next message, so the
+/// round trip costs no extra thread wake-up; the main thread only watches for errors and the
+/// end.
+struct Driver {
     to: SocketAddr,
-    payload: &[u8],
+    payload: Vec<u8>,
     count: u64,
     window: u64,
-    echo: bool,
-) -> Result<Duration, Fail> {
-    let timeout = node.config().timeout();
-    // Generous: a message may wait for a connection, the echo's own send, and our release.
-    let patience = timeout * 3 + Duration::from_secs(1);
-    let progress = std::io::stderr().is_terminal();
-    let mut last_progress = Instant::now();
-    let mut sends: VecDeque<Completion<Result<Message, SendError>>> = VecDeque::new();
-    let (mut sent, mut back) = (0u64, 0u64);
-    let start = Instant::now();
-    while back < count || !sends.is_empty() {
-        // Reap finished sends; fail on the first error.
-        while let Some(front) = sends.pop_front() {
+    state: std::sync::Mutex<DriverState>,
+    done: Sender<()>,
+}
+
+#[derive(Default)]
+struct DriverState {
+    sent: u64,
+    back: u64,
+    sends: VecDeque<Completion<Result<Message, SendError>>>,
+}
+
+impl Driver {
+    /// Sends while fewer than `window` are outstanding.
+    fn fill(&self, node: &Node) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while st.sent < self.count && st.sent - st.back < self.window {
+            st.sent += 1;
+            let c = node.send(Message::to(self.to, self.payload.clone()));
+            st.sends.push_back(c);
+        }
+    }
+
+    fn echoed(&self, node: &Node, msg: Message) {
+        drop(msg); // release: lets the echo's send (and so our synchronous send) complete
+        let back = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.back += 1;
+            st.back
+        };
+        if back == self.count {
+            let _ = self.done.send(());
+        } else {
+            self.fill(node);
+        }
+    }
+
+    /// Takes finished sends off the front; the first failure is returned.
+    fn reap(&self) -> Result<usize, Fail> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(front) = st.sends.pop_front() {
             match front.try_wait() {
                 Ok(r) => {
                     r?;
                 }
                 Err(pending) => {
-                    sends.push_front(pending);
+                    st.sends.push_front(pending);
                     break;
                 }
             }
         }
-        let outstanding = if echo {
-            sent - back
-        } else {
-            sends.len() as u64
-        };
-        if sent < count && outstanding < window {
-            sends.push_back(node.send(Message::to(to, payload.to_vec())));
-            sent += 1;
-            continue;
+        Ok(st.sends.len())
+    }
+}
+
+/// Starts a node that sends `count` messages to an echo node at `to`, `window` outstanding,
+/// and returns the time until all came back (and all sends completed).
+fn echo_round_trips(
+    config: Config,
+    to: SocketAddr,
+    payload: Vec<u8>,
+    count: u64,
+    window: u64,
+    signals: Receiver<()>,
+) -> Result<Duration, Fail> {
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let driver = Arc::new(Driver {
+        to,
+        payload,
+        count,
+        window,
+        state: Default::default(),
+        done: done_tx,
+    });
+    let d = driver.clone();
+    let node = Arc::new(Node::start_inline(config, move |node, msg| {
+        d.echoed(node, msg)
+    })?);
+    watch_signals(&node, signals);
+    let timeout = node.config().timeout();
+    let patience = timeout * 3 + Duration::from_secs(1);
+    let progress = std::io::stderr().is_terminal();
+    let start = Instant::now();
+    let result = (|| {
+        if count == 0 {
+            return Ok(());
         }
-        if echo && back < count {
-            match inbox.recv_timeout(patience) {
-                Ok(msg) => {
-                    drop(msg); // release: lets the echo's send (and so our send) complete
-                    back += 1;
-                }
+        driver.fill(&node);
+        let mut last = (0u64, Instant::now());
+        let mut shown = Instant::now();
+        loop {
+            match done.recv_timeout(Duration::from_millis(50)) {
+                Ok(()) => break,
                 Err(_) => {
+                    driver.reap()?;
                     if node.is_closed() {
                         return Err(Fail("interrupted".into()));
                     }
-                    return Err(Fail(format!(
-                        "no echo from {to} within {patience:?} ({back} of {count} came back)"
-                    )));
+                    let back = driver.state.lock().unwrap_or_else(|e| e.into_inner()).back;
+                    if back != last.0 {
+                        last = (back, Instant::now());
+                    } else if last.1.elapsed() > patience {
+                        return Err(Fail(format!(
+                            "no echo from {to} within {patience:?} ({back} of {count} came back)"
+                        )));
+                    }
+                    if progress && shown.elapsed() >= Duration::from_secs(1) {
+                        shown = Instant::now();
+                        eprint!("\r{back}/{count} ");
+                    }
                 }
             }
-        } else if let Some(front) = sends.pop_front() {
-            match front.wait_timeout(patience) {
-                Ok(r) => {
-                    r?;
-                }
-                Err(_) => {
-                    return Err(Fail(format!(
-                        "send to {to} did not complete within {patience:?}"
-                    )))
-                }
-            }
-            if !echo {
-                back += 1;
-            }
-        } else if !echo {
-            back = sent;
         }
-        if progress && last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = Instant::now();
-            eprint!("\r{back}/{count} ");
+        // Every send must also have completed.
+        let deadline = Instant::now() + patience;
+        while driver.reap()? > 0 {
+            if Instant::now() > deadline {
+                return Err(Fail(format!(
+                    "sends to {to} did not complete within {patience:?}"
+                )));
+            }
+            std::thread::park_timeout(Duration::from_millis(1));
         }
-    }
+        Ok(())
+    })();
+    let elapsed = start.elapsed();
     if progress {
         eprint!("\r");
     }
-    Ok(start.elapsed())
+    node.close();
+    result.map(|()| elapsed)
+}
+
+/// Sends `count` messages with at most `window` sends outstanding (no echo expected).
+fn plain_sends(
+    node: &Node,
+    to: SocketAddr,
+    payload: &[u8],
+    count: u64,
+    window: u64,
+) -> Result<(), Fail> {
+    let patience = node.config().timeout() * 3 + Duration::from_secs(1);
+    let mut sends: VecDeque<Completion<Result<Message, SendError>>> = VecDeque::new();
+    for _ in 0..count {
+        if sends.len() as u64 >= window {
+            wait_send(sends.pop_front().expect("non-empty"), to, patience)?;
+        }
+        sends.push_back(node.send(Message::to(to, payload.to_vec())));
+    }
+    for s in sends {
+        wait_send(s, to, patience)?;
+    }
+    Ok(())
+}
+
+fn wait_send(
+    c: Completion<Result<Message, SendError>>,
+    to: SocketAddr,
+    patience: Duration,
+) -> Result<(), Fail> {
+    match c.wait_timeout(patience) {
+        Ok(r) => r.map(drop).map_err(Fail::from),
+        Err(_) => Err(Fail(format!(
+            "send to {to} did not complete within {patience:?}"
+        ))),
+    }
 }
 
 fn bench(
@@ -444,6 +559,7 @@ fn bench(
     size: usize,
     count: u64,
     tls: bool,
+    stream: bool,
     signals: Receiver<()>,
 ) -> Result<(), Fail> {
     let mut c = Config::default();
@@ -465,24 +581,214 @@ fn bench(
     } else {
         c.disable_encryption = true;
     }
+    if stream {
+        let r = bench_stream(c, size, count);
+        if tls {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return r;
+    }
     let echo = Node::start_inline(c.clone(), |node, msg| drop(node.send(msg)));
-    let (tx, inbox): (Sender<Message>, Receiver<Message>) = crossbeam_channel::unbounded();
-    let sender = echo.and_then(|echo| {
-        Node::start(c, move |m| {
-            let _ = tx.send(m);
-        })
-        .map(|s| (echo, s))
+    let r = echo.map(|echo| {
+        let to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
+        let r = echo_round_trips(c, to, pattern(size), count, window, signals);
+        echo.close();
+        r
     });
     if tls {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let (echo, sender) = sender?;
-    let sender = Arc::new(sender);
-    watch_signals(&sender, signals);
-    let to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
-    let r = round_trips(&sender, &inbox, to, &pattern(size), count, window, true);
-    sender.close();
-    echo.close();
+    let r = r?;
     print_rate(count, r?);
+    Ok(())
+}
+
+/// Raw TCP baselines between two threads of this process, over loopback.
+fn bench_raw(size: usize, count: u64, stream: bool) -> Result<(), Fail> {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    let io = |e: std::io::Error| Fail(format!("raw TCP baseline: {e}"));
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
+    let size = size.max(1);
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = vec![0u8; size.max(1 << 16)];
+        if stream {
+            let total = size as u64 * count;
+            let mut got = 0u64;
+            while got < total {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                got += n as u64;
+            }
+            s.write_all(b"k")?;
+        } else {
+            for _ in 0..count {
+                s.read_exact(&mut buf[..size])?;
+                s.write_all(&buf[..size])?;
+            }
+        }
+        Ok(())
+    });
+    let mut c = TcpStream::connect(addr).map_err(io)?;
+    c.set_nodelay(true).map_err(io)?;
+    let msg = pattern(size);
+    let mut buf = vec![0u8; size];
+    let start = Instant::now();
+    if stream {
+        for _ in 0..count {
+            c.write_all(&msg).map_err(io)?;
+        }
+        c.read_exact(&mut buf[..1]).map_err(io)?;
+    } else {
+        for _ in 0..count {
+            c.write_all(&msg).map_err(io)?;
+            c.read_exact(&mut buf).map_err(io)?;
+        }
+    }
+    let elapsed = start.elapsed();
+    server
+        .join()
+        .map_err(|_| Fail("raw TCP server thread panicked".into()))?
+        .map_err(io)?;
+    if stream {
+        let mib = (size as u64 * count) as f64 / (1 << 20) as f64;
+        println!(
+            "{count} messages of {size} bytes in {:.3} s: {:.0} MiB/s",
+            elapsed.as_secs_f64(),
+            mib / elapsed.as_secs_f64()
+        );
+    } else {
+        print_rate(count, elapsed);
+    }
+    Ok(())
+}
+
+/// One-way bandwidth between two nodes of this process: COUNT asynchronous messages of
+/// SIZE bytes, timed until the receiver has them all.
+fn bench_stream(mut c: Config, size: usize, count: u64) -> Result<(), Fail> {
+    c.synchronous = false;
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let got = std::sync::atomic::AtomicU64::new(0);
+    let receiver = Node::start(c.clone(), move |m| {
+        drop(m);
+        if got.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == count {
+            let _ = done_tx.send(());
+        }
+    })?;
+    let sender = Node::start(c, drop)?;
+    let to = SocketAddr::from(([127, 0, 0, 1], receiver.port()));
+    let payload = pattern(size);
+    let start = Instant::now();
+    let r = plain_sends(&sender, to, &payload, count, 16);
+    let r = r.and_then(|()| {
+        done.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| Fail("the receiver did not get every message".into()))
+    });
+    let elapsed = start.elapsed();
+    sender.close();
+    receiver.close();
+    r?;
+    let mib = (size as u64 * count) as f64 / (1 << 20) as f64;
+    println!(
+        "{count} messages of {size} bytes in {:.3} s: {:.0} MiB/s",
+        elapsed.as_secs_f64(),
+        mib / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Opens `n` idle plaintext connections (raw clients that send a handshake) to a node and
+/// reports the node's resident memory per connection (thread stacks and buffers included).
+fn bench_idle(n: usize) -> Result<(), Fail> {
+    use std::io::Read;
+    // Two descriptors per connection in this process: raise the soft limit.
+    // SAFETY: plain getrlimit/setrlimit on this process.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    let mut c = Config::default();
+    c.port = 0;
+    c.disable_encryption = true;
+    c.bind_v6 = None;
+    c.backlog = 127;
+    let node = Node::start(c, drop)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], node.port()));
+    let wait_conns = |want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while node.connection_count() != want {
+            if Instant::now() > deadline {
+                return Err(Fail(format!(
+                    "expected {want} connections, have {}",
+                    node.connection_count()
+                )));
+            }
+            std::thread::park_timeout(Duration::from_millis(5));
+        }
+        Ok(())
+    };
+    // Warm up one connection so that one-time allocations are not counted.
+    let mut clients = Vec::with_capacity(n + 1);
+    let io = |e: std::io::Error| Fail(format!("idle connection: {e}"));
+    let open = |port: u16| -> Result<std::net::TcpStream, Fail> {
+        let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
+        let hs = libchirp::wire::Handshake {
+            port,
+            identity: libchirp::Identity::random(),
+        }
+        .encode();
+        s.write_all(&hs).map_err(io)?;
+        let mut theirs = [0u8; 18];
+        s.read_exact(&mut theirs).map_err(io)?;
+        Ok(s)
+    };
+    clients.push(open(1)?);
+    wait_conns(1)?;
+    let before = resident_kib();
+    let threads_before = node.thread_count();
+    for i in 0..n {
+        clients.push(open(2 + i as u16)?);
+    }
+    wait_conns(n + 1)?;
+    // Every connection set up: its reader and writer threads both running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.thread_count() < threads_before + 2 * n {
+        if Instant::now() > deadline {
+            return Err(Fail(format!(
+                "only {} of {} connection threads started",
+                node.thread_count() - threads_before,
+                2 * n
+            )));
+        }
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    let after = resident_kib();
+    let threads = node.thread_count() - threads_before;
+    println!(
+        "{n} idle connections: {:.1} KiB resident each ({} threads each)",
+        (after.saturating_sub(before)) as f64 / n as f64,
+        threads / n.max(1)
+    );
+    drop(clients);
+    node.close();
     Ok(())
 }

@@ -8,6 +8,8 @@
 mod reader;
 mod writer;
 
+pub(crate) use writer::kick;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -70,6 +70,8 @@ impl<'a> Source<'a> {
         dst: &mut [u8],
         deadline: Option<Instant>,
     ) -> Result<usize, Error> {
+        // Whatever handlers queued while we dispatched goes out before we block.
+        super::writer::uncork(self.inner);
         loop {
             if let Some(d) = deadline {
                 let remaining = d.saturating_duration_since(Instant::now());
@@ -193,6 +195,7 @@ fn read_loop(
     let from = SocketAddr::new(conn.peer.ip(), info.port);
     let mut after = After::default();
     loop {
+        super::writer::cork();
         while src.buf.len() >= PREAMBLE_SIZE {
             let mut raw = [0u8; PREAMBLE_SIZE];
             raw.copy_from_slice(&src.buf.data()[..PREAMBLE_SIZE]);
@@ -286,6 +289,15 @@ fn acquire_slot(inner: &Arc<Inner>, conn: &Arc<Conn>) -> Result<(), Error> {
             e.slots_used += 1;
             return Ok(());
         }
+        // About to block: first write what handlers queued (their releases may be in it).
+        drop(st);
+        super::writer::uncork(inner);
+        st = inner.lock();
+        match st.conns.get(&conn.id) {
+            Some(e) if !e.closing && e.slots_used >= max => {}
+            _ => continue,
+        }
         st = conn.reader_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        super::writer::cork();
     }
 }

@@ -1,85 +1,318 @@
-//! The writer thread: the only thread that writes to a connection's socket once it is set
-//! up. It takes every queued frame at once (control frames first), encodes the preambles,
-//! and writes the batch with one vectored write — or, with TLS, encrypts the batch and
-//! writes the ciphertext — without holding any lock during the write.
+//! Writing frames to a connection.
+//!
+//! Frames are written by whichever thread finds the connection idle: the thread that queued
+//! them writes them at once with a non-blocking `sendmsg` ("direct write"), which costs no
+//! thread wake-up. Only when the socket cannot take everything does the connection's writer
+//! thread get the unwritten remainder ("handoff") and finish it with blocking writes. While
+//! one thread writes, others only queue; the active writer takes every queued frame at once
+//! (control frames first) and writes the batch with one system call.
+//!
+//! A reader thread *corks* while it dispatches one read buffer: writes that handlers on it
+//! cause are collected and flushed as one batch before the reader blocks again.
+//!
+//! No lock is held during a write; the `writing` flag in the connection's entry says who
+//! owns the socket's write side.
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice, Write};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use super::Conn;
 use crate::error::Error;
 use crate::message::Identity;
-use crate::node::state::{After, Frame};
+use crate::node::state::{After, Frame, Handoff};
 use crate::node::Inner;
 use crate::wire::{Preamble, PREAMBLE_SIZE, TYPE_ACK, TYPE_NOOP, TYPE_REQ_ACK};
 
+/// The kernel takes at most IOV_MAX (1024) slices per call.
+const MAX_IOV: usize = 1024;
+/// Rounds a direct writer makes before leaving further batches to the writer thread.
+const DIRECT_ROUNDS: usize = 4;
+
+thread_local! {
+    /// Connections whose writes are held back while this (reader) thread dispatches a
+    /// read buffer; `None` when not corked.
+    static CORK: RefCell<Option<Vec<Arc<Conn>>>> = const { RefCell::new(None) };
+}
+
+/// Starts holding back direct writes on this thread.
+pub(crate) fn cork() {
+    CORK.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(Vec::new());
+        }
+    });
+}
+
+/// Stops holding back and writes everything held back.
+pub(crate) fn uncork(inner: &Arc<Inner>) {
+    let held = CORK.with(|c| c.borrow_mut().take());
+    if let Some(conns) = held {
+        for conn in conns {
+            direct_write(inner, &conn);
+        }
+    }
+}
+
+/// Frames are queued on an idle connection: write them now, or later if corked.
+pub(crate) fn kick(inner: &Arc<Inner>, conn: Arc<Conn>) {
+    let conn = CORK.with(|c| match c.borrow_mut().as_mut() {
+        Some(list) => {
+            if !list.iter().any(|c| c.id == conn.id) {
+                list.push(conn);
+            }
+            None
+        }
+        None => Some(conn),
+    });
+    if let Some(conn) = conn {
+        direct_write(inner, &conn);
+    }
+}
+
+fn encode(frames: &[(Frame, u32)], preambles: &mut Vec<[u8; PREAMBLE_SIZE]>, req_ack: u8) {
+    preambles.clear();
+    for (frame, serial) in frames {
+        let p = match frame {
+            Frame::User(p) => {
+                let m = p.msg();
+                Preamble {
+                    identity: m.identity,
+                    serial: *serial,
+                    data_len: m.data.len() as u32,
+                    header_len: m.header.len() as u16,
+                    kind_bits: req_ack,
+                }
+            }
+            Frame::Ack(r) => Preamble {
+                identity: r.identity,
+                serial: *serial,
+                data_len: 0,
+                header_len: 0,
+                kind_bits: TYPE_ACK,
+            },
+            Frame::Noop => Preamble {
+                identity: Identity::zero(),
+                serial: *serial,
+                data_len: 0,
+                header_len: 0,
+                kind_bits: TYPE_NOOP,
+            },
+        };
+        preambles.push(p.encode());
+    }
+}
+
+fn parts<'a>(frames: &'a [(Frame, u32)], preambles: &'a [[u8; PREAMBLE_SIZE]]) -> Vec<&'a [u8]> {
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(frames.len() * 3);
+    for ((frame, _), pre) in frames.iter().zip(preambles) {
+        parts.push(pre);
+        if let Frame::User(p) = frame {
+            let m = p.msg();
+            if !m.header.is_empty() {
+                parts.push(&m.header);
+            }
+            if !m.data.is_empty() {
+                parts.push(&m.data);
+            }
+        }
+    }
+    parts
+}
+
+fn req_ack_bits(inner: &Inner) -> u8 {
+    if inner.lim.synchronous {
+        TYPE_REQ_ACK
+    } else {
+        0
+    }
+}
+
+/// What a non-blocking write achieved.
+enum Outcome {
+    Done,
+    /// The socket is full: these bytes are still to be written.
+    Rest(Vec<u8>),
+}
+
+/// Writes queued frames of `conn` from the calling thread without blocking.
+pub(crate) fn direct_write(inner: &Arc<Inner>, conn: &Arc<Conn>) {
+    let id = conn.id;
+    let req_ack = req_ack_bits(inner);
+    let mut frames: Vec<(Frame, u32)> = Vec::new();
+    let mut preambles = Vec::new();
+    let mut cipher = Vec::new();
+    let mut after = After::default();
+    for _ in 0..DIRECT_ROUNDS {
+        {
+            let mut st = inner.lock();
+            match st.conns.get(&id) {
+                Some(e) if e.handshaken && !e.closing && !e.writing && e.handoff.is_none() => {}
+                _ => return,
+            }
+            st.take_frames(&inner.lim, id, &mut frames);
+            if frames.is_empty() {
+                return;
+            }
+            if let Some(e) = st.conns.get_mut(&id) {
+                e.writing = true;
+            }
+        }
+        encode(&frames, &mut preambles, req_ack);
+        let outcome = {
+            let parts = parts(&frames, &preambles);
+            try_write(conn, &parts, &mut cipher)
+        };
+        let mut st = inner.lock();
+        match outcome {
+            Ok(Outcome::Done) => st.frames_written(&inner.lim, id, &mut frames, Ok(()), &mut after),
+            Ok(Outcome::Rest(rest)) => {
+                match st.conns.get_mut(&id) {
+                    Some(e) if !e.closing => {
+                        e.handoff = Some(Handoff {
+                            frames: std::mem::take(&mut frames),
+                            rest,
+                        });
+                        e.conn.writer_cv.notify_all();
+                    }
+                    _ => st.frames_written(
+                        &inner.lim,
+                        id,
+                        &mut frames,
+                        Err(Error::Shutdown),
+                        &mut after,
+                    ),
+                }
+                drop(st);
+                inner.run_after(&mut after);
+                return;
+            }
+            Err(e) => {
+                st.frames_written(&inner.lim, id, &mut frames, Err(e), &mut after);
+                drop(st);
+                inner.run_after(&mut after);
+                return;
+            }
+        }
+        drop(st);
+        inner.run_after(&mut after);
+    }
+    // Still busy: let the writer thread take over.
+    if let Some(e) = inner.lock().conns.get(&id) {
+        e.conn.writer_cv.notify_all();
+    }
+}
+
+/// One non-blocking attempt to write `parts` (encrypting them first with TLS).
+fn try_write(conn: &Conn, parts: &[&[u8]], cipher: &mut Vec<u8>) -> Result<Outcome, Error> {
+    match conn.tls.get() {
+        Some(tls) => {
+            cipher.clear();
+            tls.encrypt(parts, cipher)?;
+            let mut off = 0;
+            while off < cipher.len() {
+                match send_nonblocking(conn, &[IoSlice::new(&cipher[off..])]) {
+                    Ok(n) => off += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Outcome::Rest(cipher[off..].to_vec()));
+                    }
+                    Err(e) => return Err(write_error(e)),
+                }
+            }
+            Ok(Outcome::Done)
+        }
+        None => {
+            let mut slices: Vec<IoSlice> = parts.iter().map(|p| IoSlice::new(p)).collect();
+            let mut bufs: &mut [IoSlice] = &mut slices;
+            while !bufs.is_empty() {
+                let n = bufs.len().min(MAX_IOV);
+                match send_nonblocking(conn, &bufs[..n]) {
+                    Ok(written) => IoSlice::advance_slices(&mut bufs, written),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        let total: usize = bufs.iter().map(|b| b.len()).sum();
+                        let mut rest = Vec::with_capacity(total);
+                        for b in bufs.iter() {
+                            rest.extend_from_slice(b);
+                        }
+                        return Ok(Outcome::Rest(rest));
+                    }
+                    Err(e) => return Err(write_error(e)),
+                }
+            }
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+/// `sendmsg` with MSG_DONTWAIT: never blocks, whatever the socket's mode.
+fn send_nonblocking(conn: &Conn, bufs: &[IoSlice]) -> io::Result<usize> {
+    loop {
+        // SAFETY: msghdr is plain data; zeroed is valid. IoSlice is ABI-compatible with
+        // iovec on Unix, and the slices outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = bufs.len() as _;
+        // SAFETY: a valid socket and a msghdr describing live buffers.
+        let n = unsafe {
+            libc::sendmsg(
+                conn.stream.as_raw_fd(),
+                &msg,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// The writer thread: finishes handoffs, writes batches when nobody else does, flushes
+/// ciphertext a TLS read produced. Ends when the connection is shut down.
 pub(crate) fn run(inner: &Arc<Inner>, conn: &Arc<Conn>) {
     let id = conn.id;
     let mut frames: Vec<(Frame, u32)> = Vec::new();
     let mut preambles: Vec<[u8; PREAMBLE_SIZE]> = Vec::new();
     let mut cipher: Vec<u8> = Vec::new();
     let mut after = After::default();
-    let req_ack = if inner.lim.synchronous {
-        TYPE_REQ_ACK
-    } else {
-        0
-    };
+    let req_ack = req_ack_bits(inner);
     let mut st = inner.lock();
     while let Some(e) = st.conns.get_mut(&id) {
         if e.closing {
             break;
         }
-        let flush = std::mem::take(&mut e.tls_flush);
-        st.take_frames(&inner.lim, id, &mut frames);
-        if frames.is_empty() && !flush {
+        let result;
+        if let Some(h) = e.handoff.take() {
+            // A direct writer filled the socket: finish its batch (still `writing`).
+            frames = h.frames;
+            drop(st);
+            result = (&conn.stream).write_all(&h.rest).map_err(write_error);
+        } else if e.writing {
+            // A direct writer is active; it hands over or finishes by itself.
             st = conn.writer_cv.wait(st).unwrap_or_else(|e| e.into_inner());
             continue;
-        }
-        if !frames.is_empty() {
+        } else {
+            let flush = std::mem::take(&mut e.tls_flush);
+            st.take_frames(&inner.lim, id, &mut frames);
+            if frames.is_empty() && !flush {
+                st = conn.writer_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
             if let Some(e) = st.conns.get_mut(&id) {
                 e.writing = true;
             }
+            drop(st);
+            encode(&frames, &mut preambles, req_ack);
+            let parts = parts(&frames, &preambles);
+            result = write_blocking(conn, &parts, &mut cipher);
         }
-        drop(st);
-
-        preambles.clear();
-        for (frame, serial) in &frames {
-            let p = match frame {
-                Frame::User(p) => {
-                    let m = p.msg();
-                    Preamble {
-                        identity: m.identity,
-                        serial: *serial,
-                        data_len: m.data.len() as u32,
-                        header_len: m.header.len() as u16,
-                        kind_bits: req_ack,
-                    }
-                }
-                Frame::Ack(r) => Preamble {
-                    identity: r.identity,
-                    serial: *serial,
-                    data_len: 0,
-                    header_len: 0,
-                    kind_bits: TYPE_ACK,
-                },
-                Frame::Noop => Preamble {
-                    identity: Identity::zero(),
-                    serial: *serial,
-                    data_len: 0,
-                    header_len: 0,
-                    kind_bits: TYPE_NOOP,
-                },
-            };
-            preambles.push(p.encode());
-        }
-        let result = write_batch(conn, &frames, &preambles, &mut cipher);
-
         st = inner.lock();
-        if !frames.is_empty() {
-            st.frames_written(&inner.lim, id, &mut frames, result, &mut after);
-        } else if let Err(e) = result {
-            st.shutdown_conn(&inner.lim, id, e, false, &mut after);
-        }
+        st.frames_written(&inner.lim, id, &mut frames, result, &mut after);
         if !after.is_empty() {
             drop(st);
             inner.run_after(&mut after);
@@ -102,32 +335,16 @@ fn write_error(e: io::Error) -> Error {
     }
 }
 
-fn write_batch(
-    conn: &Conn,
-    frames: &[(Frame, u32)],
-    preambles: &[[u8; PREAMBLE_SIZE]],
-    cipher: &mut Vec<u8>,
-) -> Result<(), Error> {
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(frames.len() * 3);
-    for ((frame, _), pre) in frames.iter().zip(preambles) {
-        parts.push(pre);
-        if let Frame::User(p) = frame {
-            let m = p.msg();
-            if !m.header.is_empty() {
-                parts.push(&m.header);
-            }
-            if !m.data.is_empty() {
-                parts.push(&m.data);
-            }
-        }
-    }
+/// Blocking write (bounded by the socket's write timeout) of a batch, or of the ciphertext
+/// a TLS read left behind when `parts` is empty.
+fn write_blocking(conn: &Conn, parts: &[&[u8]], cipher: &mut Vec<u8>) -> Result<(), Error> {
     match conn.tls.get() {
         Some(tls) => {
             cipher.clear();
             if parts.is_empty() {
                 tls.take_outgoing(cipher);
             } else {
-                tls.encrypt(&parts, cipher)?;
+                tls.encrypt(parts, cipher)?;
             }
             (&conn.stream).write_all(cipher).map_err(write_error)?;
             if cipher.capacity() > 1 << 20 {
@@ -135,13 +352,11 @@ fn write_batch(
             }
             Ok(())
         }
-        None => write_all_vectored(&conn.stream, &parts).map_err(write_error),
+        None => write_all_vectored(&conn.stream, parts).map_err(write_error),
     }
 }
 
 fn write_all_vectored(mut stream: &std::net::TcpStream, parts: &[&[u8]]) -> io::Result<()> {
-    // The kernel takes at most IOV_MAX (1024) slices per call.
-    const MAX_IOV: usize = 1024;
     let mut slices: Vec<IoSlice> = parts.iter().map(|p| IoSlice::new(p)).collect();
     let mut bufs: &mut [IoSlice] = &mut slices;
     while !bufs.is_empty() {
