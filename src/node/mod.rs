@@ -54,7 +54,7 @@ pub(crate) struct Inner {
     pub(crate) sink: Sink,
     threads: Mutex<usize>,
     threads_cv: Condvar,
-    listeners: Vec<Arc<TcpListener>>,
+    listeners: Mutex<Vec<Arc<TcpListener>>>,
     closed: AtomicBool,
     request_seq: AtomicU64,
 }
@@ -242,11 +242,15 @@ impl Inner {
         }
         log::debug!("closing node {} on port {}", self.identity, self.port);
         self.with_state(|st, lim, after| st.close_all(lim, after));
-        for l in &self.listeners {
+        let listeners =
+            std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|e| e.into_inner()));
+        for l in &listeners {
             crate::sys::shutdown_listener(l.as_raw_fd());
         }
         self.timers.stop();
         self.wait_threads();
+        // The accept threads have ended: this closes the listening sockets.
+        drop(listeners);
     }
 
     fn wait_threads(&self) {
@@ -424,7 +428,7 @@ impl Node {
             tls,
             threads: Mutex::new(0),
             threads_cv: Condvar::new(),
-            listeners: listeners.into_iter().map(Arc::new).collect(),
+            listeners: Mutex::new(listeners.into_iter().map(Arc::new).collect()),
             closed: AtomicBool::new(false),
             request_seq: AtomicU64::new(1),
         });
@@ -462,8 +466,12 @@ impl Node {
             Instant::now() + Duration::from_millis(crate::rand::range(r / 2, r)),
             Event::Gc,
         );
-        for l in &inner.listeners {
-            let l = l.clone();
+        let listeners = inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for l in listeners {
             let family = if l.local_addr().map(|a| a.is_ipv6()).unwrap_or(false) {
                 "v6"
             } else {
@@ -608,8 +616,12 @@ impl Node {
 
     /// The node's listening addresses.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.inner
+        let listeners = self
+            .inner
             .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()

@@ -60,10 +60,19 @@ pub fn recv(rx: &crossbeam_channel::Receiver<Message>, what: &str) -> Message {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-/// Number of threads of this process.
+/// Number of libchirp threads in this process (all are named `chirp-*`), read from
+/// /proc/self/task; test-harness threads coming and going do not disturb it.
 pub fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm"))
+                        .map(|c| c.starts_with("chirp-"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
         .unwrap_or(0)
 }
 
