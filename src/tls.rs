@@ -101,11 +101,6 @@ impl TlsContext {
         b.set_cipher_list(CIPHER_LIST).map_err(ctx_err)?;
         Ok(TlsContext { ctx: b.build() })
     }
-
-    #[allow(dead_code)]
-    pub(crate) fn load_check(cert_chain: &Path, dh_params: &Path) -> Result<(), Error> {
-        TlsContext::new(cert_chain, dh_params).map(|_| ())
-    }
 }
 
 /// Memory "socket" under the TLS engine.

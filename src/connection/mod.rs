@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::completion::Completion;
 use crate::error::Error;
 use crate::message::Identity;
-use crate::node::state::{After, ReleaseDone};
+use crate::node::state::ReleaseDone;
 use crate::node::{Inner, WRITER_STACK};
 use crate::tls::TlsSession;
 use crate::wire::{Handshake, HANDSHAKE_SIZE};
@@ -277,7 +277,7 @@ pub(crate) fn run(inner: Arc<Inner>, conn: Arc<Conn>) {
         });
     } else {
         // Let the writer see anything queued while the connection was set up.
-        inner.with_state(|st, lim, after| st.process(lim, key, after));
+        inner.with_state(|st, _, after| st.process(key, after));
     }
     let reason = reader::run(&inner, &conn, key, &mut source);
     log::debug!("connection {} {}: closed: {reason}", id, conn.peer);
@@ -363,11 +363,4 @@ fn establish(
         );
     }
     Ok((peer, key))
-}
-
-/// Runs deferred effects collected by a thread that already released the lock.
-pub(crate) fn flush_after(inner: &Arc<Inner>, after: &mut After) {
-    if !after.is_empty() {
-        inner.run_after(after);
-    }
 }

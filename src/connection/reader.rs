@@ -254,13 +254,13 @@ fn read_loop(
                     match request {
                         Some(r) => after.push(Deferred::Request(r.done, Ok(msg))),
                         None => {
-                            super::flush_after(inner, &mut after);
+                            inner.run_after(&mut after);
                             (inner.sink)(msg);
                         }
                     }
                 }
             }
-            super::flush_after(inner, &mut after);
+            inner.run_after(&mut after);
         }
         // Mid-frame, the rest must come within the timeout; between frames, wait freely
         // (idle connections are garbage-collected, which shuts the socket down).

@@ -218,7 +218,7 @@ impl Inner {
                 self.timers
                     .schedule(Instant::now() + Duration::from_millis(delay), Event::Gc);
             }
-            Event::Debounce(key) => self.with_state(|st, lim, after| st.unblock(lim, key, after)),
+            Event::Debounce(key) => self.with_state(|st, _, after| st.unblock(key, after)),
             Event::AckDeadline(key) => {
                 self.with_state(|st, lim, after| st.ack_deadline(lim, key, after))
             }

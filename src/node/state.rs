@@ -286,11 +286,11 @@ impl State {
             remote.noop_queued = true;
         }
         remote.user.push_back(p);
-        self.process(lim, key_of(&addr), after);
+        self.process(key_of(&addr), after);
     }
 
     /// Makes progress on a remote's queues: dial if needed, or wake the writer.
-    pub(crate) fn process(&mut self, _lim: &Limits, key: RemoteKey, after: &mut After) {
+    pub(crate) fn process(&mut self, key: RemoteKey, after: &mut After) {
         let closing = self.closing;
         let Some(remote) = self.remotes.get_mut(&key) else {
             return;
@@ -540,10 +540,6 @@ impl State {
                 if let (Some(at), Some(k)) = (arm, key) {
                     after.push(Deferred::Timer(at, super::timer::Event::AckDeadline(k)));
                 }
-                if let Some(k) = key {
-                    // More may have been queued meanwhile; the writer loops anyway.
-                    let _ = k;
-                }
             }
             Err(e) => {
                 let reason = reason.unwrap_or(e);
@@ -629,7 +625,7 @@ impl State {
             Some((k, remote)) => {
                 // Routed through the remote: written on its current connection (§2.4).
                 remote.control.push_back(Control::Ack(done));
-                self.process(lim, k, after);
+                self.process(k, after);
             }
             None => after.push(Deferred::Release(done)),
         }
@@ -654,10 +650,24 @@ impl State {
         e.closing = true;
         e.close_reason = Some(reason.clone());
         let writing = e.writing;
+        // Frames a direct writer left to the writer thread are in flight too: they fail
+        // with the reason (and must not be dropped with the entry, under this lock).
+        let handoff = e.handoff.take();
         e.conn.writer_cv.notify_all();
         e.conn.reader_cv.notify_all();
         after.push(Deferred::CloseSocket(e.conn.clone()));
-        let Some(key) = e.remote else { return };
+        self.detach(id, reason.clone(), in_flight_failed || writing, after);
+        if let Some(h) = handoff {
+            let mut frames = h.frames;
+            self.frames_written(lim, id, &mut frames, Err(reason), after);
+        }
+    }
+
+    /// The remote's side of a connection failure (§3.6 steps 2–5).
+    fn detach(&mut self, id: u64, reason: Error, in_flight: bool, after: &mut After) {
+        let Some(key) = self.conns.get(&id).and_then(|e| e.remote) else {
+            return;
+        };
         let closing = self.closing;
         let Some(remote) = self.remotes.get_mut(&key) else {
             return;
@@ -665,7 +675,7 @@ impl State {
         if remote.conn == Some(id) {
             remote.conn = None;
         }
-        let mut failed_one = in_flight_failed || writing;
+        let mut failed_one = in_flight;
         if matches!(&remote.wait_ack, Some(w) if w.conn == id) {
             let w = remote.wait_ack.take().expect("checked");
             if let Some(p) = w.pending {
@@ -695,7 +705,6 @@ impl State {
                 after.push(Deferred::Timer(at, super::timer::Event::Debounce(key)));
             }
         }
-        let _ = lim;
     }
 
     /// A thread of connection `id` ends; the entry goes with the last one.
@@ -709,10 +718,10 @@ impl State {
     }
 
     /// Debounce timer fired: unblock the remote and reconnect if anything is queued.
-    pub(crate) fn unblock(&mut self, lim: &Limits, key: RemoteKey, after: &mut After) {
+    pub(crate) fn unblock(&mut self, key: RemoteKey, after: &mut After) {
         if let Some(r) = self.remotes.get_mut(&key) {
             r.blocked = false;
-            self.process(lim, key, after);
+            self.process(key, after);
         }
     }
 
