@@ -59,6 +59,8 @@ struct Peer {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
+    /// Lines read while waiting for another one: kept, in order, for later `expect`s.
+    unread: std::cell::RefCell<std::collections::VecDeque<String>>,
 }
 
 impl Peer {
@@ -86,27 +88,43 @@ impl Peer {
             stdin: child.stdin.take(),
             child,
             lines,
+            unread: Default::default(),
         }
     }
 
-    /// Waits for a line starting with `prefix` (other lines are skipped), up to `secs`.
+    /// Waits for a line starting with `prefix`, up to `secs`. Other lines are kept for
+    /// later calls (peer lines may arrive in either order, e.g. "holding" before "released").
     fn expect(&self, prefix: &str, secs: u64) -> String {
+        let check = |l: &str| {
+            if l.starts_with("error") || l.starts_with("bad") {
+                panic!("peer: {l} (waiting for {prefix:?})");
+            }
+        };
+        {
+            let mut unread = self.unread.borrow_mut();
+            if let Some(i) = unread.iter().position(|l| l.starts_with(prefix)) {
+                return unread.remove(i).expect("found");
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) if l.starts_with(prefix) => return l,
-                Ok(l) if l.starts_with("error") || l.starts_with("bad") => {
-                    panic!("peer: {l} (waiting for {prefix:?})")
+                Ok(l) => {
+                    check(&l);
+                    self.unread.borrow_mut().push_back(l);
                 }
-                Ok(_) => continue,
-                Err(_) => panic!("peer did not say {prefix:?} within {secs} s"),
+                Err(_) => panic!(
+                    "peer did not say {prefix:?} within {secs} s (other lines: {:?})",
+                    self.unread.borrow()
+                ),
             }
         }
     }
 
     fn no_line_within(&self, d: Duration) -> bool {
-        self.lines.recv_timeout(d).is_err()
+        self.unread.borrow().is_empty() && self.lines.recv_timeout(d).is_err()
     }
 
     fn command(&mut self, line: &str) {
@@ -310,6 +328,7 @@ fn release_holds_back_synchronous_senders_both_ways() {
     let (node, _) = inbox_node(cfg(true));
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let sending = node.send(Message::to(to, b"hold me".to_vec()));
+    let second = node.send(Message::to(to, b"second".to_vec()));
     peer.expect("holding", 30);
     let sending = sending
         .wait_timeout(Duration::from_millis(700))
@@ -317,9 +336,16 @@ fn release_holds_back_synchronous_senders_both_ways() {
     peer.command("release");
     peer.expect("released", 10);
     sending.wait().expect("completes after the release");
-    // Known open problem (not asserted): a second synchronous message sent right after this
-    // release is intermittently never delivered by libchirp 1.2.1 (about 1 run in 15);
-    // see the closing note of issue 6.
+    // The second message was queued behind the first: it goes once the first is released.
+    peer.expect("holding", 30);
+    let second = second
+        .wait_timeout(Duration::from_millis(300))
+        .expect_err("held by libchirp");
+    peer.command("release");
+    peer.expect("released", 10);
+    second
+        .wait()
+        .expect("second send completes after its release");
     node.close();
     peer.stop();
 }

@@ -413,17 +413,13 @@ impl Node {
             max_slots: cfg.max_slots,
         };
         let identity = cfg.identity;
-        let direct_writes = !lim.synchronous;
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| Inner {
             sink: make_sink(WeakNode(weak.clone())),
             cfg,
             lim,
             identity,
             port,
-            state: Mutex::new(State {
-                direct_writes,
-                ..State::new()
-            }),
+            state: Mutex::new(State::new()),
             timers: Timers::new(),
             tls,
             threads: Mutex::new(0),
@@ -631,39 +627,6 @@ impl Node {
     #[doc(hidden)]
     pub fn thread_count(&self) -> usize {
         *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A one-line summary of remotes and connections (for diagnostics and tests).
-    #[doc(hidden)]
-    pub fn debug_state(&self) -> String {
-        let st = self.inner.lock();
-        let mut out = String::new();
-        for (k, r) in &st.remotes {
-            out.push_str(&format!(
-                "remote {}:{} conn={:?} user={} control={} wait_ack={:?} blocked={}; ",
-                k.0,
-                k.1,
-                r.conn,
-                r.user.len(),
-                r.control.len(),
-                r.wait_ack
-                    .as_ref()
-                    .map(|w| (w.conn, w.pending.is_some(), w.acked)),
-                r.blocked
-            ));
-        }
-        for (id, e) in &st.conns {
-            out.push_str(&format!(
-                "conn {id} hs={} closing={} writing={} handoff={} slots={} flush={}; ",
-                e.handshaken,
-                e.closing,
-                e.writing,
-                e.handoff.is_some(),
-                e.slots_used,
-                e.tls_flush
-            ));
-        }
-        out
     }
 
     /// Number of connections the node currently has (for diagnostics and tests).

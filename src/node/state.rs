@@ -217,12 +217,6 @@ pub(crate) struct State {
     pub(crate) requests: HashMap<Identity, RequestEntry>,
     pub(crate) next_id: u64,
     pub(crate) closing: bool,
-    /// Whether the thread that queues frames may write them itself (asynchronous mode).
-    /// In synchronous mode frames go through the writer thread: with direct writes, real
-    /// libchirp 1.2.1 peers intermittently failed to deliver a synchronous message (the
-    /// conformance suite's hold scenario, 10–20 % of runs; 15 of 15 passed through the
-    /// writer thread). Not root-caused in the C code yet.
-    pub(crate) direct_writes: bool,
 }
 
 /// Node-wide constants the transitions need.
@@ -244,7 +238,6 @@ impl State {
             requests: HashMap::new(),
             next_id: 1,
             closing: false,
-            direct_writes: true,
         }
     }
 
@@ -356,11 +349,7 @@ impl State {
     pub(crate) fn kick(&self, id: u64, after: &mut After) {
         if let Some(e) = self.conns.get(&id) {
             if e.handshaken && !e.closing && !e.writing && e.handoff.is_none() {
-                if self.direct_writes {
-                    after.push(Deferred::Write(e.conn.clone()));
-                } else {
-                    e.conn.writer_cv.notify_all();
-                }
+                after.push(Deferred::Write(e.conn.clone()));
             }
         }
     }
