@@ -216,10 +216,14 @@ impl TlsSession {
 
     /// Encrypts all of `parts` and appends the resulting ciphertext (plus any ciphertext
     /// the reader left behind) to `out`.
-    pub(crate) fn encrypt(&self, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), Error> {
+    pub(crate) fn encrypt(
+        &self,
+        parts: &[std::io::IoSlice],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
         let mut s = self.lock();
         for part in parts {
-            let mut rest = *part;
+            let mut rest: &[u8] = part;
             while !rest.is_empty() {
                 match s.ssl_write(rest) {
                     Ok(n) => rest = &rest[n..],

@@ -324,7 +324,7 @@ fn establish(
     let bytes: &[u8] = match conn.tls.get() {
         Some(tls) => {
             cipher = Vec::with_capacity(64);
-            tls.encrypt(&[&hs], &mut cipher)?;
+            tls.encrypt(&[std::io::IoSlice::new(&hs)], &mut cipher)?;
             &cipher
         }
         None => &hs,

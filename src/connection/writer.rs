@@ -105,17 +105,18 @@ fn encode(frames: &[(Frame, u32)], preambles: &mut Vec<[u8; PREAMBLE_SIZE]>, req
     }
 }
 
-fn parts<'a>(frames: &'a [(Frame, u32)], preambles: &'a [[u8; PREAMBLE_SIZE]]) -> Vec<&'a [u8]> {
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(frames.len() * 3);
+/// The batch as the slices of one gather write: preamble, header, data per frame.
+fn parts<'a>(frames: &'a [(Frame, u32)], preambles: &'a [[u8; PREAMBLE_SIZE]]) -> Vec<IoSlice<'a>> {
+    let mut parts = Vec::with_capacity(frames.len() * 3);
     for ((frame, _), pre) in frames.iter().zip(preambles) {
-        parts.push(pre);
+        parts.push(IoSlice::new(pre));
         if let Frame::User(p) = frame {
             let m = p.msg();
             if !m.header.is_empty() {
-                parts.push(&m.header);
+                parts.push(IoSlice::new(&m.header));
             }
             if !m.data.is_empty() {
-                parts.push(&m.data);
+                parts.push(IoSlice::new(&m.data));
             }
         }
     }
@@ -162,8 +163,8 @@ pub(crate) fn direct_write(inner: &Arc<Inner>, conn: &Arc<Conn>) {
         }
         encode(&frames, &mut preambles, req_ack);
         let outcome = {
-            let parts = parts(&frames, &preambles);
-            try_write(conn, &parts, &mut cipher)
+            let mut parts = parts(&frames, &preambles);
+            try_write(conn, &mut parts, &mut cipher)
         };
         let mut st = inner.lock();
         match outcome {
@@ -206,7 +207,7 @@ pub(crate) fn direct_write(inner: &Arc<Inner>, conn: &Arc<Conn>) {
 }
 
 /// One non-blocking attempt to write `parts` (encrypting them first with TLS).
-fn try_write(conn: &Conn, parts: &[&[u8]], cipher: &mut Vec<u8>) -> Result<Outcome, Error> {
+fn try_write(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> Result<Outcome, Error> {
     match conn.tls.get() {
         Some(tls) => {
             cipher.clear();
@@ -224,8 +225,7 @@ fn try_write(conn: &Conn, parts: &[&[u8]], cipher: &mut Vec<u8>) -> Result<Outco
             Ok(Outcome::Done)
         }
         None => {
-            let mut slices: Vec<IoSlice> = parts.iter().map(|p| IoSlice::new(p)).collect();
-            let mut bufs: &mut [IoSlice] = &mut slices;
+            let mut bufs: &mut [IoSlice] = parts;
             while !bufs.is_empty() {
                 let n = bufs.len().min(MAX_IOV);
                 match send_nonblocking(conn, &bufs[..n]) {
@@ -308,8 +308,8 @@ pub(crate) fn run(inner: &Arc<Inner>, conn: &Arc<Conn>) {
             }
             drop(st);
             encode(&frames, &mut preambles, req_ack);
-            let parts = parts(&frames, &preambles);
-            result = write_blocking(conn, &parts, &mut cipher);
+            let mut parts = parts(&frames, &preambles);
+            result = write_blocking(conn, &mut parts, &mut cipher);
         }
         st = inner.lock();
         st.frames_written(&inner.lim, id, &mut frames, result, &mut after);
@@ -337,7 +337,7 @@ fn write_error(e: io::Error) -> Error {
 
 /// Blocking write (bounded by the socket's write timeout) of a batch, or of the ciphertext
 /// a TLS read left behind when `parts` is empty.
-fn write_blocking(conn: &Conn, parts: &[&[u8]], cipher: &mut Vec<u8>) -> Result<(), Error> {
+fn write_blocking(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> Result<(), Error> {
     match conn.tls.get() {
         Some(tls) => {
             cipher.clear();
@@ -356,9 +356,8 @@ fn write_blocking(conn: &Conn, parts: &[&[u8]], cipher: &mut Vec<u8>) -> Result<
     }
 }
 
-fn write_all_vectored(mut stream: &std::net::TcpStream, parts: &[&[u8]]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice> = parts.iter().map(|p| IoSlice::new(p)).collect();
-    let mut bufs: &mut [IoSlice] = &mut slices;
+fn write_all_vectored(mut stream: &std::net::TcpStream, parts: &mut [IoSlice]) -> io::Result<()> {
+    let mut bufs: &mut [IoSlice] = parts;
     while !bufs.is_empty() {
         let n = bufs.len().min(MAX_IOV);
         match stream.write_vectored(&bufs[..n]) {
