@@ -72,3 +72,8 @@ pub use config::{Config, Effective};
 pub use error::{Error, Result, SendError};
 pub use message::{Identity, Message};
 pub use node::Node;
+
+/// The README's example, compiled and run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
