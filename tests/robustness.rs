@@ -58,11 +58,6 @@ fn reset_on_close(s: &TcpStream) {
     }
 }
 
-/// An echo node without helper threads (handler on the reader thread).
-fn inline_echo(c: libchirp::Config) -> Node {
-    Node::start_inline(c, |node, msg| drop(node.send(msg))).expect("start echo")
-}
-
 fn hs(port: u16) -> Vec<u8> {
     Handshake {
         port,
@@ -90,7 +85,7 @@ fn hostile_peers_do_not_disturb_a_good_one_and_leave_nothing_behind() {
     let base = (thread_count(), fd_count());
     let mut c = config(true);
     c.timeout = Duration::from_millis(500); // partial frames and missing handshakes end in 1 s
-    let echo = inline_echo(c);
+    let echo = echo_node(c);
     let addr = v4(&echo);
     let (good, inbox) = inbox_node(config(true));
     let behaviours: Vec<Box<dyn Fn(u64) -> Vec<u8> + Send + Sync>> = vec![
@@ -203,7 +198,7 @@ fn a_peer_that_stops_reading_times_the_sender_out_and_close_is_prompt() {
     assert!(first_error.is_timeout(), "{first_error}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     // Another peer is unaffected.
-    let echo = inline_echo(config(false));
+    let echo = echo_node(config(false));
     let (other, inbox) = inbox_node(config(false));
     other
         .send(Message::to(v4(&echo), b"fine".to_vec()))
@@ -427,7 +422,7 @@ fn close_leaves_no_thread_or_socket() {
     let _g = serial();
     let base = (thread_count(), fd_count());
     for _ in 0..3 {
-        let echo = inline_echo(config(true));
+        let echo = echo_node(config(true));
         let (sender, inbox) = inbox_node(config(true));
         for _ in 0..10 {
             let s = sender.send(Message::to(v6(&echo), b"x".to_vec()));

@@ -39,19 +39,10 @@ pub fn inbox_node(config: Config) -> (Node, crossbeam_channel::Receiver<Message>
     (node, rx)
 }
 
-/// An echo node: every message is sent back to its sender (same identity), and released
-/// once that send completed. Runs the echo on its own thread, which ends with the node.
+/// An echo node: every message is sent back to its sender (same identity) from the reader
+/// thread, and released once that send completed. No helper thread: it ends with the node.
 pub fn echo_node(config: Config) -> Node {
-    let (node, rx) = inbox_node(config);
-    let handle = node.clone();
-    std::thread::spawn(move || {
-        for msg in rx {
-            let c = handle.send(msg);
-            // Drop the completion: the message (and its slot) is freed when the send ends.
-            drop(c);
-        }
-    });
-    node
+    Node::start_inline(config, |node, msg| drop(node.send(msg))).expect("start echo node")
 }
 
 /// Receives with a deadline, panicking with `what` on time-out.
