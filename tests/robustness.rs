@@ -332,86 +332,93 @@ fn no_silent_loss_while_the_receiver_restarts_twice() {
     let base = (thread_count(), fd_count());
     let mut rc = config(true);
     rc.timeout = Duration::from_secs(2);
-    let (first, rx) = inbox_node(rc.clone());
-    let port = first.port();
-    rc.port = port;
     let received = Arc::new(Mutex::new(Vec::<u32>::new()));
-    let collect = |rx: crossbeam_channel::Receiver<Message>, received: Arc<Mutex<Vec<u32>>>| {
-        std::thread::spawn(move || {
-            for m in rx {
+    // The receiver records every message it gets (the sink runs before the release, so a
+    // recorded message may still have its ACK lost when the node dies).
+    let start_receiver = |rc: &libchirp::Config| -> Node {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let received = received.clone();
+            match Node::start(rc.clone(), move |m: Message| {
                 received
                     .lock()
                     .unwrap()
                     .push(u32::from_be_bytes(m.data().try_into().unwrap()));
+            }) {
+                Ok(node) => return node,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot restart the receiver: {e}"
+                    );
+                    std::thread::park_timeout(Duration::from_millis(20));
+                }
             }
-        })
+        }
     };
-    let c1 = collect(rx, received.clone());
+    let mut receiver = start_receiver(&rc);
+    rc.port = receiver.port();
+    let to = SocketAddr::from(([127, 0, 0, 1], rc.port));
     let mut sc = config(true);
     sc.timeout = Duration::from_secs(2);
     let (sender, _) = inbox_node(sc);
-    let to = SocketAddr::from(([127, 0, 0, 1], port));
-    let n = 3000u32;
-    let mut ok = Vec::new();
-    let mut failed = 0;
-    let mut receiver = Some(first);
-    let mut collectors = vec![c1];
-    for i in 0..n {
-        if i == 1000 || i == 2000 {
-            // Kill the receiver and start it again on the same port.
-            receiver.take().unwrap().close();
-            let restart_deadline = Instant::now() + Duration::from_secs(10);
-            let (r, rx) = loop {
-                let (tx, rx) = crossbeam_channel::unbounded();
-                match Node::start(rc.clone(), move |m| {
-                    let _ = tx.send(m);
-                }) {
-                    Ok(node) => break (node, rx),
-                    Err(e) => {
-                        assert!(
-                            Instant::now() < restart_deadline,
-                            "cannot restart the receiver: {e}"
-                        );
-                        std::thread::park_timeout(Duration::from_millis(20));
-                    }
+    let n = 10_000u32;
+    // The sender streams on its own thread while the receiver is killed under it.
+    let streaming = {
+        let sender = sender.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                match sender
+                    .send(Message::to(to, i.to_be_bytes().to_vec()))
+                    .wait()
+                {
+                    Ok(_) => ok.push(i),
+                    Err(e) => failed.push((i, e.error().clone())),
                 }
-            };
-            collectors.push(collect(rx, received.clone()));
-            receiver = Some(r);
-        }
-        match sender
-            .send(Message::to(to, i.to_be_bytes().to_vec()))
-            .wait()
-        {
-            Ok(_) => ok.push(i),
-            Err(_) => failed += 1,
-        }
+            }
+            (ok, failed)
+        })
+    };
+    for k in 1..=2u32 {
+        let mark = (k * n / 3) as usize;
+        assert!(
+            eventually(Duration::from_secs(60), || received.lock().unwrap().len()
+                >= mark),
+            "stream stalled before restart {k}"
+        );
+        receiver.close(); // mid-stream: a message is usually in flight
+        receiver = start_receiver(&rc);
     }
-    receiver.take().unwrap().close();
+    let (ok, failed) = streaming.join().unwrap();
+    receiver.close();
     sender.close();
-    for c in collectors {
-        c.join().unwrap();
-    }
     let got = received.lock().unwrap().clone();
-    // Every completed send was received. A message may be received although its send failed
-    // (the receiver got it, but died before its ACK arrived): the protocol allows that
-    // duplicate-free "received but reported failed" case; a completed send is never lost.
     let got_set: std::collections::HashSet<u32> = got.iter().copied().collect();
+    // 1. Nothing completed is lost.
     for i in &ok {
         assert!(
             got_set.contains(i),
             "message {i} completed but was never received"
         );
     }
+    // 2. Every send ended one way or the other.
+    assert_eq!(ok.len() + failed.len(), n as usize);
+    // 3. The library never resends, so nothing arrives twice. The one case the protocol
+    //    allows is a message received whose ACK died with the receiver: its send reports an
+    //    error although it arrived ("received but failed"), never a duplicate.
     assert_eq!(got.len(), got_set.len(), "no message received twice");
-    assert_eq!(ok.len() + failed, n as usize);
+    let received_but_failed = failed.iter().filter(|(i, _)| got_set.contains(i)).count();
     assert!(
-        ok.len() >= n as usize - 20,
-        "only messages around the restarts fail: {failed} failed"
+        failed.len() < n as usize / 10,
+        "only messages around the restarts fail: {}",
+        failed.len()
     );
     eprintln!(
-        "no-silent-loss: {} completed, {failed} failed with an error, {} received",
+        "no-silent-loss: {} completed, {} failed with an error ({} of them had arrived), {} received",
         ok.len(),
+        failed.len(),
+        received_but_failed,
         got.len()
     );
     back_to_baseline(base);
