@@ -249,7 +249,11 @@ fn read_loop(
                     let request = {
                         let mut st = inner.lock();
                         st.touch(conn.id, key);
-                        st.requests.remove(&pre.identity)
+                        if st.requests.is_empty() {
+                            None
+                        } else {
+                            st.requests.remove(&pre.identity)
+                        }
                     };
                     match request {
                         Some(r) => after.push(Deferred::Request(r.done, Ok(msg))),
