@@ -56,6 +56,47 @@ pub(crate) fn uncork(inner: &Arc<Inner>) {
     }
 }
 
+type Batch = (Vec<(Frame, u32)>, Vec<[u8; PREAMBLE_SIZE]>);
+
+thread_local! {
+    /// The batch vectors of the last direct write on this thread, reused by the next one.
+    /// Taken, not borrowed: a direct write can start another one (a completion drops a
+    /// message, which releases a slot, which queues an ACK).
+    static SCRATCH: std::cell::Cell<Option<Batch>> = const { std::cell::Cell::new(None) };
+}
+
+/// Reusable batch vectors, handed back to this thread's `SCRATCH`, emptied, when dropped.
+#[derive(Default)]
+struct Scratch {
+    frames: Vec<(Frame, u32)>,
+    preambles: Vec<[u8; PREAMBLE_SIZE]>,
+}
+
+impl Scratch {
+    fn take() -> Scratch {
+        let (frames, preambles) = SCRATCH
+            .try_with(|c| c.take())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Scratch { frames, preambles }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Frames left here (none on the normal paths) are failed by their own Drop, outside
+        // the state lock, as everywhere else.
+        self.frames.clear();
+        self.preambles.clear();
+        let batch = (
+            std::mem::take(&mut self.frames),
+            std::mem::take(&mut self.preambles),
+        );
+        let _ = SCRATCH.try_with(|c| c.set(Some(batch)));
+    }
+}
+
 /// Frames are queued on an idle connection: write them now, or later if corked.
 pub(crate) fn kick(inner: &Arc<Inner>, conn: Arc<Conn>) {
     let conn = CORK.with(|c| match c.borrow_mut().as_mut() {
@@ -142,8 +183,8 @@ enum Outcome {
 pub(crate) fn direct_write(inner: &Arc<Inner>, conn: &Arc<Conn>) {
     let id = conn.id;
     let req_ack = req_ack_bits(inner);
-    let mut frames: Vec<(Frame, u32)> = Vec::new();
-    let mut preambles = Vec::new();
+    let mut scratch = Scratch::take();
+    let Scratch { frames, preambles } = &mut scratch;
     let mut cipher = Vec::new();
     let mut after = After::default();
     for _ in 0..DIRECT_ROUNDS {
@@ -153,7 +194,7 @@ pub(crate) fn direct_write(inner: &Arc<Inner>, conn: &Arc<Conn>) {
                 Some(e) if e.handshaken && !e.closing && !e.writing && e.handoff.is_none() => {}
                 _ => return,
             }
-            st.take_frames(&inner.lim, id, &mut frames);
+            st.take_frames(&inner.lim, id, frames);
             if frames.is_empty() {
                 return;
             }
@@ -161,37 +202,33 @@ pub(crate) fn direct_write(inner: &Arc<Inner>, conn: &Arc<Conn>) {
                 e.writing = true;
             }
         }
-        encode(&frames, &mut preambles, req_ack);
+        encode(frames, preambles, req_ack);
         let outcome = {
-            let mut parts = parts(&frames, &preambles);
+            let mut parts = parts(frames, preambles);
             try_write(conn, &mut parts, &mut cipher)
         };
         let mut st = inner.lock();
         match outcome {
-            Ok(Outcome::Done) => st.frames_written(&inner.lim, id, &mut frames, Ok(()), &mut after),
+            Ok(Outcome::Done) => st.frames_written(&inner.lim, id, frames, Ok(()), &mut after),
             Ok(Outcome::Rest(rest)) => {
                 match st.conns.get_mut(&id) {
                     Some(e) if !e.closing => {
                         e.handoff = Some(Handoff {
-                            frames: std::mem::take(&mut frames),
+                            frames: std::mem::take(frames),
                             rest,
                         });
                         e.conn.writer_cv.notify_all();
                     }
-                    _ => st.frames_written(
-                        &inner.lim,
-                        id,
-                        &mut frames,
-                        Err(Error::Shutdown),
-                        &mut after,
-                    ),
+                    _ => {
+                        st.frames_written(&inner.lim, id, frames, Err(Error::Shutdown), &mut after)
+                    }
                 }
                 drop(st);
                 inner.run_after(&mut after);
                 return;
             }
             Err(e) => {
-                st.frames_written(&inner.lim, id, &mut frames, Err(e), &mut after);
+                st.frames_written(&inner.lim, id, frames, Err(e), &mut after);
                 drop(st);
                 inner.run_after(&mut after);
                 return;
