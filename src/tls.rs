@@ -109,6 +109,24 @@ pub(crate) struct MemBio {
     incoming: Vec<u8>,
     read_pos: usize,
     outgoing: Vec<u8>,
+    /// Plaintext gathered into one record before encryption (kept for its capacity).
+    stage: Vec<u8>,
+}
+
+/// The largest TLS record payload.
+const MAX_RECORD: usize = 16 * 1024;
+/// Parts at least this large are encrypted in place rather than gathered.
+const GATHER_LIMIT: usize = 4 * 1024;
+
+/// Encrypts all of `buf` (the memory BIO takes everything, so this never waits).
+fn ssl_write_all(s: &mut SslStream<MemBio>, mut buf: &[u8]) -> Result<(), Error> {
+    while !buf.is_empty() {
+        match s.ssl_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) => return Err(ssl_error(e)),
+        }
+    }
+    Ok(())
 }
 
 impl Read for MemBio {
@@ -216,21 +234,36 @@ impl TlsSession {
 
     /// Encrypts all of `parts` and appends the resulting ciphertext (plus any ciphertext
     /// the reader left behind) to `out`.
+    ///
+    /// Small parts are gathered into records of up to 16 KiB first: a batch of small frames
+    /// becomes one TLS record instead of one per preamble and payload, which saves the
+    /// per-record work (and 22 bytes on the wire) on both ends.
     pub(crate) fn encrypt(
         &self,
         parts: &[std::io::IoSlice],
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
         let mut s = self.lock();
-        for part in parts {
-            let mut rest: &[u8] = part;
-            while !rest.is_empty() {
-                match s.ssl_write(rest) {
-                    Ok(n) => rest = &rest[n..],
-                    Err(e) => return Err(ssl_error(e)),
+        let mut stage = std::mem::take(&mut s.get_mut().stage);
+        let r = (|| {
+            for part in parts {
+                if part.len() >= GATHER_LIMIT {
+                    ssl_write_all(&mut s, &stage)?;
+                    stage.clear();
+                    ssl_write_all(&mut s, part)?;
+                } else {
+                    if stage.len() + part.len() > MAX_RECORD {
+                        ssl_write_all(&mut s, &stage)?;
+                        stage.clear();
+                    }
+                    stage.extend_from_slice(part);
                 }
             }
-        }
+            ssl_write_all(&mut s, &stage)
+        })();
+        stage.clear();
+        s.get_mut().stage = stage;
+        r?;
         out.append(&mut s.get_mut().outgoing);
         Ok(())
     }
@@ -314,4 +347,110 @@ fn flush_outgoing(bio: &mut MemBio, mut sock: &TcpStream, deadline: Instant) -> 
             Error::tls(format!("writing the TLS handshake failed: {e}"))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::IoSlice;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// Two ends of a real TLS session over loopback, with the test PKI.
+    fn pair() -> (TlsSession, TlsSession) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("chirp-tls-unit-{}-{n}", std::process::id()));
+        let pki = crate::pki::TestPki::generate(&dir).unwrap();
+        let ctx = TlsContext::new(&pki.node_v1, &pki.dh_params).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let c_ctx = ctx.clone();
+        let client = std::thread::spawn(move || {
+            let s = TcpStream::connect(addr).unwrap();
+            TlsSession::handshake(&c_ctx, &s, true, deadline).unwrap()
+        });
+        let (s, _) = l.accept().unwrap();
+        let server = TlsSession::handshake(&ctx, &s, false, deadline).unwrap();
+        let client = client.join().unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        (client, server)
+    }
+
+    /// Walks the TLS record headers of `cipher`; returns the number of application-data
+    /// records, checking that the records exactly cover the bytes.
+    fn records(cipher: &[u8]) -> usize {
+        let (mut off, mut n) = (0, 0);
+        while off < cipher.len() {
+            assert!(off + 5 <= cipher.len(), "truncated record header");
+            let len = usize::from(u16::from_be_bytes([cipher[off + 3], cipher[off + 4]]));
+            if cipher[off] == 23 {
+                n += 1;
+            }
+            off += 5 + len;
+        }
+        assert_eq!(off, cipher.len(), "records do not cover the ciphertext");
+        n
+    }
+
+    fn decrypt_all(s: &TlsSession, cipher: &[u8], len: usize) -> Vec<u8> {
+        let mut plain = vec![0u8; len];
+        let mut got = s.decrypt(cipher, &mut plain).unwrap().plain;
+        while got < len {
+            let d = s.decrypt(&[], &mut plain[got..]).unwrap();
+            assert!(d.plain > 0, "plaintext missing after {got} of {len} bytes");
+            got += d.plain;
+        }
+        plain
+    }
+
+    #[test]
+    fn small_parts_are_gathered_into_one_record() {
+        let (client, server) = pair();
+        // Whatever the handshake left over (TLS 1.3 tickets) first.
+        let mut pending = Vec::new();
+        server.take_outgoing(&mut pending);
+        decrypt_all(&client, &pending, 0);
+        // Sixteen frames' worth of preamble + payload slices, as the writer passes them.
+        let chunks: Vec<Vec<u8>> = (0..32u8)
+            .map(|i| vec![i; 27 + usize::from(i % 2) * 16])
+            .collect();
+        let parts: Vec<IoSlice> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+        let mut cipher = Vec::new();
+        client.encrypt(&parts, &mut cipher).unwrap();
+        assert_eq!(records(&cipher), 1, "32 small parts must make one record");
+        let expect: Vec<u8> = chunks.concat();
+        assert_eq!(decrypt_all(&server, &cipher, expect.len()), expect);
+    }
+
+    #[test]
+    fn large_and_many_parts_keep_their_order_and_record_limit() {
+        let (client, server) = pair();
+        let mut pending = Vec::new();
+        server.take_outgoing(&mut pending);
+        decrypt_all(&client, &pending, 0);
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        for i in 0..600u32 {
+            // Mostly small parts (more than one record's worth), some large ones between.
+            let len = if i % 97 == 0 {
+                40_000
+            } else {
+                27 + (i as usize % 50)
+            };
+            chunks.push((0..len).map(|j| (i as usize * 7 + j) as u8).collect());
+        }
+        let parts: Vec<IoSlice> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+        let mut cipher = Vec::new();
+        client.encrypt(&parts, &mut cipher).unwrap();
+        let total: usize = chunks.iter().map(Vec::len).sum();
+        let n = records(&cipher);
+        // At most one record per 16 KiB, plus one per switch between gathered and large.
+        assert!(
+            n <= total / MAX_RECORD + 2 * 7 + 2,
+            "{n} records for {total} bytes"
+        );
+        let expect: Vec<u8> = chunks.concat();
+        assert_eq!(decrypt_all(&server, &cipher, expect.len()), expect);
+    }
 }
