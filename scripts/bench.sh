@@ -7,7 +7,10 @@
 # alternately within every run so that machine noise hits them alike. Echo and sender run
 # as two processes, 16-byte messages, as in the C README's figures. The C pair is
 # scripts/c_bench.c linked with the C core that scripts/install-peer.sh built; without that
-# peer the C column says "n/a". Prints figures only; it never fails because of speed.
+# peer the C column says "n/a". The raw-TCP column is scripts/raw_pingpong.c, also two
+# processes. With GNU time installed, a second table gives CPU time and voluntary context
+# switches (thread wake-ups) per round trip of both processes: counts that machine noise
+# moves far less than rates. Prints figures only; it never fails because of speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=5
@@ -50,43 +53,104 @@ if [ -x "$PY" ] && "$PY" -c 'import _libchirp_cffi' 2>/dev/null; then
   fi
 fi
 
+# --- raw TCP ping-pong in C, two processes (the issue's ceiling for 1 outstanding) ---
+RAWC=""
+if gcc -O2 scripts/raw_pingpong.c -o target/raw_pingpong 2>"$tmp/raw.log"; then
+  RAWC=target/raw_pingpong
+else
+  echo "(two-process raw baseline not built: $(head -1 "$tmp/raw.log"); using two threads of one process)"
+fi
+
 free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET6); s.bind(("::", 0)); print(s.getsockname()[1])'; }
 rate() { sed -n 's/.*: \([0-9]*\)\/s$/\1/p; s/.*: \([0-9]*\) MiB\/s$/\1/p' | tail -1; }
 wait_line() { # file
   for _ in $(seq 1 200); do [ -s "$1" ] && return 0; sleep 0.05; done; return 1
 }
 
-ours() { # sync|async window count
-  local flag=""; [ "$1" = async ] && flag="--async"
-  : > "$tmp/echo.out"
-  $B echo --port 0 --no-encryption $flag > "$tmp/echo.out" 2>/dev/null & local e=$!; pids+=("$e")
-  wait_line "$tmp/echo.out" || { echo 0; return; }
-  local port; port=$(sed -n 's/listening on //p' "$tmp/echo.out")
-  $B send "127.0.0.1:$port" --no-encryption $flag --echo --window "$2" --count "$3" 2>/dev/null | rate || echo 0
-  kill "$e" 2>/dev/null; wait "$e" 2>/dev/null || true
+# Echo processes run under GNU time too: rusage covers every thread a process ever had
+# (connection threads end before the process does). Echo START-UP is included; it is a few
+# milliseconds against the hundreds a measurement takes.
+TIME=""; [ -x /usr/bin/time ] && TIME=/usr/bin/time
+ECHO_PID=""
+start_echo() { # OUTFILE command...
+  local out=$1; shift
+  : > "$out"; rm -f "$tmp/etime.out"
+  if [ -n "$TIME" ]; then
+    $TIME -f "rusage %U %S %w" -o "$tmp/etime.out" "$@" > "$out" 2>/dev/null &
+  else
+    "$@" > "$out" 2>/dev/null &
+  fi
+  ECHO_PID=$!; pids+=("$ECHO_PID")
+  wait_line "$out"
+}
+stop_echo() { # SIGTERM to the echo itself (under time: its child), so time reports
+  if [ -n "$TIME" ]; then
+    pkill -TERM -P "$ECHO_PID" 2>/dev/null || kill "$ECHO_PID" 2>/dev/null || true
+  else
+    kill "$ECHO_PID" 2>/dev/null || true
+  fi
+  wait "$ECHO_PID" 2>/dev/null || true
+}
+# Runs the sender (the arguments after KEY and COUNT) against the running echo, records its
+# rate under KEY, stops the echo, and records CPU time and voluntary context switches
+# (thread wake-ups) of both processes per round trip under KEY_cpu and KEY_cs.
+measure() { # KEY COUNT sender...
+  local key=$1 count=$2; shift 2
+  local r
+  rm -f "$tmp/time.out"
+  if [ -n "$TIME" ]; then
+    r=$(timeout 120 $TIME -f "rusage %U %S %w" -o "$tmp/time.out" "$@" 2>/dev/null | rate || true)
+  else
+    r=$(timeout 120 "$@" 2>/dev/null | rate || true)
+  fi
+  stop_echo
+  add "$key" "${r:-0}"
+  if [ -n "$TIME" ] && [ -n "$r" ] && grep -q '^rusage' "$tmp/time.out" 2>/dev/null \
+       && grep -q '^rusage' "$tmp/etime.out" 2>/dev/null; then
+    local su ss sw eu es ew
+    read -r _ su ss sw < <(grep '^rusage' "$tmp/time.out")
+    read -r _ eu es ew < <(grep '^rusage' "$tmp/etime.out")
+    add "${key}_cpu" "$(awk -v a="$su" -v b="$ss" -v c="$eu" -v d="$es" -v n="$count" 'BEGIN { printf "%.1f", (a + b + c + d) * 1e6 / n }')"
+    add "${key}_cs" "$(awk -v a="$sw" -v b="$ew" -v n="$count" 'BEGIN { printf "%.2f", (a + b) / n }')"
+  fi
 }
 
-c_pair() { # sync|async window count
-  [ -n "$C" ] || { echo n/a; return; }
-  local s=1; [ "$1" = async ] && s=0
+ours() { # KEY sync|async window count
+  local flag=""; [ "$2" = async ] && flag="--async"
+  if start_echo "$tmp/echo.out" $B echo --port 0 --no-encryption $flag; then
+    local port; port=$(sed -n 's/listening on //p' "$tmp/echo.out")
+    measure "$1" "$4" $B send "127.0.0.1:$port" --no-encryption $flag --echo --window "$3" --count "$4"
+  else stop_echo; add "$1" 0; fi
+}
+
+c_pair() { # KEY sync|async window count
+  [ -n "$C" ] || { add "$1" n/a; return; }
+  local s=1; [ "$2" = async ] && s=0
   local ep op; ep=$(free_port); op=$(free_port)
-  : > "$tmp/cecho.out"
-  $C echo "$ep" "$s" > "$tmp/cecho.out" 2>/dev/null & local e=$!; pids+=("$e")
-  wait_line "$tmp/cecho.out" || { echo 0; return; }
-  timeout 120 $C send "$ep" "$op" "$s" "$2" 16 "$3" 2>/dev/null | rate || echo 0
-  kill "$e" 2>/dev/null; wait "$e" 2>/dev/null || true
+  if start_echo "$tmp/cecho.out" $C echo "$ep" "$s"; then
+    measure "$1" "$4" $C send "$ep" "$op" "$s" "$3" 16 "$4"
+  else stop_echo; add "$1" 0; fi
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print a[int((NR+1)/2)]}'; }
+raw_pair() { # KEY count
+  [ -n "$RAWC" ] || { add "$1" "$($B bench-raw --count "$2" | rate)"; return; }
+  if start_echo "$tmp/raw.out" $RAWC echo; then
+    local port; port=$(sed -n 's/listening on //p' "$tmp/raw.out")
+    measure "$1" "$2" $RAWC send "$port" 16 "$2"
+  else stop_echo; add "$1" 0; fi
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print a[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b+0 > 0 && a+0 > 0) printf "%.2f", a/b; else print "n/a" }'; }
 
 declare -A R
 add() { R[$1]="${R[$1]:-} $2"; }
 for i in $(seq 1 "$runs"); do
-  add sync_ours "$(ours sync 1 $n_sync)";   add sync_c "$(c_pair sync 1 $n_sync)"
-  add async_ours "$(ours async 1 $n_async)"; add async_c "$(c_pair async 1 $n_async)"
-  add win_ours "$(ours async 16 $n_win)";    add win_c "$(c_pair async 16 $n_win)"
-  add raw "$($B bench-raw --count $n_async | rate)"
+  ours sync_ours sync 1 $n_sync;   c_pair sync_c sync 1 $n_sync
+  ours async_ours async 1 $n_async; c_pair async_c async 1 $n_async
+  ours win_ours async 16 $n_win;    c_pair win_c async 16 $n_win
+  raw_pair raw $n_async
+  add raw_threads "$($B bench-raw --count $n_async | rate)"
   add big_ours "$($B bench --stream --size 1048576 --count $n_big | rate)"
   add big_raw "$($B bench-raw --stream --size 1048576 --count $n_big | rate)"
   add tls_sync "$($B bench --tls --count $n_sync | rate)"
@@ -108,6 +172,23 @@ row() { printf '| %-38s | %10s | %10s | %10s | %8s | %8s |\n' "$1" "$2" "$3" "$4
 row "synchronous, 1 outstanding" "$(med sync_ours)" "$(med sync_c)" "$raw"
 row "asynchronous, 1 outstanding" "$(med async_ours)" "$(med async_c)" "$raw"
 row "asynchronous, 16 outstanding" "$(med win_ours)" "$(med win_c)" "-"
+echo
+if [ -n "$TIME" ]; then
+  printf '| %-38s | %9s | %9s | %9s | %9s | %9s | %9s |\n' "per round trip, both processes" "ours CPU" "C CPU" "raw CPU" "ours wk" "C wk" "raw wk"
+  printf '|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "-----------" "-----------" "-----------" "-----------" "-----------" "-----------"
+  erow() { printf '| %-38s | %9s | %9s | %9s | %9s | %9s | %9s |\n' "$1" "$(med "$2_ours_cpu")" "$(med "$2_c_cpu")" "$3" "$(med "$2_ours_cs")" "$(med "$2_c_cs")" "$4"; }
+  erow "synchronous, 1 outstanding" sync "$(med raw_cpu)" "$(med raw_cs)"
+  erow "asynchronous, 1 outstanding" async "$(med raw_cpu)" "$(med raw_cs)"
+  erow "asynchronous, 16 outstanding" win - -
+  echo "(CPU: user + system µs of sender and echo together; wk: voluntary context switches,"
+  echo " i.e. thread wake-ups, of both processes; medians like the rates)"
+  echo
+fi
+if [ -n "$RAWC" ]; then
+  echo "raw TCP: C ping-pong between two processes, as the other columns; between two threads of one process (Rust): $(med raw_threads)/s"
+else
+  echo "raw TCP: between two threads of one process (Rust); gcc was not available for the two-process C ping-pong"
+fi
 echo
 printf '| %-38s | %10s | %10s | %8s |\n' "bandwidth, 1 MiB async messages" "ours MiB/s" "raw MiB/s" "ours/raw"
 printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "------------" "------------" "----------"
