@@ -269,3 +269,55 @@ fn sync_send_times_out_when_the_peer_never_releases() {
     );
     node.close();
 }
+
+#[test]
+fn replies_are_written_every_few_frames_not_only_after_the_whole_read_buffer() {
+    // Sixteen asynchronous messages arrive in one TCP write. The handler (on the reader
+    // thread) echoes each; at the eighth it waits until the peer has received a reply. A
+    // reader that held every reply until it had dispatched the whole buffer would write
+    // nothing while the handler waits: the wait would time out.
+    let (got_tx, got_rx) = crossbeam_channel::bounded::<()>(1);
+    let (result_tx, result_rx) = crossbeam_channel::bounded::<bool>(1);
+    let gate = std::sync::Mutex::new(Some((got_rx, result_tx)));
+    let node = libchirp::Node::start_inline(config(false), move |node, msg| {
+        let n = msg.data()[0];
+        drop(node.send(msg));
+        if n == 7 {
+            if let Some((rx, result)) = gate.lock().unwrap().take() {
+                let _ = result.send(rx.recv_timeout(Duration::from_secs(5)).is_ok());
+            }
+        }
+    })
+    .unwrap();
+    let mut raw = Raw::connect(v4(&node), 4010);
+    // One round trip first, so that the connection's threads are up and idle.
+    raw.send_frame(Identity::random(), 100, 0, &[], &[100]);
+    assert_eq!(raw.read_frame().data, [100]);
+    let mut burst = Vec::new();
+    for i in 0..16u8 {
+        burst.extend_from_slice(
+            &libchirp::wire::Preamble {
+                identity: Identity::random(),
+                serial: u32::from(i),
+                data_len: 1,
+                header_len: 0,
+                kind_bits: 0,
+            }
+            .encode(),
+        );
+        burst.push(i);
+    }
+    use std::io::Write;
+    raw.stream.write_all(&burst).unwrap();
+    let first = raw.read_frame();
+    assert_eq!(first.data, [0]);
+    got_tx.send(()).unwrap();
+    assert!(
+        result_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "no reply reached the peer while the handler was still dispatching the buffer"
+    );
+    for i in 1..16u8 {
+        assert_eq!(raw.read_frame().data, [i], "replies in order");
+    }
+    node.close();
+}

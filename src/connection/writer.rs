@@ -8,7 +8,8 @@
 //! (control frames first) and writes the batch with one system call.
 //!
 //! A reader thread *corks* while it dispatches one read buffer: writes that handlers on it
-//! cause are collected and flushed as one batch before the reader blocks again.
+//! cause are collected and flushed in batches of a few frames, and whatever is left before
+//! the reader blocks again.
 //!
 //! No lock is held during a write; the `writing` flag in the connection's entry says who
 //! owns the socket's write side.
@@ -30,10 +31,26 @@ const MAX_IOV: usize = 1024;
 /// Rounds a direct writer makes before leaving further batches to the writer thread.
 const DIRECT_ROUNDS: usize = 4;
 
+/// A corked thread writes what it holds once handlers have queued this many frames, without
+/// waiting for the end of the read buffer. Holding everything until then would run the two
+/// ends of a busy connection in lockstep (each idle while the other works through a whole
+/// batch); writing every few frames gives the peer work early, so both ends run at once and
+/// neither sleeps. Measured at 16 messages outstanding: about 2× the round trips per
+/// second of holding everything, with a tenth of the thread wake-ups (PERFORMANCE.md).
+const CORK_FRAMES: usize = 4;
+
+/// What a corked thread holds back.
+struct Held {
+    /// Connections with frames queued.
+    conns: Vec<Arc<Conn>>,
+    /// Frames queued since the last write.
+    frames: usize,
+}
+
 thread_local! {
     /// Connections whose writes are held back while this (reader) thread dispatches a
     /// read buffer; `None` when not corked.
-    static CORK: RefCell<Option<Vec<Arc<Conn>>>> = const { RefCell::new(None) };
+    static CORK: RefCell<Option<Held>> = const { RefCell::new(None) };
 }
 
 /// Starts holding back direct writes on this thread.
@@ -41,7 +58,10 @@ pub(crate) fn cork() {
     CORK.with(|c| {
         let mut c = c.borrow_mut();
         if c.is_none() {
-            *c = Some(Vec::new());
+            *c = Some(Held {
+                conns: Vec::new(),
+                frames: 0,
+            });
         }
     });
 }
@@ -49,8 +69,8 @@ pub(crate) fn cork() {
 /// Stops holding back and writes everything held back.
 pub(crate) fn uncork(inner: &Arc<Inner>) {
     let held = CORK.with(|c| c.borrow_mut().take());
-    if let Some(conns) = held {
-        for conn in conns {
+    if let Some(held) = held {
+        for conn in held.conns {
             direct_write(inner, &conn);
         }
     }
@@ -97,19 +117,38 @@ impl Drop for Scratch {
     }
 }
 
-/// Frames are queued on an idle connection: write them now, or later if corked.
+/// Frames are queued on an idle connection: write them now, or later if corked (but no
+/// later than `CORK_FRAMES` frames from now).
 pub(crate) fn kick(inner: &Arc<Inner>, conn: Arc<Conn>) {
-    let conn = CORK.with(|c| match c.borrow_mut().as_mut() {
-        Some(list) => {
-            if !list.iter().any(|c| c.id == conn.id) {
-                list.push(conn);
+    enum Then {
+        Write(Arc<Conn>),
+        Flush(Vec<Arc<Conn>>),
+        Hold,
+    }
+    let then = CORK.with(|c| match c.borrow_mut().as_mut() {
+        Some(held) => {
+            if !held.conns.iter().any(|c| c.id == conn.id) {
+                held.conns.push(conn);
             }
-            None
+            held.frames += 1;
+            if held.frames >= CORK_FRAMES {
+                held.frames = 0;
+                Then::Flush(std::mem::take(&mut held.conns))
+            } else {
+                Then::Hold
+            }
         }
-        None => Some(conn),
+        None => Then::Write(conn),
     });
-    if let Some(conn) = conn {
-        direct_write(inner, &conn);
+    // Writes happen outside the borrow: a write can queue (and kick) more frames.
+    match then {
+        Then::Write(conn) => direct_write(inner, &conn),
+        Then::Flush(conns) => {
+            for conn in conns {
+                direct_write(inner, &conn);
+            }
+        }
+        Then::Hold => {}
     }
 }
 
