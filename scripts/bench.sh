@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks: our node, C libchirp 1.2.1 and raw TCP on loopback.
 #
-#   scripts/bench.sh [--quick] [--runs N]
+#   scripts/bench.sh [--quick] [--runs N] [--windows]
+#
+# --windows: instead of the full set, asynchronous round trips at 1, 4, 8, 16, 64 and 256
+# messages outstanding, ours beside C libchirp, as a table with a bar chart.
 #
 # Each figure is the median of N runs (default 5, --quick 3), the implementations measured
 # alternately within every run so that machine noise hits them alike. Echo and sender run
@@ -15,11 +18,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=5
 quick=0
+windows=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; runs=3 ;;
     --runs) runs="$2"; shift ;;
-    *) echo "usage: $0 [--quick] [--runs N]" >&2; exit 2 ;;
+    --windows) windows=1 ;;
+    *) echo "usage: $0 [--quick] [--runs N] [--windows]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -145,6 +150,36 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b+0 > 0 && a+0 > 0) printf "%.2f"
 
 declare -A R
 add() { R[$1]="${R[$1]:-} $2"; }
+med() { echo "${R[$1]:-}" | median; }
+
+if [ "$windows" = 1 ]; then
+  ws="1 4 8 16 64 256"
+  for i in $(seq 1 "$runs"); do
+    for w in $ws; do
+      n=$((w < 16 ? 2500 * w : 40000 + 1000 * w))
+      ours "w${w}_ours" async "$w" "$n"; c_pair "w${w}_c" async "$w" "$n"
+    done
+  done
+  echo
+  echo "Asynchronous round trips per second by messages outstanding; medians of $runs runs on $(nproc) cores."
+  echo
+  printf '| %11s | %9s | %9s | %6s |\n' outstanding ours "C" "ours/C"
+  printf '|%s|%s|%s|%s|\n' "-------------" "-----------" "-----------" "--------"
+  top=1
+  for w in $ws; do
+    for k in ours c; do v=$(med "w${w}_$k"); [ "$v" != n/a ] && [ "${v%.*}" -gt "$top" ] && top=${v%.*}; done
+  done
+  for w in $ws; do
+    printf '| %11s | %9s | %9s | %6s |\n' "$w" "$(med "w${w}_ours")" "$(med "w${w}_c")" "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_c")")"
+  done
+  echo
+  bar() { awk -v v="$1" -v t="$top" 'BEGIN { n = (v + 0) * 50 / t; s = ""; for (i = 0; i < n; i++) s = s "#"; print s }'; }
+  for w in $ws; do
+    printf '%4s ours %-50s %s\n' "$w" "$(bar "$(med "w${w}_ours")")" "$(med "w${w}_ours")"
+    printf '%4s C    %-50s %s\n' "" "$(bar "$(med "w${w}_c")")" "$(med "w${w}_c")"
+  done
+  exit 0
+fi
 for i in $(seq 1 "$runs"); do
   ours sync_ours sync 1 $n_sync;   c_pair sync_c sync 1 $n_sync
   ours async_ours async 1 $n_async; c_pair async_c async 1 $n_async
@@ -160,7 +195,6 @@ for i in $(seq 1 "$runs"); do
   add tls_win "$($B bench --tls --async --window 16 --count $n_win | rate)"
   add plain_win "$($B bench --async --window 16 --count $n_win | rate)"
 done
-med() { echo "${R[$1]:-}" | median; }
 
 echo
 echo "Medians of $runs runs on $(nproc) cores ($(uname -r)); round trips per second unless noted."

@@ -270,20 +270,19 @@ fn sync_send_times_out_when_the_peer_never_releases() {
     node.close();
 }
 
-#[test]
-fn replies_are_written_every_few_frames_not_only_after_the_whole_read_buffer() {
-    // Sixteen asynchronous messages arrive in one TCP write. The handler (on the reader
-    // thread) echoes each; at the eighth it waits until the peer has received a reply. A
-    // reader that held every reply until it had dispatched the whole buffer would write
-    // nothing while the handler waits: the wait would time out.
+/// `burst` asynchronous messages arrive in one TCP write. The handler (on the reader
+/// thread) echoes each; at message `gate` it waits until the peer has received the first
+/// reply. Returns whether that happened: a reader that held every reply until it had
+/// dispatched the whole buffer would write nothing while the handler waits.
+fn first_reply_arrives_while_dispatching(burst: u8, gate: u8) -> bool {
     let (got_tx, got_rx) = crossbeam_channel::bounded::<()>(1);
     let (result_tx, result_rx) = crossbeam_channel::bounded::<bool>(1);
-    let gate = std::sync::Mutex::new(Some((got_rx, result_tx)));
+    let waiter = std::sync::Mutex::new(Some((got_rx, result_tx)));
     let node = libchirp::Node::start_inline(config(false), move |node, msg| {
         let n = msg.data()[0];
         drop(node.send(msg));
-        if n == 7 {
-            if let Some((rx, result)) = gate.lock().unwrap().take() {
+        if n == gate {
+            if let Some((rx, result)) = waiter.lock().unwrap().take() {
                 let _ = result.send(rx.recv_timeout(Duration::from_secs(5)).is_ok());
             }
         }
@@ -293,9 +292,9 @@ fn replies_are_written_every_few_frames_not_only_after_the_whole_read_buffer() {
     // One round trip first, so that the connection's threads are up and idle.
     raw.send_frame(Identity::random(), 100, 0, &[], &[100]);
     assert_eq!(raw.read_frame().data, [100]);
-    let mut burst = Vec::new();
-    for i in 0..16u8 {
-        burst.extend_from_slice(
+    let mut bytes = Vec::new();
+    for i in 0..burst {
+        bytes.extend_from_slice(
             &libchirp::wire::Preamble {
                 identity: Identity::random(),
                 serial: u32::from(i),
@@ -305,19 +304,32 @@ fn replies_are_written_every_few_frames_not_only_after_the_whole_read_buffer() {
             }
             .encode(),
         );
-        burst.push(i);
+        bytes.push(i);
     }
     use std::io::Write;
-    raw.stream.write_all(&burst).unwrap();
-    let first = raw.read_frame();
-    assert_eq!(first.data, [0]);
+    raw.stream.write_all(&bytes).unwrap();
+    assert_eq!(raw.read_frame().data, [0]);
     got_tx.send(()).unwrap();
-    assert!(
-        result_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
-        "no reply reached the peer while the handler was still dispatching the buffer"
-    );
-    for i in 1..16u8 {
+    let in_time = result_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    for i in 1..burst {
         assert_eq!(raw.read_frame().data, [i], "replies in order");
     }
     node.close();
+    in_time
+}
+
+#[test]
+fn replies_are_written_every_few_frames_not_only_after_the_whole_read_buffer() {
+    assert!(
+        first_reply_arrives_while_dispatching(16, 7),
+        "no reply reached the peer while the handler was still dispatching 16 frames"
+    );
+}
+
+#[test]
+fn with_few_frames_buffered_each_reply_is_written_at_once() {
+    assert!(
+        first_reply_arrives_while_dispatching(3, 1),
+        "the first reply was held back while the handler dispatched the second of 3 frames"
+    );
 }

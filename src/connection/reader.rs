@@ -195,7 +195,7 @@ fn read_loop(
     let from = SocketAddr::new(conn.peer.ip(), info.port);
     let mut after = After::default();
     loop {
-        super::writer::cork();
+        super::writer::cork(frames_buffered(src.buf.data(), 5));
         while src.buf.len() >= PREAMBLE_SIZE {
             let mut raw = [0u8; PREAMBLE_SIZE];
             raw.copy_from_slice(&src.buf.data()[..PREAMBLE_SIZE]);
@@ -278,6 +278,25 @@ fn read_loop(
     }
 }
 
+/// The number of frames that start in `buf` (the last may be partial), counting up to
+/// `max`. Only preambles are looked at; they are validated when the frame is dispatched.
+fn frames_buffered(buf: &[u8], max: usize) -> usize {
+    let (mut off, mut n) = (0usize, 0usize);
+    while n < max && off < buf.len() {
+        n += 1;
+        let Some(raw) = buf.get(off..off + PREAMBLE_SIZE) else {
+            break;
+        };
+        let mut p = [0u8; PREAMBLE_SIZE];
+        p.copy_from_slice(raw);
+        let pre = Preamble::decode(&p);
+        off = off
+            .saturating_add(PREAMBLE_SIZE + usize::from(pre.header_len))
+            .saturating_add(pre.data_len as usize);
+    }
+    n
+}
+
 /// Takes one of the connection's slots, waiting while all are in use.
 fn acquire_slot(inner: &Arc<Inner>, conn: &Arc<Conn>) -> Result<(), Error> {
     let max = inner.lim.max_slots;
@@ -302,6 +321,42 @@ fn acquire_slot(inner: &Arc<Inner>, conn: &Arc<Conn>) -> Result<(), Error> {
             _ => continue,
         }
         st = conn.reader_cv.wait(st).unwrap_or_else(|e| e.into_inner());
-        super::writer::cork();
+        super::writer::cork(usize::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frames_buffered;
+    use crate::wire::{Preamble, PREAMBLE_SIZE};
+    use crate::Identity;
+
+    fn frame(data_len: u32) -> Vec<u8> {
+        let mut v = Preamble {
+            identity: Identity::zero(),
+            serial: 0,
+            data_len,
+            header_len: 0,
+            kind_bits: 0,
+        }
+        .encode()
+        .to_vec();
+        v.resize(PREAMBLE_SIZE + (data_len as usize).min(64), 7);
+        v
+    }
+
+    #[test]
+    fn counts_frames_up_to_the_limit_and_survives_hostile_lengths() {
+        assert_eq!(frames_buffered(&[], 5), 0);
+        let three: Vec<u8> = [frame(1), frame(0), frame(16)].concat();
+        assert_eq!(frames_buffered(&three, 5), 3);
+        assert_eq!(frames_buffered(&three, 2), 2);
+        // A partial preamble or payload counts as a frame.
+        assert_eq!(frames_buffered(&three[..PREAMBLE_SIZE + 1 + 5], 5), 2);
+        let many: Vec<u8> = (0..10).flat_map(|_| frame(3)).collect();
+        assert_eq!(frames_buffered(&many, 5), 5);
+        // The largest announced length ends the walk instead of overflowing.
+        let hostile: Vec<u8> = [frame(u32::MAX), frame(1)].concat();
+        assert_eq!(frames_buffered(&hostile, 5), 1);
     }
 }
