@@ -24,8 +24,13 @@
 //! ## Concurrency
 //!
 //! Every connection has a reader thread and a writer thread. Sends return a [`Completion`]
-//! immediately; the writer thread batches every queued frame into one write. The
-//! [`pool`] interface runs your handler on a fixed thread pool; the [`queue`] interface
+//! immediately. On an idle connection the sending thread writes the frame itself with one
+//! non-blocking system call (no thread hand-off); while a write is under way, frames queue
+//! and the active writer takes all of them into its next write; the writer thread only
+//! finishes what the socket could not take at once. Sends made by a handler on a reader
+//! thread ([`Node::start_inline`]) are gathered while that thread works through a read
+//! buffer and written every four frames, so replies to a burst share system calls while the
+//! peer already gets work. The [`pool`] interface runs your handler on a fixed thread pool; the [`queue`] interface
 //! hands messages out through a blocking channel.
 //!
 //! ## Differences from C libchirp
