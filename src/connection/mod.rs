@@ -103,7 +103,7 @@ impl Slot {
         };
         let (conn, req_ack) = (self.conn, self.req_ack);
         self.inner
-            .with_state(|st, lim, after| st.release_slot(lim, conn, req_ack, rd, after));
+            .with_state(|st, _, after| st.release_slot(conn, req_ack, rd, after));
     }
 }
 

@@ -316,11 +316,14 @@ fn acquire_slot(inner: &Arc<Inner>, conn: &Arc<Conn>) -> Result<(), Error> {
         drop(st);
         super::writer::uncork(inner);
         st = inner.lock();
-        match st.conns.get(&conn.id) {
-            Some(e) if !e.closing && e.slots_used >= max => {}
+        match st.conns.get_mut(&conn.id) {
+            Some(e) if !e.closing && e.slots_used >= max => e.reader_waiting = true,
             _ => continue,
         }
         st = conn.reader_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = st.conns.get_mut(&conn.id) {
+            e.reader_waiting = false;
+        }
         super::writer::cork(usize::MAX);
     }
 }

@@ -162,6 +162,9 @@ pub(crate) struct ConnEntry {
     /// The writer has frames out of the queues and is writing them.
     pub(crate) writing: bool,
     pub(crate) slots_used: usize,
+    /// The reader is blocked waiting for a slot (only then does a release notify it: a
+    /// condition-variable notification is a system call even with nobody waiting).
+    pub(crate) reader_waiting: bool,
     pub(crate) timestamp: Instant,
     pub(crate) tls_flush: bool,
     /// Threads of this connection still running; the entry goes when it reaches zero.
@@ -334,6 +337,7 @@ impl State {
                                 close_reason: None,
                                 writing: false,
                                 slots_used: 0,
+                                reader_waiting: false,
                                 timestamp: Instant::now(),
                                 tls_flush: false,
                                 threads: 1,
@@ -387,6 +391,7 @@ impl State {
                 close_reason: None,
                 writing: false,
                 slots_used: 0,
+                reader_waiting: false,
                 timestamp: Instant::now(),
                 tls_flush: false,
                 threads: 1,
@@ -614,7 +619,6 @@ impl State {
     /// Releases a slot of connection `id`, queueing the ACK when one is due (§2.4).
     pub(crate) fn release_slot(
         &mut self,
-        lim: &Limits,
         id: u64,
         req_ack: bool,
         done: ReleaseDone,
@@ -622,9 +626,8 @@ impl State {
     ) {
         let mut key = None;
         if let Some(e) = self.conns.get_mut(&id) {
-            let was_full = e.slots_used >= lim.max_slots;
             e.slots_used = e.slots_used.saturating_sub(1);
-            if was_full {
+            if e.reader_waiting {
                 e.conn.reader_cv.notify_all();
             }
             if req_ack && !e.closing && !self.closing {
