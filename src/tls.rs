@@ -118,6 +118,27 @@ const MAX_RECORD: usize = 16 * 1024;
 /// Parts at least this large are encrypted in place rather than gathered.
 const GATHER_LIMIT: usize = 4 * 1024;
 
+/// Encrypts `parts` in order: small ones gathered in `stage` into records of up to
+/// `MAX_RECORD` bytes, large ones on their own.
+fn gather_and_write(
+    s: &mut SslStream<MemBio>,
+    stage: &mut Vec<u8>,
+    parts: &[std::io::IoSlice],
+) -> Result<(), Error> {
+    for part in parts {
+        if part.len() >= GATHER_LIMIT || stage.len() + part.len() > MAX_RECORD {
+            ssl_write_all(s, stage)?;
+            stage.clear();
+        }
+        if part.len() >= GATHER_LIMIT {
+            ssl_write_all(s, part)?;
+        } else {
+            stage.extend_from_slice(part);
+        }
+    }
+    ssl_write_all(s, stage)
+}
+
 /// Encrypts all of `buf` (the memory BIO takes everything, so this never waits).
 fn ssl_write_all(s: &mut SslStream<MemBio>, mut buf: &[u8]) -> Result<(), Error> {
     while !buf.is_empty() {
@@ -245,22 +266,7 @@ impl TlsSession {
     ) -> Result<(), Error> {
         let mut s = self.lock();
         let mut stage = std::mem::take(&mut s.get_mut().stage);
-        let r = (|| {
-            for part in parts {
-                if part.len() >= GATHER_LIMIT {
-                    ssl_write_all(&mut s, &stage)?;
-                    stage.clear();
-                    ssl_write_all(&mut s, part)?;
-                } else {
-                    if stage.len() + part.len() > MAX_RECORD {
-                        ssl_write_all(&mut s, &stage)?;
-                        stage.clear();
-                    }
-                    stage.extend_from_slice(part);
-                }
-            }
-            ssl_write_all(&mut s, &stage)
-        })();
+        let r = gather_and_write(&mut s, &mut stage, parts);
         stage.clear();
         s.get_mut().stage = stage;
         r?;
