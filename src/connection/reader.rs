@@ -196,10 +196,7 @@ fn read_loop(
     let mut after = After::default();
     loop {
         super::writer::cork(frames_buffered(src.buf.data(), 5));
-        while src.buf.len() >= PREAMBLE_SIZE {
-            let mut raw = [0u8; PREAMBLE_SIZE];
-            raw.copy_from_slice(&src.buf.data()[..PREAMBLE_SIZE]);
-            let pre = Preamble::decode(&raw);
+        while let Some(pre) = peek_preamble(src.buf.data()) {
             let kind = pre.validate(max).map_err(|e| match e {
                 crate::wire::PreambleError::TooLarge { size, max } => {
                     Error::MessageTooLarge { size, max }
@@ -278,18 +275,21 @@ fn read_loop(
     }
 }
 
+/// Decodes (without validating) the preamble at the start of `buf`, if it is all there.
+fn peek_preamble(buf: &[u8]) -> Option<Preamble> {
+    let raw: &[u8; PREAMBLE_SIZE] = buf.get(..PREAMBLE_SIZE)?.try_into().ok()?;
+    Some(Preamble::decode(raw))
+}
+
 /// The number of frames that start in `buf` (the last may be partial), counting up to
 /// `max`. Only preambles are looked at; they are validated when the frame is dispatched.
 fn frames_buffered(buf: &[u8], max: usize) -> usize {
     let (mut off, mut n) = (0usize, 0usize);
     while n < max && off < buf.len() {
         n += 1;
-        let Some(raw) = buf.get(off..off + PREAMBLE_SIZE) else {
+        let Some(pre) = peek_preamble(&buf[off..]) else {
             break;
         };
-        let mut p = [0u8; PREAMBLE_SIZE];
-        p.copy_from_slice(raw);
-        let pre = Preamble::decode(&p);
         off = off
             .saturating_add(PREAMBLE_SIZE + usize::from(pre.header_len))
             .saturating_add(pre.data_len as usize);
