@@ -327,6 +327,14 @@ fn replies_are_written_every_few_frames_not_only_after_the_whole_read_buffer() {
 }
 
 #[test]
+fn with_eight_frames_buffered_replies_go_out_in_pairs() {
+    assert!(
+        first_reply_arrives_while_dispatching(8, 2),
+        "the first reply was held back while the handler dispatched the third of 8 frames"
+    );
+}
+
+#[test]
 fn with_few_frames_buffered_each_reply_is_written_at_once() {
     assert!(
         first_reply_arrives_while_dispatching(3, 1),

@@ -195,7 +195,7 @@ fn read_loop(
     let from = SocketAddr::new(conn.peer.ip(), info.port);
     let mut after = After::default();
     loop {
-        super::writer::cork(frames_buffered(src.buf.data(), 5));
+        super::writer::cork(frames_buffered(src.buf.data(), super::writer::CORK_COUNT));
         while let Some(pre) = peek_preamble(src.buf.data()) {
             let kind = pre.validate(max).map_err(|e| match e {
                 crate::wire::PreambleError::TooLarge { size, max } => {
