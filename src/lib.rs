@@ -29,8 +29,8 @@
 //! and the active writer takes all of them into its next write; the writer thread only
 //! finishes what the socket could not take at once. Sends made by a handler on a reader
 //! thread ([`Node::start_inline`]) are gathered while that thread works through a read
-//! buffer and written every four frames, so replies to a burst share system calls while the
-//! peer already gets work. The [`pool`] interface runs your handler on a fixed thread pool; the [`queue`] interface
+//! buffer and written in about four writes of at most four frames each, so replies to a
+//! burst share system calls while the peer already gets work. The [`pool`] interface runs your handler on a fixed thread pool; the [`queue`] interface
 //! hands messages out through a blocking channel.
 //!
 //! ## Differences from C libchirp
