@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
 done
 if [ "$quick" = 1 ]; then n_sync=2000; n_async=4000; n_win=40000; n_big=300; else n_sync=5000; n_async=10000; n_win=100000; n_big=1000; fi
 
-cargo build --release --features cli -q
+cargo build --release -q -p libchirp-cli
 B=target/release/chirp
 tmp=$(mktemp -d)
 pids=()

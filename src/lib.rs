@@ -1,27 +1,194 @@
 //! # libchirp — message-passing for everyone
 //!
 //! A blocking, thread-per-connection implementation of [libchirp](https://github.com/concretecloud/chirp)
-//! 1.2.1, byte-compatible with it on the wire.
+//! 1.2.1, byte-compatible with it on the wire (plaintext and TLS), so a Rust node can join an
+//! existing libchirp deployment.
 //!
 //! You send a message to `address:port`; the node sets the connection up, reuses it and
 //! garbage-collects it when idle. Received messages are delivered to your code and occupy
-//! a *slot* until released.
+//! a *slot* until released. Every send, request and release returns a one-shot
+//! [`Completion`] that you `wait()` on (or `wait_timeout`, `wait_deadline`, `try_wait`).
 //!
-//! ## Modes of operation
+//! This page is a guide in six steps: [receiving](#three-ways-to-receive),
+//! [modes](#synchronous-and-asynchronous-mode), [slots](#slots-and-backpressure),
+//! [TLS](#tls), [errors](#errors) and [threads](#threads-and-what-a-handler-may-do).
+//! The wire protocol, the connection rules and where this crate deliberately differs from
+//! C libchirp are described in `docs/PROTOCOL.md` (in the package and the repository).
 //!
-//! * **Synchronous** (default): a send completes when the remote application released the
+//! ## Three ways to receive
+//!
+//! **A handler on a thread pool** ([`pool::Chirp`]): your closure runs on one of a fixed
+//! number of threads and may block; the message is released when it returns. The node is
+//! also an executor (`submit`, `map`, `shutdown`).
+//!
+//! ```
+//! use libchirp::{pool::Chirp, Config, Message};
+//!
+//! let mut config = Config::default();
+//! config.port = 0;                   // any free port
+//! config.disable_encryption = true;  // see "TLS" below
+//! let printer = Chirp::new(config.clone(), |_chirp, msg| {
+//!     println!("got {:?}", String::from_utf8_lossy(msg.data()));
+//!     Ok(())
+//! })?;
+//! let sender = Chirp::new(config, |_, _| Ok(()))?;
+//! let to = format!("127.0.0.1:{}", printer.port()).parse()?;
+//! sender.send(Message::to(to, b"hello")).wait()?; // completes once the handler returned
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! **A queue** ([`queue::Chirp`]): take messages when you want them with `recv`,
+//! `recv_timeout`, `try_recv` or `iter`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use libchirp::{queue::Chirp, Config, Message};
+//!
+//! let mut config = Config::default();
+//! config.port = 0;
+//! config.disable_encryption = true;
+//! let inbox = Chirp::new(config.clone())?;
+//! let sender = Chirp::new(config)?;
+//! let to = format!("127.0.0.1:{}", inbox.port()).parse()?;
+//! let sending = sender.send(Message::to(to, b"hello"));
+//! let msg = inbox.recv_timeout(Duration::from_secs(5))?;
+//! assert_eq!(msg.data(), b"hello");
+//! sending.wait()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! **A closure on the connection's reader thread** ([`Node::start`], or
+//! [`Node::start_inline`] when the closure needs to send): the fastest path, like C
+//! libchirp's receive callback. It must not block — in particular it must not wait on a
+//! completion — or that connection stops reading.
+//!
+//! ```
+//! use libchirp::{Config, Message, Node};
+//!
+//! let mut config = Config::default();
+//! config.port = 0;
+//! config.disable_encryption = true;
+//! // An echo: the reply is sent without waiting; the request is released when it was.
+//! let echo = Node::start_inline(config.clone(), |node, msg| drop(node.send(msg)))?;
+//! let client = Node::start(config, drop)?;
+//! let to = format!("127.0.0.1:{}", echo.port()).parse()?;
+//! let answer = client.request(Message::to(to, b"ping")).wait()?;
+//! assert_eq!(answer.data(), b"ping");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Synchronous and asynchronous mode
+//!
+//! * **Synchronous** (the default): a send completes when the remote application released the
 //!   message (its ACK arrived), so nothing is lost without an error. One message is in flight
 //!   per peer, and each connection has one slot.
-//! * **Asynchronous**: a send completes when the message was handed to the operating system.
-//!   Many messages are in flight; each connection has 16 slots by default.
+//! * **Asynchronous** (`synchronous = false`): a send completes when the message was handed to
+//!   the operating system — not when it was delivered. Many messages are in flight; each
+//!   connection has 16 slots by default.
+//!
+//! ```
+//! use libchirp::{queue::Chirp, Config, Message};
+//!
+//! let mut config = Config::default();
+//! config.port = 0;
+//! config.disable_encryption = true;
+//! config.synchronous = false;
+//! let inbox = Chirp::new(config.clone())?;
+//! let sender = Chirp::new(config)?;
+//! let to = format!("127.0.0.1:{}", inbox.port()).parse()?;
+//! // Sixteen sends in flight at once; each completes once written.
+//! let sends: Vec<_> = (0..16u8).map(|i| sender.send(Message::to(to, vec![i]))).collect();
+//! for s in sends {
+//!     s.wait()?;
+//! }
+//! let got: Vec<u8> = inbox.iter().take(16).map(|m| m.data()[0]).collect();
+//! assert_eq!(got, (0..16).collect::<Vec<u8>>()); // in order
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! ## Slots and backpressure
 //!
 //! Each connection has `max_slots` receive slots. A received message holds one until it is
 //! released ([`Message::release`], or by dropping it). When all are taken the connection's
-//! reader stops reading, TCP flow control pushes back, and the sender slows down.
+//! reader stops reading, TCP flow control pushes back, and the sender slows down. A
+//! synchronous sender therefore waits for your application, not just for the network:
 //!
-//! ## Concurrency
+//! ```
+//! use std::time::Duration;
+//! use libchirp::{queue::Chirp, Config, Message};
+//!
+//! let mut config = Config::default();
+//! config.port = 0;
+//! config.disable_encryption = true;
+//! config.auto_release = false;       // we release ourselves
+//! let inbox = Chirp::new(config.clone())?;
+//! let sender = Chirp::new(config)?;
+//! let to = format!("127.0.0.1:{}", inbox.port()).parse()?;
+//! let sending = sender.send(Message::to(to, b"work"));
+//! let mut msg = inbox.recv_timeout(Duration::from_secs(5))?;
+//! // Not released yet: the synchronous send is still waiting.
+//! let sending = sending.wait_timeout(Duration::from_millis(100)).unwrap_err();
+//! msg.release().wait();              // the ACK goes out now ...
+//! sending.wait()?;                   // ... and the send completes
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## TLS
+//!
+//! Connections are mutually authenticated TLS except on loopback (`127.0.0.1`, `::1`),
+//! unless `disable_encryption` is set; `always_encrypt` encrypts loopback too. Give every
+//! node `cert_chain` — one PEM file with its private key, its certificate and the CA
+//! certificate(s), every certificate in it trusted — and `dh_params`. A peer without a
+//! certificate from a trusted CA is refused. [`pki::TestPki`] makes a throwaway PKI for tests:
+//!
+//! ```
+//! use libchirp::{pki::TestPki, queue::Chirp, Config, Message};
+//! use std::time::Duration;
+//!
+//! let dir = std::env::temp_dir().join(format!("chirp-doc-pki-{}", std::process::id()));
+//! let pki = TestPki::generate(&dir)?;
+//! let mut config = Config::default();
+//! config.port = 0;
+//! config.cert_chain = Some(pki.node_v3.clone());
+//! config.dh_params = Some(pki.dh_params.clone());
+//! config.always_encrypt = true;      // encrypt even on loopback, for this example
+//! let inbox = Chirp::new(config.clone())?;
+//! let sender = Chirp::new(config)?;
+//! let to = format!("127.0.0.1:{}", inbox.port()).parse()?;
+//! let sending = sender.send(Message::to(to, b"secret"));
+//! assert_eq!(inbox.recv_timeout(Duration::from_secs(10))?.data(), b"secret");
+//! sending.wait()?;
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Errors
+//!
+//! [`Error`] is one flat, `#[non_exhaustive]` enum with a variant per kind of failure. A
+//! failed send gives a [`SendError`], which says why and hands the message back, so nothing
+//! is lost: you can retry it, send it elsewhere or log it.
+//!
+//! ```
+//! use libchirp::{Config, Error, Message, Node};
+//!
+//! let mut config = Config::default();
+//! config.port = 0;
+//! config.disable_encryption = true;
+//! let node = Node::start(config, drop)?;
+//! // A port nobody listens on.
+//! let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+//! let failed = node.send(Message::to(closed, b"hello")).wait().unwrap_err();
+//! assert!(matches!(failed.error(), Error::CannotConnect { .. }));
+//! let message = failed.into_message();   // nothing lost
+//! assert_eq!(message.data(), b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Each connection failure fails exactly one queued message (the one in flight, or else the
+//! oldest queued one); the others wait for the next connection. [`Node::close`] completes
+//! everything still pending with [`Error::Shutdown`].
+//!
+//! ## Threads, and what a handler may do
 //!
 //! Every connection has a reader thread and a writer thread. Sends return a [`Completion`]
 //! immediately. On an idle connection the sending thread writes the frame itself with one
@@ -30,8 +197,9 @@
 //! finishes what the socket could not take at once. Sends made by a handler on a reader
 //! thread ([`Node::start_inline`]) are gathered while that thread works through a read
 //! buffer and written in about four writes of at most four frames each, so replies to a
-//! burst share system calls while the peer already gets work. The [`pool`] interface runs your handler on a fixed thread pool; the [`queue`] interface
-//! hands messages out through a blocking channel.
+//! burst share system calls while the peer already gets work. The [`pool`] interface runs
+//! your handler on a fixed thread pool; the [`queue`] interface hands messages out through a
+//! blocking channel.
 //!
 //! ## Differences from C libchirp
 //!
@@ -40,23 +208,11 @@
 //! handshake within the connect timeout; the size check uses 64-bit arithmetic and a message
 //! too large to send fails at once; queued ACKs dropped with a failing connection still
 //! complete their release; `always_encrypt` is per node; no signal handlers are installed;
-//! port 0 binds an ephemeral port; received messages are released when dropped.
-//!
-//! ## Example
-//!
-//! ```
-//! use libchirp::{Config, Message, Node};
-//!
-//! let mut config = Config::default();
-//! config.port = 0;
-//! config.disable_encryption = true;
-//! let node = Node::start(config, |msg| println!("got {:?}", msg.data()))?;
-//! println!("listening on port {}", node.port());
-//! node.close();
-//! # Ok::<(), libchirp::Error>(())
-//! ```
+//! port 0 binds an ephemeral port; received messages are released when dropped; a dialed
+//! connection stays with the remote it was dialed for. `docs/PROTOCOL.md` gives the reasons.
 
 #![deny(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
 
 mod completion;
 mod config;

@@ -1,182 +1,258 @@
-//! The few socket operations `std::net` does not offer: IPv6-only listeners with a chosen
-//! backlog, TCP keep-alive, a connect that can be abandoned when the node closes, and
-//! waking a thread blocked in `accept`.
+//! Socket set-up that `std::net` does not offer, done with `socket2`: IPv6-only listeners
+//! with a chosen backlog, TCP keep-alive, a connect with a deadline that the node can
+//! abandon, waking threads blocked in `accept`, and vectored sends that never block and
+//! never raise `SIGPIPE`.
 
-use std::io;
-use std::mem;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::io::{self, IoSlice};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
-fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; zeroed is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-            mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: as above, for sockaddr_in6.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
+/// Idle time before TCP keep-alive probes start, as libchirp sets on every connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
-fn new_socket(addr: &SocketAddr) -> io::Result<RawFd> {
-    let family = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: plain system call.
-    cvt(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })
-}
-
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: the pointer and length describe a live c_int.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const _ as *const libc::c_void,
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(|_| ())
+fn new_socket(addr: &SocketAddr) -> io::Result<Socket> {
+    // socket2 sets close-on-exec atomically where the platform allows.
+    Socket::new(
+        Domain::for_address(*addr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
 }
 
 /// Binds and listens on `addr` with the given backlog; IPv6 sockets are IPv6-only so that
 /// an IPv4 listener can share the port (as libchirp does).
 pub(crate) fn listen(addr: SocketAddr, backlog: u8) -> io::Result<TcpListener> {
-    let fd = new_socket(&addr)?;
-    // SAFETY: fd is a fresh socket we own; the TcpListener closes it on drop.
-    let listener = unsafe { TcpListener::from_raw_fd(fd) };
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    let socket = new_socket(&addr)?;
+    socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
-        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        socket.set_only_v6(true)?;
     }
-    let (storage, len) = sockaddr(&addr);
-    // SAFETY: storage/len come from sockaddr() for this address family.
-    cvt(unsafe { libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) })?;
-    // SAFETY: plain system call on our socket.
-    cvt(unsafe { libc::listen(fd, libc::c_int::from(backlog)) })?;
-    Ok(listener)
+    socket.bind(&addr.into())?;
+    socket.listen(i32::from(backlog))?;
+    Ok(socket.into())
 }
 
-/// Wakes every thread blocked in `accept` on this listener (Linux returns EINVAL to them).
-pub(crate) fn shutdown_listener(fd: RawFd) {
-    // SAFETY: shutting down a socket we still own; errors are irrelevant here.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
-    }
+/// Wakes every thread blocked in `accept` on this listener (Linux returns an error to them).
+pub(crate) fn shutdown_listener(listener: &TcpListener) {
+    // Errors are irrelevant here: the listener is being closed anyway.
+    let _ = SockRef::from(listener).shutdown(Shutdown::Both);
 }
 
 /// A TCP socket for `addr` that is not connected yet. Having the socket before connecting
-/// lets the node shut it down from another thread.
+/// lets the node shut it down from another thread, which ends a pending connect.
 pub(crate) fn unconnected(addr: &SocketAddr) -> io::Result<TcpStream> {
-    let fd = new_socket(addr)?;
-    // SAFETY: fd is a fresh socket we own.
-    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+    Ok(new_socket(addr)?.into())
 }
 
-/// Connects `stream` to `addr`, giving up at `deadline` or as soon as `abandon` is set
-/// (checked at least every 50 ms). Leaves the socket in blocking mode.
+/// Connects `stream` to `addr`, giving up at `deadline`, or as soon as `abandon` is set.
+/// The node sets `abandon` and then shuts the socket down, which wakes the wait at once;
+/// the flag is also checked after the connect started (a shutdown that came before it did
+/// nothing) and every 50 ms. Leaves the socket in blocking mode.
 pub(crate) fn connect(
     stream: &TcpStream,
     addr: &SocketAddr,
     deadline: Instant,
     abandon: &AtomicBool,
 ) -> io::Result<()> {
-    let fd = stream.as_raw_fd();
-    stream.set_nonblocking(true)?;
-    let (storage, len) = sockaddr(addr);
-    // SAFETY: storage/len come from sockaddr() for this family.
-    let r = unsafe { libc::connect(fd, &storage as *const _ as *const libc::sockaddr, len) };
-    if r < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(err);
-        }
-        loop {
-            if abandon.load(Ordering::Acquire) {
-                return Err(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "node is closing",
-                ));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
-            }
-            let slice = (deadline - now).min(Duration::from_millis(50));
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, slice.as_millis().max(1) as libc::c_int) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n > 0 {
-                break;
-            }
-        }
-        if let Some(e) = stream.take_error()? {
-            return Err(e);
-        }
-        // A refused connect can also surface only through getpeername.
-        stream.peer_addr()?;
+    let sock = SockRef::from(stream);
+    sock.set_nonblocking(true)?;
+    let r = connect_nonblocking(&sock, addr, deadline, abandon);
+    sock.set_nonblocking(false)?;
+    r
+}
+
+fn connect_nonblocking(
+    sock: &SockRef,
+    addr: &SocketAddr,
+    deadline: Instant,
+    abandon: &AtomicBool,
+) -> io::Result<()> {
+    match sock.connect(&(*addr).into()) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
     }
-    stream.set_nonblocking(false)?;
+    loop {
+        if abandon.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "node is closing",
+            ));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+        }
+        if wait_writable(sock, (deadline - now).min(Duration::from_millis(50)))? {
+            break;
+        }
+    }
+    if let Some(e) = sock.take_error()? {
+        return Err(e);
+    }
+    // A refused connect can also surface only through getpeername.
+    sock.peer_addr()?;
     Ok(())
+}
+
+/// Waits until the socket is writable (or has an error or hang-up), at most `timeout`.
+/// `socket2` has no readiness wait, so this is the one system call made by hand.
+fn wait_writable(sock: &SockRef, timeout: Duration) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+    // SAFETY: `pfd` is one valid, initialised pollfd that lives across the call, and the
+    // count passed is 1.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n > 0)
 }
 
 /// TCP_NODELAY and keep-alive with a 60 s idle delay, as libchirp sets on every connection.
 pub(crate) fn configure_stream(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let fd = stream.as_raw_fd();
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60)?;
-    Ok(())
+    SockRef::from(stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(KEEPALIVE_IDLE))
+}
+
+/// One vectored send. With `blocking` false it never blocks, whatever the socket's mode
+/// (`MSG_DONTWAIT`); it never raises `SIGPIPE` (`MSG_NOSIGNAL`), which matters when the
+/// library lives in a program that did not ignore that signal. Retries on `EINTR`.
+pub(crate) fn send_vectored(
+    stream: &TcpStream,
+    bufs: &[IoSlice],
+    blocking: bool,
+) -> io::Result<usize> {
+    let flags = if blocking {
+        libc::MSG_NOSIGNAL
+    } else {
+        libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT
+    };
+    let sock = SockRef::from(stream);
+    loop {
+        match sock.send_vectored_with_flags(bufs, flags) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v6_listener_is_v6_only_so_v4_can_share_the_port() {
+        let v4 = listen("127.0.0.1:0".parse().unwrap(), 10).unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let v6 = listen(format!("[::1]:{port}").parse().unwrap(), 10).unwrap();
+        assert_eq!(v6.local_addr().unwrap().port(), port);
+        assert!(SockRef::from(&v6).only_v6().unwrap());
+    }
+
+    #[test]
+    fn keepalive_and_nodelay_are_set() {
+        let l = listen("127.0.0.1:0".parse().unwrap(), 10).unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        configure_stream(&s).unwrap();
+        let sock = SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert!(s.nodelay().unwrap());
+    }
+
+    #[test]
+    fn shutdown_wakes_a_blocked_accept() {
+        let l = std::sync::Arc::new(listen("127.0.0.1:0".parse().unwrap(), 10).unwrap());
+        let l2 = l.clone();
+        let t = std::thread::spawn(move || l2.accept().is_err());
+        // The accept may not have started yet; shutting down first also makes it fail.
+        shutdown_listener(&l);
+        assert!(t.join().unwrap(), "accept returned an error after shutdown");
+    }
+
+    /// A port nobody listens on: bound, then closed again.
+    fn closed_port() -> SocketAddr {
+        let l = listen("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[test]
+    fn connect_fails_with_the_os_error_or_as_abandoned() {
+        let addr = closed_port();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let s = unconnected(&addr).unwrap();
+        let e = connect(&s, &addr, deadline, &AtomicBool::new(false)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        let s = unconnected(&addr).unwrap();
+        let e = connect(&s, &addr, deadline, &AtomicBool::new(true)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+    }
+
+    #[test]
+    fn a_pending_connect_ends_when_the_socket_is_shut_down() {
+        // A listener whose accept queue is full drops further SYNs: the connect hangs.
+        let l = listen("127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        let s = loop {
+            let s = std::sync::Arc::new(unconnected(&addr).unwrap());
+            let soon = Instant::now() + Duration::from_millis(200);
+            if connect(&s, &addr, soon, &AtomicBool::new(false)).is_err() {
+                break std::sync::Arc::new(unconnected(&addr).unwrap());
+            }
+            fillers.push(s);
+            assert!(fillers.len() < 64, "the accept queue never filled");
+        };
+        let abandon = std::sync::Arc::new(AtomicBool::new(false));
+        let (s2, a2) = (s.clone(), abandon.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let _ = tx.send(());
+            connect(&s2, &addr, deadline, &a2)
+        });
+        rx.recv().unwrap();
+        // Whether the connect has started or not, it must end promptly, as abandoned.
+        abandon.store(true, Ordering::Release);
+        let _ = s.shutdown(Shutdown::Both);
+        let started = Instant::now();
+        let e = t.join().unwrap().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the connect was not woken"
+        );
+    }
+
+    #[test]
+    fn nonblocking_send_reports_would_block_on_a_full_socket() {
+        let l = listen("127.0.0.1:0".parse().unwrap(), 10).unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let _peer = l.accept().unwrap(); // never reads
+        let chunk = vec![7u8; 1 << 16];
+        let mut total = 0usize;
+        let err = loop {
+            match send_vectored(&s, &[IoSlice::new(&chunk)], false) {
+                Ok(n) => total += n,
+                Err(e) => break e,
+            }
+            assert!(total < 1 << 30, "a never-read socket took a GiB");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(total > 0);
+    }
 }

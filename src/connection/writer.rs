@@ -16,7 +16,6 @@
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice, Write};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use super::Conn;
@@ -346,30 +345,9 @@ fn try_write(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> Result
     }
 }
 
-/// `sendmsg` with MSG_DONTWAIT: never blocks, whatever the socket's mode.
+/// A send that never blocks, whatever the socket's mode.
 fn send_nonblocking(conn: &Conn, bufs: &[IoSlice]) -> io::Result<usize> {
-    loop {
-        // SAFETY: msghdr is plain data; zeroed is valid. IoSlice is ABI-compatible with
-        // iovec on Unix, and the slices outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = bufs.len() as _;
-        // SAFETY: a valid socket and a msghdr describing live buffers.
-        let n = unsafe {
-            libc::sendmsg(
-                conn.stream.as_raw_fd(),
-                &msg,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    crate::sys::send_vectored(&conn.stream, bufs, false)
 }
 
 /// The writer thread: finishes handoffs, writes batches when nobody else does, flushes
@@ -456,15 +434,14 @@ fn write_blocking(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> R
     }
 }
 
-fn write_all_vectored(mut stream: &std::net::TcpStream, parts: &mut [IoSlice]) -> io::Result<()> {
+/// Writes every slice, blocking (bounded by the socket's write timeout).
+fn write_all_vectored(stream: &std::net::TcpStream, parts: &mut [IoSlice]) -> io::Result<()> {
     let mut bufs: &mut [IoSlice] = parts;
     while !bufs.is_empty() {
         let n = bufs.len().min(MAX_IOV);
-        match stream.write_vectored(&bufs[..n]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => IoSlice::advance_slices(&mut bufs, written),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        match crate::sys::send_vectored(stream, &bufs[..n], true)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            written => IoSlice::advance_slices(&mut bufs, written),
         }
     }
     Ok(())

@@ -7,7 +7,6 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread;
@@ -245,7 +244,7 @@ impl Inner {
         let listeners =
             std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|e| e.into_inner()));
         for l in &listeners {
-            crate::sys::shutdown_listener(l.as_raw_fd());
+            crate::sys::shutdown_listener(l);
         }
         self.timers.stop();
         self.wait_threads();

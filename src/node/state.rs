@@ -274,7 +274,7 @@ impl State {
     fn remote_entry(&mut self, addr: SocketAddr) -> &mut Remote {
         self.remotes.entry(key_of(&addr)).or_insert_with(|| Remote {
             dial_addr: addr,
-            serial: crate::rand::next_u64() as u32,
+            serial: crate::rand::u32(),
             user: VecDeque::new(),
             control: VecDeque::new(),
             wait_ack: None,

@@ -1,17 +1,11 @@
-//! The `chirp` binary, end to end (issue 3). Needs the `cli` feature:
-//! `cargo test --all-features`; without it these tests print SKIPPED.
-mod support;
+//! The `chirp` binary, end to end: every subcommand against real nodes on loopback.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Option<&'static str> {
-    let b = option_env!("CARGO_BIN_EXE_chirp");
-    if b.is_none() {
-        eprintln!("SKIPPED: the chirp binary is built only with --features cli (cargo test --all-features)");
-    }
-    b
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_chirp")
 }
 
 /// A running `chirp echo`/`listen`, killed on drop.
@@ -105,7 +99,7 @@ fn assert_rate_line(out: &str, n: u64) {
 
 #[test]
 fn echo_and_send_sync_async_ipv4_ipv6() {
-    let Some(bin) = bin() else { return };
+    let bin = bin();
     for mode in [&[][..], &["--async"][..]] {
         let echo = daemon(bin, &[&["echo"][..], mode].concat());
         for host in ["127.0.0.1", "[::1]"] {
@@ -159,7 +153,7 @@ fn echo_and_send_sync_async_ipv4_ipv6() {
 
 #[test]
 fn echo_and_request() {
-    let Some(bin) = bin() else { return };
+    let bin = bin();
     let echo = daemon(bin, &["echo"]);
     let o = run(
         bin,
@@ -177,7 +171,7 @@ fn echo_and_request() {
 
 #[test]
 fn listen_prints_one_line_per_message() {
-    let Some(bin) = bin() else { return };
+    let bin = bin();
     let listen = daemon(bin, &["listen"]);
     let o = run(
         bin,
@@ -213,7 +207,7 @@ fn listen_prints_one_line_per_message() {
 
 #[test]
 fn bench_prints_the_rate_plain_and_tls() {
-    let Some(bin) = bin() else { return };
+    let bin = bin();
     for args in [
         &["bench", "--count", "300"][..],
         &["bench", "--async", "--window", "16", "--count", "2000"][..],
@@ -233,7 +227,7 @@ fn bench_prints_the_rate_plain_and_tls() {
 
 #[test]
 fn bad_arguments_fail_with_one_line() {
-    let Some(bin) = bin() else { return };
+    let bin = bin();
     for args in [
         &["send"][..],
         &["send", "not-an-address", "--no-encryption"][..],
@@ -262,7 +256,7 @@ fn bad_arguments_fail_with_one_line() {
 
 #[test]
 fn unreachable_peer_fails_with_one_line() {
-    let Some(bin) = bin() else { return };
+    let bin = bin();
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
@@ -285,7 +279,7 @@ fn unreachable_peer_fails_with_one_line() {
 
 #[test]
 fn sigterm_and_sigint_close_cleanly() {
-    let Some(bin) = bin() else { return };
+    let bin = bin();
     for sig in [libc_sig::TERM, libc_sig::INT] {
         let mut echo = daemon(bin, &["echo"]);
         let pid = echo.child.id();

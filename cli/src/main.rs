@@ -1,0 +1,344 @@
+//! `chirp`: try, debug and benchmark libchirp from the command line.
+//!
+//! ```text
+//! chirp echo --no-encryption                      # port 2998, sends every message back
+//! chirp send 127.0.0.1:2998 --no-encryption --count 1000 --window 16 --echo
+//! chirp listen --no-encryption                    # prints ADDRESS:PORT IDENTITY SERIAL DATA
+//! chirp request 127.0.0.1:2998 --data hi --no-encryption
+//! chirp bench --async --window 16
+//! ```
+//!
+//! Exit status 0 on success; 1 with one line on stderr on failure. Ctrl-C and SIGTERM close
+//! the node cleanly. `RUST_LOG=debug` shows the library's log.
+//!
+//! One module per group of subcommands: `serve` (echo, listen), `send` (send, request, and
+//! the event-driven sender they share with the benchmarks) and `bench` (measurements only).
+
+// Doc comments on the argument types are clap's help texts, not Markdown: `[::1]:2998`
+// there is an address, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
+mod bench;
+mod send;
+mod serve;
+
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use crossbeam_channel::Receiver;
+use libchirp::{Config, Error, Node, SendError};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chirp",
+    version,
+    about = "libchirp message passing from the command line"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Node settings every subcommand shares.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Common {
+    /// Own listening port (default 2998 for echo and listen, 0 = any free port otherwise).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Asynchronous mode (default synchronous: a send completes when the peer released it).
+    #[arg(long = "async")]
+    asynchronous: bool,
+    /// Receive slots per connection (asynchronous mode; synchronous always uses 1).
+    #[arg(long)]
+    max_slots: Option<u8>,
+    /// Timeout in seconds (sends; connecting takes up to twice this, at most 60 s).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Never use TLS.
+    #[arg(long)]
+    no_encryption: bool,
+    /// PEM file with this node's private key, its certificate and the CA certificate(s).
+    #[arg(long, value_name = "FILE")]
+    cert_chain: Option<PathBuf>,
+    /// PEM file with Diffie-Hellman parameters.
+    #[arg(long, value_name = "FILE")]
+    dh_params: Option<PathBuf>,
+    /// Encrypt loopback connections too.
+    #[arg(long)]
+    always_encrypt: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send every received message back to its sender.
+    Echo {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print one line per received message: ADDRESS:PORT IDENTITY SERIAL DATA.
+    Listen {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Send messages to a node.
+    Send {
+        /// Destination, e.g. 127.0.0.1:2998 or [::1]:2998.
+        addr: String,
+        /// Message data.
+        #[arg(long, conflicts_with = "size")]
+        data: Option<String>,
+        /// Send messages of this many bytes instead of --data.
+        #[arg(long)]
+        size: Option<usize>,
+        /// Number of messages.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Messages outstanding at once.
+        #[arg(long, default_value_t = 1)]
+        window: u64,
+        /// Wait for every message to come back from an echo node and print the rate.
+        #[arg(long)]
+        echo: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Send one request and print the answer's data.
+    Request {
+        /// Destination, e.g. 127.0.0.1:2998.
+        addr: String,
+        /// Request data.
+        #[arg(long)]
+        data: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run an echo node and a sender node in this process on loopback and print the rate.
+    Bench {
+        /// Messages outstanding at once.
+        #[arg(long, default_value_t = 1)]
+        window: u64,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+        /// Number of round trips.
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Use TLS with a throwaway PKI (always-encrypt).
+        #[arg(long)]
+        tls: bool,
+        /// Measure one-way bandwidth (COUNT messages of SIZE bytes) instead of round trips.
+        #[arg(long)]
+        stream: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Resident memory of idle plaintext connections: opens N connections to a node.
+    BenchIdle {
+        /// Number of idle connections.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
+    /// Baseline: raw TCP on loopback, no libchirp. Ping-pong of SIZE-byte messages (one
+    /// outstanding) or, with --stream, one-way bandwidth.
+    BenchRaw {
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+        /// Number of round trips (or messages with --stream).
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Measure one-way bandwidth instead of round trips.
+        #[arg(long)]
+        stream: bool,
+    },
+}
+
+/// A failure: printed as one line, exit status 1.
+pub(crate) struct Fail(pub(crate) String);
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        Fail(e.to_string())
+    }
+}
+
+impl From<SendError> for Fail {
+    fn from(e: SendError) -> Fail {
+        Fail(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first} (see chirp --help)");
+            return ExitCode::from(1);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let signals = match stop_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chirp: cannot handle SIGINT/SIGTERM: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match run(cli, signals) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(msg)) => {
+            eprintln!("chirp: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A channel that receives one message when SIGINT or SIGTERM arrives (signal-hook's
+/// self-pipe iterator, read by a small named thread).
+fn stop_signals() -> std::io::Result<Receiver<()>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("chirp-signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                let _ = tx.send(());
+            }
+        })?;
+    Ok(rx)
+}
+
+fn run(cli: Cli, signals: Receiver<()>) -> Result<(), Fail> {
+    match cli.command {
+        Command::Echo { common } => serve::echo(config(&common, 2998)?, signals),
+        Command::Listen { common } => serve::listen(config(&common, 2998)?, signals),
+        Command::Send {
+            addr,
+            data,
+            size,
+            count,
+            window,
+            echo,
+            common,
+        } => {
+            let payload = match (data, size) {
+                (_, Some(n)) => pattern(n),
+                (Some(d), None) => d.into_bytes(),
+                (None, None) => b"hello".to_vec(),
+            };
+            let opts = send::Opts {
+                to: parse_addr(&addr)?,
+                payload,
+                count,
+                window: window.max(1),
+            };
+            send::send(config(&common, 0)?, opts, echo, signals)
+        }
+        Command::Request { addr, data, common } => {
+            send::request(config(&common, 0)?, parse_addr(&addr)?, data, signals)
+        }
+        Command::Bench {
+            window,
+            size,
+            count,
+            tls,
+            stream,
+            common,
+        } => bench::bench(&common, window.max(1), size, count, tls, stream, signals),
+        Command::BenchIdle { connections } => bench::idle(connections),
+        Command::BenchRaw {
+            size,
+            count,
+            stream,
+        } => bench::raw(size, count, stream),
+    }
+}
+
+/// The node configuration the common flags describe.
+fn config(common: &Common, default_port: u16) -> Result<Config, Fail> {
+    let mut c = Config::default();
+    c.port = common.port.unwrap_or(default_port);
+    c.synchronous = !common.asynchronous;
+    if let Some(s) = common.max_slots {
+        c.max_slots = s;
+    }
+    if let Some(t) = common.timeout {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(Fail(format!(
+                "--timeout must be a positive number of seconds, got {t}"
+            )));
+        }
+        c.timeout = Duration::from_secs_f64(t.min(1e6));
+    }
+    c.disable_encryption = common.no_encryption;
+    c.cert_chain = common.cert_chain.clone();
+    c.dh_params = common.dh_params.clone();
+    c.always_encrypt = common.always_encrypt;
+    if !c.disable_encryption && (c.cert_chain.is_none() || c.dh_params.is_none()) {
+        return Err(Fail(
+            "encryption needs --cert-chain FILE and --dh-params FILE (or pass --no-encryption)"
+                .into(),
+        ));
+    }
+    Ok(c)
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, Fail> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| {
+            Fail(format!(
+                "invalid address {s:?}: expected HOST:PORT, e.g. 127.0.0.1:2998 or [::1]:2998"
+            ))
+        })
+}
+
+/// Prints the line tests and scripts wait for.
+pub(crate) fn announce(node: &Node) {
+    println!("listening on {}", node.port());
+    let _ = std::io::stdout().flush();
+}
+
+pub(crate) fn print_rate(count: u64, elapsed: Duration) {
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { count as f64 / secs } else { 0.0 };
+    println!("{count} round trips in {secs:.3} s: {rate:.0}/s");
+}
+
+/// Closes the node when a signal arrives, which fails whatever is pending.
+pub(crate) fn watch_signals(node: &Arc<Node>, signals: Receiver<()>) {
+    let node = Arc::downgrade(node);
+    let _ = std::thread::Builder::new()
+        .name("chirp-signal-close".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            if signals.recv().is_ok() {
+                if let Some(n) = node.upgrade() {
+                    n.close();
+                }
+            }
+        });
+}
+
+/// `n` bytes of a recognisable pattern.
+pub(crate) fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+}

@@ -1,0 +1,37 @@
+//! `chirp echo` and `chirp listen`: nodes that serve until SIGINT or SIGTERM.
+
+use std::io::Write;
+
+use crossbeam_channel::Receiver;
+use libchirp::{Config, Node};
+
+use crate::{announce, Fail};
+
+/// Sends every received message back to its sender.
+pub(crate) fn echo(config: Config, signals: Receiver<()>) -> Result<(), Fail> {
+    let node = Node::start_inline(config, |node, msg| drop(node.send(msg)))?;
+    announce(&node);
+    let _ = signals.recv();
+    node.close();
+    Ok(())
+}
+
+/// Prints one line per received message: `ADDRESS:PORT IDENTITY SERIAL DATA`.
+pub(crate) fn listen(config: Config, signals: Receiver<()>) -> Result<(), Fail> {
+    let node = Node::start(config, |msg| {
+        let line = format!(
+            "{} {} {} {}\n",
+            msg.address().map(|a| a.to_string()).unwrap_or_default(),
+            msg.identity(),
+            msg.serial(),
+            String::from_utf8_lossy(msg.data())
+        );
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    })?;
+    announce(&node);
+    let _ = signals.recv();
+    node.close();
+    Ok(())
+}
