@@ -218,6 +218,7 @@ mod completion;
 mod config;
 mod connection;
 mod error;
+mod frame;
 mod message;
 mod node;
 pub mod pki;

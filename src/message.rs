@@ -4,8 +4,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use crate::completion::Completion;
-use crate::connection::Slot;
+use std::sync::Arc;
+
+use crate::completion::{Completer, Completion};
 use crate::error::Error;
 
 /// A 16-byte identity: of a node (sent in the handshake) or of a message.
@@ -235,5 +236,88 @@ impl fmt::Debug for Message {
             .field("remote_identity", &self.remote_identity)
             .field("has_slot", &self.has_slot())
             .finish()
+    }
+}
+
+/// The completion of a release, fired after the ACK was written (or could not be), or at
+/// once when no ACK is due. Dropping it unfinished fires it too: a release never hangs.
+pub(crate) struct ReleaseDone {
+    pub(crate) identity: Identity,
+    pub(crate) serial: u32,
+    done: Option<Completer<(Identity, u32)>>,
+}
+
+impl ReleaseDone {
+    pub(crate) fn finish(mut self) {
+        if let Some(c) = self.done.take() {
+            c.complete((self.identity, self.serial));
+        }
+    }
+}
+
+impl Drop for ReleaseDone {
+    fn drop(&mut self) {
+        if let Some(c) = self.done.take() {
+            c.complete((self.identity, self.serial));
+        }
+    }
+}
+
+/// Whatever gave a received message its slot (its connection) and takes it back.
+pub(crate) trait SlotOwner: Send + Sync {
+    /// The slot is free again; `req_ack`: the sender asked for an ACK, which `done`
+    /// completes after it was written.
+    fn release_slot(self: Arc<Self>, req_ack: bool, done: ReleaseDone);
+}
+
+/// A received message's claim on its connection's slot pool. Released explicitly through
+/// [`Message::release`] or when dropped; never twice.
+pub(crate) struct Slot {
+    /// Taken when released.
+    owner: Option<Arc<dyn SlotOwner>>,
+    req_ack: bool,
+    identity: Identity,
+    serial: u32,
+}
+
+impl Slot {
+    pub(crate) fn new(
+        owner: Arc<dyn SlotOwner>,
+        req_ack: bool,
+        identity: Identity,
+        serial: u32,
+    ) -> Slot {
+        Slot {
+            owner: Some(owner),
+            req_ack,
+            identity,
+            serial,
+        }
+    }
+
+    pub(crate) fn release(mut self) -> Completion<(Identity, u32)> {
+        let (completion, done) = Completion::pair();
+        self.do_release(Some(done));
+        completion
+    }
+
+    fn do_release(&mut self, done: Option<Completer<(Identity, u32)>>) {
+        let rd = ReleaseDone {
+            identity: self.identity,
+            serial: self.serial,
+            done,
+        };
+        match self.owner.take() {
+            Some(owner) => owner.release_slot(self.req_ack, rd),
+            None => rd.finish(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.owner.is_some() {
+            self.do_release(None);
+        }
     }
 }

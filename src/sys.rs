@@ -3,7 +3,7 @@
 //! abandon, waking threads blocked in `accept`, and vectored sends that never block and
 //! never raise `SIGPIPE`.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -120,6 +120,44 @@ fn wait_writable(sock: &SockRef, timeout: Duration) -> io::Result<bool> {
         };
     }
     Ok(n > 0)
+}
+
+/// One read from `sock` bounded by `deadline`: the number of bytes read (never 0). Used
+/// while a connection is set up (TLS and chirp handshakes), before its threads run.
+pub(crate) fn read_until(
+    mut sock: &TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<usize, crate::error::Error> {
+    use crate::error::Error;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(Error::timeout(
+                "waiting for the peer during connection set-up",
+            ));
+        }
+        sock.set_read_timeout(Some(remaining))?;
+        match sock.read(buf) {
+            Ok(0) => return Err(Error::protocol("peer closed the connection during set-up")),
+            Ok(n) => return Ok(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                return Err(Error::protocol(format!(
+                    "reading from the peer failed: {e}"
+                )))
+            }
+        }
+    }
 }
 
 /// TCP_NODELAY and keep-alive with a 60 s idle delay, as libchirp sets on every connection.

@@ -226,7 +226,7 @@ impl TlsSession {
             match r {
                 Ok(()) => break,
                 Err(e) if e.code() == ErrorCode::WANT_READ => {
-                    let n = crate::connection::read_until(sock, &mut buf, deadline)
+                    let n = crate::sys::read_until(sock, &mut buf, deadline)
                         .map_err(|e| match e {
                             Error::Protocol { .. } => Error::tls(
                                 "peer closed the connection during the TLS handshake (is it speaking TLS, with a certificate from our CA?)",

@@ -1,28 +1,55 @@
 //! One peer connection: set-up (connect or accept, TLS, chirp handshake), then a reader
 //! thread and a writer thread over the same socket.
 //!
+//! A connection knows its socket, its limits ([`Settings`]) and its [`Owner`], a narrow
+//! interface through which it reports what happens (handshake done, frames written, ACK,
+//! message received, slot released, closed) and from which its writer takes the frames to
+//! write. It knows nothing of nodes, remotes or queues. What an owner may do to it:
+//! [`Conn::kick`] (frames are waiting), [`Conn::shutdown`], and read its state.
+//!
 //! The thread that sets a connection up becomes its reader; it starts the writer once the
 //! peer's handshake arrived. Both end when the connection is shut down: the socket is shut
 //! down, which unblocks whichever call they are in.
+//!
+//! Locking: the connection's own state ([`ConnState`]) has one mutex, held only for a few
+//! field updates and never while calling the owner or doing I/O.
 
 mod reader;
 mod writer;
 
-pub(crate) use writer::kick;
-
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, OnceLock};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
-use crate::completion::Completion;
 use crate::error::Error;
-use crate::message::Identity;
-use crate::node::state::ReleaseDone;
-use crate::node::{Inner, WRITER_STACK};
-use crate::tls::TlsSession;
+use crate::frame::Frame;
+use crate::message::{Identity, Message, ReleaseDone, SlotOwner};
+use crate::tls::{TlsContext, TlsSession};
 use crate::wire::{Handshake, HANDSHAKE_SIZE};
+
+/// Stack sizes, chosen deliberately: a connection has two threads, and idle connections
+/// must stay small. Only touched pages become resident.
+pub(crate) const READER_STACK: usize = 128 * 1024;
+pub(crate) const WRITER_STACK: usize = 96 * 1024;
+
+/// What every connection of a node needs to know, shared by all of them.
+pub(crate) struct Settings {
+    /// Our handshake: the port we advertise and our identity.
+    pub(crate) handshake: Handshake,
+    /// Send timeout; also how long a write or a partly received frame may stall.
+    pub(crate) timeout: Duration,
+    /// Budget for TCP connect, TLS handshake and chirp handshake together.
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_slots: usize,
+    pub(crate) buffer_size: usize,
+    pub(crate) max_msg_size: u32,
+    /// Data frames ask for an ACK (synchronous mode).
+    pub(crate) synchronous: bool,
+    /// The TLS context, unless encryption is disabled.
+    pub(crate) tls: Option<TlsContext>,
+}
 
 /// What the peer said in its handshake.
 #[derive(Debug, Clone, Copy)]
@@ -31,36 +58,143 @@ pub(crate) struct PeerInfo {
     pub(crate) identity: Identity,
 }
 
-/// The parts of a connection that do not change, shared by its threads and its slots.
+/// The interface from a connection to whoever owns it (the node). Every call is made
+/// without any of the connection's locks held.
+pub(crate) trait Owner: Send + Sync {
+    /// Starts a named thread for this connection (counted by the owner for `close()`).
+    fn spawn(
+        &self,
+        name: String,
+        stack: usize,
+        f: Box<dyn FnOnce() + Send + 'static>,
+    ) -> io::Result<()>;
+    /// The peer's handshake arrived. An error refuses the connection (it is shut down).
+    fn connected(&self, conn: &Arc<Conn>) -> Result<(), Error>;
+    /// Appends the frames to write now on `conn`, each with its serial.
+    fn take_frames(&self, conn: &Arc<Conn>, out: &mut Vec<(Frame, u32)>);
+    /// `frames` (taken from `take_frames`) were written, or failed with the error.
+    fn written(&self, conn: &Arc<Conn>, frames: &mut Vec<(Frame, u32)>, result: Result<(), Error>);
+    /// An ACK for `identity` arrived.
+    fn ack(&self, conn: &Arc<Conn>, identity: Identity);
+    /// A NOOP arrived (the peer is alive).
+    fn activity(&self, conn: &Arc<Conn>);
+    /// A data message arrived; it holds one of the connection's slots.
+    fn deliver(&self, conn: &Arc<Conn>, msg: Message);
+    /// A slot of a message that asked for an ACK was released: queue the ACK; `done`
+    /// completes once it was written.
+    fn ack_due(&self, conn: &Arc<Conn>, done: ReleaseDone);
+    /// The connection is shut down with `reason` (once). `in_flight`: frames being written
+    /// take the failure (the owner should not fail another message for it).
+    fn closed(&self, conn: &Arc<Conn>, reason: &Error, in_flight: bool);
+    /// The connection's threads have all ended.
+    fn ended(&self, conn: &Arc<Conn>);
+}
+
+/// Frames a direct writer could not finish without blocking: the writer thread writes
+/// `rest` and then reports the frames written.
+pub(crate) struct Handoff {
+    pub(crate) frames: Vec<(Frame, u32)>,
+    pub(crate) rest: Vec<u8>,
+}
+
+/// Everything about a connection that changes, under its mutex.
+struct ConnState {
+    handshaken: bool,
+    closing: bool,
+    close_reason: Option<Error>,
+    /// A thread has frames out of the owner's queues and is writing them.
+    writing: bool,
+    /// Frames were queued while someone was writing: the writer looks again.
+    kick_pending: bool,
+    /// A TLS read produced ciphertext (a handshake reply) that must be written.
+    tls_flush: bool,
+    slots_used: usize,
+    /// The reader is blocked waiting for a slot (only then does a release notify it: a
+    /// condition-variable notification is a system call even with nobody waiting).
+    reader_waiting: bool,
+    /// Last successful write or received frame.
+    active: Instant,
+    /// Threads of this connection still running.
+    threads: u8,
+    handoff: Option<Handoff>,
+}
+
+/// One connection: its socket, TLS session, limits, owner and state.
 pub(crate) struct Conn {
     pub(crate) id: u64,
-    pub(crate) stream: TcpStream,
+    stream: TcpStream,
     /// For a dialed connection the address dialed; for an accepted one the TCP peer.
     pub(crate) peer: SocketAddr,
     pub(crate) outgoing: bool,
-    pub(crate) closed: AtomicBool,
-    pub(crate) writer_cv: Condvar,
-    pub(crate) reader_cv: Condvar,
-    pub(crate) tls: OnceLock<TlsSession>,
-    pub(crate) info: OnceLock<PeerInfo>,
+    encrypt: bool,
+    settings: Arc<Settings>,
+    owner: Arc<dyn Owner>,
+    /// Set when the socket is shut down (abandons a pending connect).
+    closed: AtomicBool,
+    state: Mutex<ConnState>,
+    writer_cv: Condvar,
+    reader_cv: Condvar,
+    tls: OnceLock<TlsSession>,
+    info: OnceLock<PeerInfo>,
 }
 
 impl Conn {
-    pub(crate) fn new_outgoing(id: u64, addr: SocketAddr) -> io::Result<Conn> {
-        Ok(Conn::new(id, crate::sys::unconnected(&addr)?, addr, true))
+    /// A connection to dial to `addr` (the socket exists, unconnected, so that it can be
+    /// shut down from another thread while connecting).
+    pub(crate) fn dial(
+        id: u64,
+        addr: SocketAddr,
+        encrypt: bool,
+        settings: Arc<Settings>,
+        owner: Arc<dyn Owner>,
+    ) -> io::Result<Conn> {
+        let stream = crate::sys::unconnected(&addr)?;
+        Ok(Conn::new(id, stream, addr, true, encrypt, settings, owner))
     }
 
-    pub(crate) fn new_incoming(id: u64, stream: TcpStream, peer: SocketAddr) -> Conn {
-        Conn::new(id, stream, peer, false)
+    /// An accepted connection from `peer`.
+    pub(crate) fn accepted(
+        id: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        encrypt: bool,
+        settings: Arc<Settings>,
+        owner: Arc<dyn Owner>,
+    ) -> Conn {
+        Conn::new(id, stream, peer, false, encrypt, settings, owner)
     }
 
-    fn new(id: u64, stream: TcpStream, peer: SocketAddr, outgoing: bool) -> Conn {
+    fn new(
+        id: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        outgoing: bool,
+        encrypt: bool,
+        settings: Arc<Settings>,
+        owner: Arc<dyn Owner>,
+    ) -> Conn {
         Conn {
             id,
             stream,
             peer,
             outgoing,
+            encrypt,
+            settings,
+            owner,
             closed: AtomicBool::new(false),
+            state: Mutex::new(ConnState {
+                handshaken: false,
+                closing: false,
+                close_reason: None,
+                writing: false,
+                kick_pending: false,
+                tls_flush: false,
+                slots_used: 0,
+                reader_waiting: false,
+                active: Instant::now(),
+                threads: 1,
+                handoff: None,
+            }),
             writer_cv: Condvar::new(),
             reader_cv: Condvar::new(),
             tls: OnceLock::new(),
@@ -68,49 +202,150 @@ impl Conn {
         }
     }
 
-    /// Shuts the socket down, which unblocks the reader and writer threads. No TLS
-    /// close_notify is sent: like C libchirp, connections are closed abruptly (§9 item 23).
-    pub(crate) fn close_socket(&self) {
+    fn lock(&self) -> MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The peer's handshake, once it arrived.
+    pub(crate) fn peer_info(&self) -> Option<PeerInfo> {
+        self.info.get().copied()
+    }
+
+    /// How long since the last successful write or received frame (None while it is
+    /// still being set up or already shutting down).
+    pub(crate) fn idle_for(&self, now: Instant) -> Option<Duration> {
+        let st = self.lock();
+        (st.handshaken && !st.closing).then(|| now.saturating_duration_since(st.active))
+    }
+
+    /// Why the connection was shut down, once it was.
+    pub(crate) fn close_reason(&self) -> Option<Error> {
+        self.lock().close_reason.clone()
+    }
+
+    /// Frames are waiting for this connection: write them now from this thread (or when
+    /// the thread's cork allows), or let the active writer pick them up.
+    pub(crate) fn kick(self: &Arc<Self>) {
+        {
+            let mut st = self.lock();
+            if !st.handshaken || st.closing {
+                return;
+            }
+            if st.writing || st.handoff.is_some() {
+                st.kick_pending = true;
+                return;
+            }
+        }
+        writer::kick(self.clone());
+    }
+
+    /// Shuts the connection down with `reason` (the first reason wins; later calls do
+    /// nothing): the socket is shut down, which ends both threads, and the owner is told.
+    /// `in_flight_failed`: the caller already failed the frames it was writing.
+    pub(crate) fn shutdown(self: &Arc<Self>, reason: Error, in_flight_failed: bool) {
+        let (writing, handoff) = {
+            let mut st = self.lock();
+            if st.closing {
+                return;
+            }
+            st.closing = true;
+            st.close_reason = Some(reason.clone());
+            (st.writing, st.handoff.take())
+        };
+        self.writer_cv.notify_all();
+        self.reader_cv.notify_all();
+        // No TLS close_notify: like C libchirp, connections are closed abruptly.
         self.closed.store(true, Ordering::Release);
         let _ = self.stream.shutdown(Shutdown::Both);
-    }
-}
-
-/// A received message's claim on its connection's slot pool. Released explicitly through
-/// [`Message::release`](crate::Message::release) or when dropped; never twice.
-pub(crate) struct Slot {
-    inner: Arc<Inner>,
-    conn: u64,
-    req_ack: bool,
-    identity: Identity,
-    serial: u32,
-    released: bool,
-}
-
-impl Slot {
-    pub(crate) fn release(mut self) -> Completion<(Identity, u32)> {
-        let (completion, done) = Completion::pair();
-        self.do_release(Some(done));
-        completion
+        self.owner.closed(
+            self,
+            &reason,
+            in_flight_failed || writing || handoff.is_some(),
+        );
+        // Frames a direct writer left to the writer thread were in flight: they fail too.
+        if let Some(h) = handoff {
+            let mut frames = h.frames;
+            self.owner.written(self, &mut frames, Err(reason));
+        }
     }
 
-    fn do_release(&mut self, done: Option<crate::completion::Completer<(Identity, u32)>>) {
-        self.released = true;
-        let rd = ReleaseDone {
-            identity: self.identity,
-            serial: self.serial,
-            done,
+    /// The connection's first thread could not be started (or must not be): it counts as
+    /// ended, so the owner hears `ended`. Call after [`Conn::shutdown`].
+    pub(crate) fn abandon(self: &Arc<Self>) {
+        self.thread_ended();
+    }
+
+    /// Another thread of this connection runs.
+    fn thread_started(&self) {
+        self.lock().threads += 1;
+    }
+
+    /// A thread of this connection ends; the owner hears of the last one.
+    fn thread_ended(self: &Arc<Self>) {
+        let last = {
+            let mut st = self.lock();
+            st.threads = st.threads.saturating_sub(1);
+            st.threads == 0
         };
-        let (conn, req_ack) = (self.conn, self.req_ack);
-        self.inner
-            .with_state(|st, _, after| st.release_slot(conn, req_ack, rd, after));
+        if last {
+            self.owner.ended(self);
+        }
+    }
+
+    // --- the write side's claim on the socket -----------------------------------------
+
+    /// Claims the write side if the connection is idle (nobody writing, no handoff).
+    fn claim_write(&self) -> bool {
+        let mut st = self.lock();
+        if !st.handshaken || st.closing || st.writing || st.handoff.is_some() {
+            return false;
+        }
+        st.writing = true;
+        st.kick_pending = false;
+        true
+    }
+
+    /// Gives the write side back; `wrote`: the write succeeded (refreshes the activity
+    /// time). Returns whether frames were queued meanwhile (the caller looks again).
+    fn end_write(&self, wrote: bool) -> bool {
+        let mut st = self.lock();
+        st.writing = false;
+        if wrote {
+            st.active = Instant::now();
+        }
+        let again = st.kick_pending && !st.closing;
+        st.kick_pending = false;
+        again
+    }
+
+    /// Leaves the write side to the writer thread (which is woken).
+    fn defer_to_writer(&self) {
+        let mut st = self.lock();
+        st.kick_pending = true;
+        drop(st);
+        self.writer_cv.notify_all();
+    }
+
+    /// Ends the wait of a slot-blocked reader, if it waits.
+    fn slot_freed(&self) -> bool {
+        let mut st = self.lock();
+        st.slots_used = st.slots_used.saturating_sub(1);
+        if st.reader_waiting {
+            self.reader_cv.notify_all();
+        }
+        !st.closing
     }
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if !self.released {
-            self.do_release(None);
+impl SlotOwner for Conn {
+    fn release_slot(self: Arc<Self>, req_ack: bool, done: ReleaseDone) {
+        let open = self.slot_freed();
+        if req_ack && open {
+            // The ACK goes through the owner: it is written on the remote's current
+            // connection, which need not be this one.
+            self.owner.ack_due(&self, done);
+        } else {
+            done.finish();
         }
     }
 }
@@ -176,123 +411,72 @@ impl ReadBuf {
     }
 }
 
-/// One read from `sock` bounded by `deadline`: the number of bytes read (never 0).
-pub(crate) fn read_until(
-    mut sock: &TcpStream,
-    buf: &mut [u8],
-    deadline: Instant,
-) -> Result<usize, Error> {
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(Error::timeout(
-                "waiting for the peer during connection set-up",
-            ));
-        }
-        sock.set_read_timeout(Some(remaining))?;
-        match sock.read(buf) {
-            Ok(0) => return Err(Error::protocol("peer closed the connection during set-up")),
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => {
-                return Err(Error::protocol(format!(
-                    "reading from the peer failed: {e}"
-                )))
+/// Body of a connection's first thread: set up, start the writer, then read until the
+/// connection ends. The caller counted this thread as the connection's first.
+pub(crate) fn run(conn: Arc<Conn>) {
+    let deadline = Instant::now() + conn.settings.connect_timeout;
+    let mut source = reader::Source::new(&conn);
+    let reason = match establish(&conn, &mut source, deadline) {
+        Ok(()) => {
+            log::debug!(
+                "connection {} {} {}: peer {} advertises port {}{}",
+                conn.id,
+                if conn.outgoing { "to" } else { "from" },
+                conn.peer,
+                conn.info.get().map(|i| i.identity).unwrap_or_default(),
+                conn.info.get().map(|i| i.port).unwrap_or_default(),
+                if conn.tls.get().is_some() {
+                    " (TLS)"
+                } else {
+                    ""
+                }
+            );
+            match start_writer(&conn) {
+                Ok(()) => {
+                    // Frames queued while the connection was set up go out now.
+                    conn.kick();
+                    reader::run(&conn, &mut source)
+                }
+                Err(e) => e,
             }
         }
-    }
-}
-
-/// Body of a connection's first thread: set up, then read until the connection ends.
-pub(crate) fn run(inner: Arc<Inner>, conn: Arc<Conn>) {
-    let deadline = Instant::now() + inner.cfg.connect_timeout;
-    let mut source = reader::Source::new(&inner, &conn);
-    let result = establish(&inner, &conn, &mut source, deadline);
-    let id = conn.id;
-    let (hs, key) = match result {
-        Ok(v) => v,
         Err(e) => {
-            log::debug!("connection {} {}: set-up failed: {e}", id, conn.peer);
-            inner.with_state(|st, lim, after| {
-                st.shutdown_conn(lim, id, e, false, after);
-                st.conn_thread_exit(id);
-            });
-            return;
+            log::debug!("connection {} {}: set-up failed: {e}", conn.id, conn.peer);
+            e
         }
     };
-    let _ = conn.info.set(PeerInfo {
-        port: hs.port,
-        identity: hs.identity,
-    });
-    let ok = inner.with_state(|st, lim, after| {
-        if !st.handshake_done(id, key, conn.peer) {
-            st.shutdown_conn(lim, id, crate::error::Error::Shutdown, false, after);
-            return false;
-        }
-        if let Some(e) = st.conns.get_mut(&id) {
-            e.threads += 1;
-        }
-        true
-    });
-    if !ok {
-        inner.with_state(|st, _, _| st.conn_thread_exit(id));
-        return;
-    }
-    log::debug!(
-        "connection {} {} {}: peer {} advertises port {}{}",
-        id,
-        if conn.outgoing { "to" } else { "from" },
-        conn.peer,
-        hs.identity,
-        hs.port,
-        if conn.tls.get().is_some() {
-            " (TLS)"
-        } else {
-            ""
-        }
-    );
-    let wconn = conn.clone();
-    if let Err(e) = inner.spawn(
-        format!("chirp-writer-{}", conn.peer),
-        WRITER_STACK,
-        move |inner| writer::run(&inner, &wconn),
-    ) {
-        inner.with_state(|st, lim, after| {
-            st.conn_thread_exit(id);
-            st.shutdown_conn(
-                lim,
-                id,
-                Error::protocol(format!("cannot start writer thread: {e}")),
-                false,
-                after,
-            );
-        });
-    } else {
-        // Let the writer see anything queued while the connection was set up.
-        inner.with_state(|st, _, after| st.process(key, after));
-    }
-    let reason = reader::run(&inner, &conn, key, &mut source);
-    log::debug!("connection {} {}: closed: {reason}", id, conn.peer);
-    inner.with_state(|st, lim, after| {
-        st.shutdown_conn(lim, id, reason, false, after);
-        st.conn_thread_exit(id);
-    });
+    log::debug!("connection {} {}: closed: {reason}", conn.id, conn.peer);
+    conn.shutdown(reason, false);
+    conn.thread_ended();
 }
 
+fn start_writer(conn: &Arc<Conn>) -> Result<(), Error> {
+    conn.thread_started();
+    let wconn = conn.clone();
+    let r = conn.owner.spawn(
+        format!("chirp-writer-{}", conn.peer),
+        WRITER_STACK,
+        Box::new(move || {
+            writer::run(&wconn);
+            wconn.thread_ended();
+        }),
+    );
+    r.map_err(|e| {
+        conn.lock().threads -= 1;
+        Error::Io {
+            kind: e.kind(),
+            reason: format!("cannot start the connection's writer thread: {e}"),
+        }
+    })
+}
+
+/// Connects (when dialing), runs the TLS handshake (when encrypting), exchanges chirp
+/// handshakes and tells the owner.
 fn establish(
-    inner: &Arc<Inner>,
     conn: &Arc<Conn>,
     source: &mut reader::Source,
     deadline: Instant,
-) -> Result<(Handshake, crate::node::state::RemoteKey), Error> {
+) -> Result<(), Error> {
     if conn.outgoing {
         crate::sys::connect(&conn.stream, &conn.peer, deadline, &conn.closed).map_err(
             |e| match e.kind() {
@@ -306,20 +490,17 @@ fn establish(
         )?;
     }
     crate::sys::configure_stream(&conn.stream)?;
-    if inner.should_encrypt(conn.peer.ip()) {
-        let ctx = inner
+    if conn.encrypt {
+        let ctx = conn
+            .settings
             .tls
             .as_ref()
-            .expect("TLS context exists unless encryption is disabled");
+            .ok_or_else(|| Error::tls("encryption is required but no TLS context exists"))?;
         let session = TlsSession::handshake(ctx, &conn.stream, conn.outgoing, deadline)?;
         let _ = conn.tls.set(session);
     }
     // Our handshake: one write, or one TLS record.
-    let hs = Handshake {
-        port: inner.port,
-        identity: inner.identity,
-    }
-    .encode();
+    let hs = conn.settings.handshake.encode();
     let mut cipher;
     let bytes: &[u8] = match conn.tls.get() {
         Some(tls) => {
@@ -338,7 +519,7 @@ fn establish(
         .write_all(bytes)
         .map_err(|e| Error::protocol(format!("writing the handshake failed: {e}")))?;
     // Steady state: a write that makes no progress for `timeout` fails the connection.
-    conn.stream.set_write_timeout(Some(inner.lim.timeout))?;
+    conn.stream.set_write_timeout(Some(conn.settings.timeout))?;
     // Theirs: tolerate it arriving in pieces.
     while source.buf.len() < HANDSHAKE_SIZE {
         source.fill(Some(deadline))?;
@@ -347,13 +528,10 @@ fn establish(
     raw.copy_from_slice(&source.buf.data()[..HANDSHAKE_SIZE]);
     source.buf.consume(HANDSHAKE_SIZE);
     let peer = Handshake::decode(&raw);
-    let key = if conn.outgoing {
-        let st = inner.lock();
-        st.outgoing_key(conn.id)
-            .unwrap_or((conn.peer.ip(), conn.peer.port()))
-    } else {
-        (conn.peer.ip(), peer.port)
-    };
+    let _ = conn.info.set(PeerInfo {
+        port: peer.port,
+        identity: peer.identity,
+    });
     if conn.outgoing && peer.port != conn.peer.port() {
         log::warn!(
             "{} advertises port {} but was dialed on {}; keeping the connection for the dialed address",
@@ -362,5 +540,13 @@ fn establish(
             conn.peer.port()
         );
     }
-    Ok((peer, key))
+    {
+        let mut st = conn.lock();
+        if st.closing {
+            return Err(st.close_reason.clone().unwrap_or(Error::Shutdown));
+        }
+        st.handshaken = true;
+        st.active = Instant::now();
+    }
+    conn.owner.connected(conn)
 }

@@ -7,11 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Conn, ReadBuf, Slot};
+use super::{Conn, ReadBuf};
 use crate::error::Error;
-use crate::message::Message;
-use crate::node::state::{After, Deferred, RemoteKey};
-use crate::node::Inner;
+use crate::message::{Message, Slot};
 use crate::wire::{FrameKind, Preamble, PREAMBLE_SIZE};
 
 /// Payloads at least this large are read straight into the message instead of through the
@@ -20,7 +18,6 @@ const DIRECT_READ: usize = 16 * 1024;
 
 /// Reads plaintext from the connection into its read buffer.
 pub(crate) struct Source<'a> {
-    inner: &'a Arc<Inner>,
     conn: &'a Arc<Conn>,
     pub(crate) buf: ReadBuf,
     cipher: Vec<u8>,
@@ -29,11 +26,10 @@ pub(crate) struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
-    pub(crate) fn new(inner: &'a Arc<Inner>, conn: &'a Arc<Conn>) -> Source<'a> {
+    pub(crate) fn new(conn: &'a Arc<Conn>) -> Source<'a> {
         Source {
-            inner,
             conn,
-            buf: ReadBuf::new(inner.cfg.buffer_size),
+            buf: ReadBuf::new(conn.settings.buffer_size),
             cipher: Vec::new(),
             read_timeout: None,
         }
@@ -50,28 +46,20 @@ impl<'a> Source<'a> {
     /// Reads more plaintext into the buffer. With a deadline, waits at most until then;
     /// without, waits as long as the socket has no read timeout set.
     pub(crate) fn fill(&mut self, deadline: Option<Instant>) -> Result<usize, Error> {
-        let n = {
-            let conn = self.conn.clone();
-            let mut dst = std::mem::take(&mut self.buf);
-            let r = self.read_into(&conn, dst.space(), deadline);
-            if let Ok(n) = r {
-                dst.filled(n);
-            }
-            self.buf = dst;
-            r?
-        };
-        Ok(n)
+        let mut dst = std::mem::take(&mut self.buf);
+        let r = self.read_into(dst.space(), deadline);
+        if let Ok(n) = r {
+            dst.filled(n);
+        }
+        self.buf = dst;
+        r
     }
 
     /// Reads plaintext into `dst` (at least one byte).
-    fn read_into(
-        &mut self,
-        conn: &Arc<Conn>,
-        dst: &mut [u8],
-        deadline: Option<Instant>,
-    ) -> Result<usize, Error> {
+    fn read_into(&mut self, dst: &mut [u8], deadline: Option<Instant>) -> Result<usize, Error> {
+        let conn = self.conn;
         // Whatever handlers queued while we dispatched goes out before we block.
-        super::writer::uncork(self.inner);
+        super::writer::uncork();
         loop {
             if let Some(d) = deadline {
                 let remaining = d.saturating_duration_since(Instant::now());
@@ -105,13 +93,8 @@ impl<'a> Source<'a> {
                     };
                     let d = tls.decrypt(&self.cipher[..n], dst)?;
                     if d.wants_flush {
-                        let id = conn.id;
-                        self.inner.with_state(|st, _, _| {
-                            if let Some(e) = st.conns.get_mut(&id) {
-                                e.tls_flush = true;
-                                e.conn.writer_cv.notify_all();
-                            }
-                        });
+                        conn.lock().tls_flush = true;
+                        conn.writer_cv.notify_all();
                     }
                     if d.plain > 0 {
                         return Ok(d.plain);
@@ -131,7 +114,7 @@ impl<'a> Source<'a> {
                 Some(_) => Err(Error::timeout("waiting for the peer")),
                 None => Err(Error::timeout(format!(
                     "peer sent part of a frame and then nothing for {:?}",
-                    self.inner.lim.timeout
+                    self.conn.settings.timeout
                 ))),
             },
             _ => Err(Error::protocol(format!(
@@ -154,17 +137,13 @@ impl<'a> Source<'a> {
         self.buf.consume(have);
         while v.len() < len {
             let missing = len - v.len();
-            self.set_timeout(Some(self.inner.lim.timeout))?;
+            self.set_timeout(Some(self.conn.settings.timeout))?;
             if missing >= DIRECT_READ {
                 let old = v.len();
                 let grow = missing.min(old.max(DIRECT_READ));
                 v.resize(old + grow, 0);
-                let conn = self.conn.clone();
-                let r = self.read_into(&conn, &mut v[old..], None);
-                match r {
-                    Ok(n) => v.truncate(old + n),
-                    Err(e) => return Err(e),
-                }
+                let n = self.read_into(&mut v[old..], None)?;
+                v.truncate(old + n);
             } else {
                 self.fill(None)?;
                 let take = self.buf.len().min(missing);
@@ -177,23 +156,19 @@ impl<'a> Source<'a> {
 }
 
 /// Reads and dispatches frames until the connection fails; returns the reason.
-pub(crate) fn run(inner: &Arc<Inner>, conn: &Arc<Conn>, key: RemoteKey, src: &mut Source) -> Error {
-    match read_loop(inner, conn, key, src) {
+pub(crate) fn run(conn: &Arc<Conn>, src: &mut Source) -> Error {
+    match read_loop(conn, src) {
         Ok(()) => Error::Shutdown,
         Err(e) => e,
     }
 }
 
-fn read_loop(
-    inner: &Arc<Inner>,
-    conn: &Arc<Conn>,
-    key: RemoteKey,
-    src: &mut Source,
-) -> Result<(), Error> {
-    let max = u64::from(inner.cfg.config.max_msg_size);
-    let info = *conn.info.get().expect("handshake done before reading");
+fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
+    let settings = &conn.settings;
+    let max = u64::from(settings.max_msg_size);
+    let info = conn.peer_info().ok_or(Error::Shutdown)?;
     let from = SocketAddr::new(conn.peer.ip(), info.port);
-    let mut after = After::default();
+    let owner = &conn.owner;
     loop {
         super::writer::cork(frames_buffered(src.buf.data(), super::writer::CORK_COUNT));
         while let Some(pre) = peek_preamble(src.buf.data()) {
@@ -206,15 +181,15 @@ fn read_loop(
             match kind {
                 FrameKind::Ack => {
                     src.buf.consume(PREAMBLE_SIZE);
-                    let mut st = inner.lock();
-                    st.ack_received(key, pre.identity, &mut after);
+                    owner.ack(conn, pre.identity);
                 }
                 FrameKind::Noop => {
                     src.buf.consume(PREAMBLE_SIZE);
-                    inner.lock().touch(conn.id, key);
+                    conn.lock().active = Instant::now();
+                    owner.activity(conn);
                 }
                 FrameKind::Data { req_ack } => {
-                    acquire_slot(inner, conn)?;
+                    acquire_slot(conn)?;
                     src.buf.consume(PREAMBLE_SIZE);
                     let header = if pre.header_len == 0 {
                         Vec::new()
@@ -234,39 +209,16 @@ fn read_loop(
                         address: Some(from),
                         remote_identity: info.identity,
                         type_bits: pre.kind_bits,
-                        slot: Some(Slot {
-                            inner: inner.clone(),
-                            conn: conn.id,
-                            req_ack,
-                            identity: pre.identity,
-                            serial: pre.serial,
-                            released: false,
-                        }),
+                        slot: Some(Slot::new(conn.clone(), req_ack, pre.identity, pre.serial)),
                     };
-                    let request = {
-                        let mut st = inner.lock();
-                        st.touch(conn.id, key);
-                        if st.requests.is_empty() {
-                            None
-                        } else {
-                            st.requests.remove(&pre.identity)
-                        }
-                    };
-                    match request {
-                        Some(r) => after.push(Deferred::Request(r.done, Ok(msg))),
-                        None => {
-                            inner.run_after(&mut after);
-                            (inner.sink)(msg);
-                        }
-                    }
+                    owner.deliver(conn, msg);
                 }
             }
-            inner.run_after(&mut after);
         }
         // Mid-frame, the rest must come within the timeout; between frames, wait freely
         // (idle connections are garbage-collected, which shuts the socket down).
         let t = if src.buf.len() > 0 {
-            Some(inner.lim.timeout)
+            Some(settings.timeout)
         } else {
             None
         };
@@ -297,33 +249,30 @@ fn frames_buffered(buf: &[u8], max: usize) -> usize {
     n
 }
 
-/// Takes one of the connection's slots, waiting while all are in use.
-fn acquire_slot(inner: &Arc<Inner>, conn: &Arc<Conn>) -> Result<(), Error> {
-    let max = inner.lim.max_slots;
-    let mut st = inner.lock();
+/// Takes one of the connection's slots (and notes the activity), waiting while all are in
+/// use.
+fn acquire_slot(conn: &Arc<Conn>) -> Result<(), Error> {
+    let max = conn.settings.max_slots;
+    let mut st = conn.lock();
     loop {
-        let Some(e) = st.conns.get_mut(&conn.id) else {
-            return Err(Error::Shutdown);
-        };
-        if e.closing {
-            return Err(e.close_reason.clone().unwrap_or(Error::Shutdown));
+        if st.closing {
+            return Err(st.close_reason.clone().unwrap_or(Error::Shutdown));
         }
-        if e.slots_used < max {
-            e.slots_used += 1;
+        if st.slots_used < max {
+            st.slots_used += 1;
+            st.active = Instant::now();
             return Ok(());
         }
         // About to block: first write what handlers queued (their releases may be in it).
         drop(st);
-        super::writer::uncork(inner);
-        st = inner.lock();
-        match st.conns.get_mut(&conn.id) {
-            Some(e) if !e.closing && e.slots_used >= max => e.reader_waiting = true,
-            _ => continue,
+        super::writer::uncork();
+        st = conn.lock();
+        if st.closing || st.slots_used < max {
+            continue;
         }
+        st.reader_waiting = true;
         st = conn.reader_cv.wait(st).unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = st.conns.get_mut(&conn.id) {
-            e.reader_waiting = false;
-        }
+        st.reader_waiting = false;
         super::writer::cork(usize::MAX);
     }
 }

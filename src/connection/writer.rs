@@ -11,18 +11,19 @@
 //! cause are collected and flushed in batches of a few frames (see `CORK_FRAMES`), and
 //! whatever is left before the reader blocks again.
 //!
-//! No lock is held during a write; the `writing` flag in the connection's entry says who
-//! owns the socket's write side.
+//! No lock is held during a write; the `writing` flag in the connection's state says who
+//! owns the socket's write side, and `kick_pending` that frames were queued meanwhile.
+//! Frames come from the connection's owner (`Owner::take_frames`) and go back to it when
+//! written (`Owner::written`).
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 
-use super::Conn;
+use super::{Conn, Handoff};
 use crate::error::Error;
+use crate::frame::Frame;
 use crate::message::Identity;
-use crate::node::state::{After, Frame, Handoff};
-use crate::node::Inner;
 use crate::wire::{Preamble, PREAMBLE_SIZE, TYPE_ACK, TYPE_NOOP, TYPE_REQ_ACK};
 
 /// The kernel takes at most IOV_MAX (1024) slices per call.
@@ -81,11 +82,11 @@ pub(crate) fn cork(buffered: usize) {
 }
 
 /// Stops holding back and writes everything held back.
-pub(crate) fn uncork(inner: &Arc<Inner>) {
+pub(crate) fn uncork() {
     let held = CORK.with(|c| c.borrow_mut().take());
     if let Some(held) = held {
         for conn in held.conns {
-            direct_write(inner, &conn);
+            direct_write(&conn);
         }
     }
 }
@@ -133,7 +134,7 @@ impl Drop for Scratch {
 
 /// Frames are queued on an idle connection: write them now, or later if corked (but no
 /// later than the cork's frame limit allows).
-pub(crate) fn kick(inner: &Arc<Inner>, conn: Arc<Conn>) {
+pub(crate) fn kick(conn: Arc<Conn>) {
     enum Then {
         Write(Arc<Conn>),
         Flush(Vec<Arc<Conn>>),
@@ -165,10 +166,10 @@ pub(crate) fn kick(inner: &Arc<Inner>, conn: Arc<Conn>) {
     });
     // Writes happen outside the borrow: a write can queue (and kick) more frames.
     match then {
-        Then::Write(conn) => direct_write(inner, &conn),
+        Then::Write(conn) => direct_write(&conn),
         Then::Flush(conns) => {
             for conn in conns {
-                direct_write(inner, &conn);
+                direct_write(&conn);
             }
         }
         Then::Hold => {}
@@ -226,8 +227,8 @@ fn parts<'a>(frames: &'a [(Frame, u32)], preambles: &'a [[u8; PREAMBLE_SIZE]]) -
     parts
 }
 
-fn req_ack_bits(inner: &Inner) -> u8 {
-    if inner.lim.synchronous {
+fn req_ack_bits(conn: &Conn) -> u8 {
+    if conn.settings.synchronous {
         TYPE_REQ_ACK
     } else {
         0
@@ -242,66 +243,70 @@ enum Outcome {
 }
 
 /// Writes queued frames of `conn` from the calling thread without blocking.
-pub(crate) fn direct_write(inner: &Arc<Inner>, conn: &Arc<Conn>) {
-    let id = conn.id;
-    let req_ack = req_ack_bits(inner);
+pub(crate) fn direct_write(conn: &Arc<Conn>) {
+    let req_ack = req_ack_bits(conn);
+    let owner = &conn.owner;
     let mut scratch = Scratch::take();
     let Scratch { frames, preambles } = &mut scratch;
     let mut cipher = Vec::new();
-    let mut after = After::default();
+    let mut again = false;
     for _ in 0..DIRECT_ROUNDS {
-        {
-            let mut st = inner.lock();
-            match st.conns.get(&id) {
-                Some(e) if e.handshaken && !e.closing && !e.writing && e.handoff.is_none() => {}
-                _ => return,
+        if !conn.claim_write() {
+            return;
+        }
+        owner.take_frames(conn, frames);
+        if frames.is_empty() {
+            again = conn.end_write(false);
+            if again {
+                continue;
             }
-            st.take_frames(&inner.lim, id, frames);
-            if frames.is_empty() {
-                return;
-            }
-            if let Some(e) = st.conns.get_mut(&id) {
-                e.writing = true;
-            }
+            return;
         }
         encode(frames, preambles, req_ack);
         let outcome = {
             let mut parts = parts(frames, preambles);
             try_write(conn, &mut parts, &mut cipher)
         };
-        let mut st = inner.lock();
         match outcome {
-            Ok(Outcome::Done) => st.frames_written(&inner.lim, id, frames, Ok(()), &mut after),
+            Ok(Outcome::Done) => {
+                owner.written(conn, frames, Ok(()));
+                conn.end_write(true);
+                // A batch is bounded: more may be queued. Look until the queue is empty.
+                again = true;
+            }
             Ok(Outcome::Rest(rest)) => {
-                match st.conns.get_mut(&id) {
-                    Some(e) if !e.closing => {
-                        e.handoff = Some(Handoff {
-                            frames: std::mem::take(frames),
-                            rest,
-                        });
-                        e.conn.writer_cv.notify_all();
-                    }
-                    _ => {
-                        st.frames_written(&inner.lim, id, frames, Err(Error::Shutdown), &mut after)
-                    }
+                // The socket is full: the writer thread finishes (still `writing`).
+                let mut st = conn.lock();
+                if st.closing {
+                    drop(st);
+                    owner.written(
+                        conn,
+                        frames,
+                        Err(conn.close_reason().unwrap_or(Error::Shutdown)),
+                    );
+                    conn.end_write(false);
+                } else {
+                    st.handoff = Some(Handoff {
+                        frames: std::mem::take(frames),
+                        rest,
+                    });
+                    st.writing = false;
+                    drop(st);
+                    conn.writer_cv.notify_all();
                 }
-                drop(st);
-                inner.run_after(&mut after);
                 return;
             }
             Err(e) => {
-                st.frames_written(&inner.lim, id, frames, Err(e), &mut after);
-                drop(st);
-                inner.run_after(&mut after);
+                owner.written(conn, frames, Err(e.clone()));
+                conn.end_write(false);
+                conn.shutdown(e, true);
                 return;
             }
         }
-        drop(st);
-        inner.run_after(&mut after);
     }
-    // Still busy: let the writer thread take over.
-    if let Some(e) = inner.lock().conns.get(&id) {
-        e.conn.writer_cv.notify_all();
+    if again {
+        // Still busy after a few rounds: let the writer thread take over.
+        conn.defer_to_writer();
     }
 }
 
@@ -350,56 +355,57 @@ fn send_nonblocking(conn: &Conn, bufs: &[IoSlice]) -> io::Result<usize> {
     crate::sys::send_vectored(&conn.stream, bufs, false)
 }
 
-/// The writer thread: finishes handoffs, writes batches when nobody else does, flushes
-/// ciphertext a TLS read produced. Ends when the connection is shut down.
-pub(crate) fn run(inner: &Arc<Inner>, conn: &Arc<Conn>) {
-    let id = conn.id;
+/// The writer thread: finishes handoffs, writes batches when direct writers leave them,
+/// flushes ciphertext a TLS read produced. Ends when the connection is shut down.
+pub(crate) fn run(conn: &Arc<Conn>) {
+    let owner = &conn.owner;
     let mut frames: Vec<(Frame, u32)> = Vec::new();
     let mut preambles: Vec<[u8; PREAMBLE_SIZE]> = Vec::new();
     let mut cipher: Vec<u8> = Vec::new();
-    let mut after = After::default();
-    let req_ack = req_ack_bits(inner);
-    let mut st = inner.lock();
-    while let Some(e) = st.conns.get_mut(&id) {
-        if e.closing {
+    let req_ack = req_ack_bits(conn);
+    let mut st = conn.lock();
+    loop {
+        if st.closing {
             break;
         }
         let result;
-        if let Some(h) = e.handoff.take() {
-            // A direct writer filled the socket: finish its batch (still `writing`).
-            frames = h.frames;
+        if let Some(h) = st.handoff.take() {
+            // A direct writer filled the socket: finish its batch.
+            st.writing = true;
             drop(st);
+            frames = h.frames;
             result = (&conn.stream).write_all(&h.rest).map_err(write_error);
-        } else if e.writing {
-            // A direct writer is active; it hands over or finishes by itself.
+        } else if st.writing || !(st.kick_pending || st.tls_flush) {
+            // A direct writer is active (it hands over or finishes by itself), or nothing
+            // is to be done.
             st = conn.writer_cv.wait(st).unwrap_or_else(|e| e.into_inner());
             continue;
         } else {
-            let flush = std::mem::take(&mut e.tls_flush);
-            st.take_frames(&inner.lim, id, &mut frames);
+            st.writing = true;
+            st.kick_pending = false;
+            let flush = std::mem::take(&mut st.tls_flush);
+            drop(st);
+            owner.take_frames(conn, &mut frames);
             if frames.is_empty() && !flush {
-                st = conn.writer_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                conn.end_write(false);
+                st = conn.lock();
                 continue;
             }
-            if let Some(e) = st.conns.get_mut(&id) {
-                e.writing = true;
-            }
-            drop(st);
             encode(&frames, &mut preambles, req_ack);
             let mut parts = parts(&frames, &preambles);
             result = write_blocking(conn, &mut parts, &mut cipher);
         }
-        st = inner.lock();
-        st.frames_written(&inner.lim, id, &mut frames, result, &mut after);
-        if !after.is_empty() {
-            drop(st);
-            inner.run_after(&mut after);
-            st = inner.lock();
+        owner.written(conn, &mut frames, result.clone());
+        if let Err(e) = result {
+            conn.end_write(false);
+            conn.shutdown(e, true);
+            return;
         }
+        conn.end_write(true);
+        st = conn.lock();
+        // A batch is bounded: more may be queued. Look until the queue is empty.
+        st.kick_pending = true;
     }
-    st.conn_thread_exit(id);
-    drop(st);
-    inner.run_after(&mut after);
 }
 
 fn write_error(e: io::Error) -> Error {

@@ -1,9 +1,17 @@
-//! The node: listeners, the remotes table, the send path, timers and close.
+//! The node: listeners, the remotes table, the send path, timers, garbage collection and
+//! close. It owns the remotes (`remote.rs`, one lock each, in the sharded table of
+//! `remotes.rs`), the pending requests (`requests.rs`), the connections' registry and the
+//! policy (when to encrypt, when to dial, when to collect); each connection reports to it
+//! through its [`Link`](link::Link).
 
-pub(crate) mod state;
+mod link;
+mod remote;
+mod remotes;
+mod requests;
 pub(crate) mod timer;
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -14,22 +22,23 @@ use std::time::{Duration, Instant};
 
 use crate::completion::Completion;
 use crate::config::{Config, Effective};
-use crate::connection::{self, Conn};
+use crate::connection::{self, Conn, Settings, READER_STACK};
 use crate::error::{Error, SendError};
+use crate::frame::{Done, Pending};
 use crate::message::{Identity, Message};
 use crate::tls::TlsContext;
+use crate::wire::Handshake;
 
-use state::{After, Deferred, Done, Limits, Pending, RequestEntry, State};
+use link::Link;
+use remote::{After, Deferred, Limits, Remote};
+use remotes::Remotes;
+use requests::Requests;
 use timer::{Event, Timers};
 
 /// Where received messages go: called on the connection's reader thread, must not block for
 /// long (the pool and queue interfaces hand the message to other threads).
 pub(crate) type Sink = Box<dyn Fn(Message) + Send + Sync>;
 
-/// Stack sizes, chosen deliberately: a connection has two threads, and 1,000 idle connections
-/// must stay small. Only touched pages become resident.
-pub(crate) const READER_STACK: usize = 128 * 1024;
-pub(crate) const WRITER_STACK: usize = 96 * 1024;
 const SERVICE_STACK: usize = 128 * 1024;
 
 /// How long `close()` waits for the node's threads before giving up on them (they are all
@@ -42,81 +51,64 @@ thread_local! {
     static NODE_THREAD: Cell<usize> = const { Cell::new(0) };
 }
 
+/// A registered connection and the node's side of it.
+struct Registered {
+    conn: Arc<Conn>,
+    link: Arc<Link>,
+}
+
 pub(crate) struct Inner {
     pub(crate) cfg: Effective,
     pub(crate) lim: Limits,
+    settings: Arc<Settings>,
     pub(crate) identity: Identity,
     pub(crate) port: u16,
-    state: Mutex<State>,
+    remotes: Remotes,
+    /// Every connection whose threads have not all ended: for garbage collection, close
+    /// and counting. Never locked on the per-message path; may be locked while a remote is
+    /// (when dialing), never the other way round.
+    conns: Mutex<HashMap<u64, Registered>>,
+    requests: Requests,
     pub(crate) timers: Timers,
-    pub(crate) tls: Option<TlsContext>,
     pub(crate) sink: Sink,
     threads: Mutex<usize>,
     threads_cv: Condvar,
     listeners: Mutex<Vec<Arc<TcpListener>>>,
     closed: AtomicBool,
+    next_conn: AtomicU64,
     request_seq: AtomicU64,
 }
 
 impl Inner {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn registry(&self) -> MutexGuard<'_, HashMap<u64, Registered>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs deferred effects; must be called without the state lock.
+    /// Runs deferred effects; must be called without any lock held.
     pub(crate) fn run_after(self: &Arc<Self>, after: &mut After) {
         for d in after.0.drain(..) {
             match d {
                 Deferred::Send(p, r) => {
                     if let Some((id, identity, e)) = p.finish(r) {
-                        self.fail_request(id, identity, e);
+                        self.requests.fail(id, identity, e);
                     }
                 }
                 Deferred::Release(r) => r.finish(),
-                Deferred::Dial { conn, addr } => self.spawn_dial(conn, addr),
-                Deferred::CloseSocket(conn) => conn.close_socket(),
-                Deferred::Write(conn) => connection::kick(self, conn),
-                Deferred::Request(c, r) => c.complete(r),
+                Deferred::Dial(conn) => self.start_dial(conn),
+                Deferred::Shutdown(conn, reason) => conn.shutdown(reason, false),
+                Deferred::Kick(conn) => conn.kick(),
                 Deferred::Timer(at, ev) => self.timers.schedule(at, ev),
             }
         }
     }
 
-    /// Locks, applies `f`, unlocks, runs the deferred effects.
-    pub(crate) fn with_state<R>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&mut State, &Limits, &mut After) -> R,
-    ) -> R {
-        let mut after = After::default();
-        let r = {
-            let mut st = self.lock();
-            f(&mut st, &self.lim, &mut after)
-        };
-        if !after.is_empty() {
-            self.run_after(&mut after);
-        }
-        r
-    }
-
-    fn fail_request(self: &Arc<Self>, id: u64, identity: Identity, e: Error) {
-        let entry = {
-            let mut st = self.lock();
-            match st.requests.get(&identity) {
-                Some(r) if r.id == id => st.requests.remove(&identity),
-                _ => None,
-            }
-        };
-        if let Some(r) = entry {
-            r.done.complete(Err(e));
-        }
-    }
-
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.closed.load(Ordering::SeqCst)
     }
 
-    /// Whether a connection to/from `ip` uses TLS (PROTOCOL.md §3.2).
-    pub(crate) fn should_encrypt(&self, ip: IpAddr) -> bool {
+    /// Whether a connection to/from `ip` uses TLS: unless disabled, always except with
+    /// `127.0.0.1` and `::1` (and then too with `always_encrypt`).
+    fn should_encrypt(&self, ip: IpAddr) -> bool {
         if self.cfg.config.disable_encryption {
             return false;
         }
@@ -160,68 +152,154 @@ impl Inner {
         self.threads_cv.notify_all();
     }
 
-    fn spawn_dial(self: &Arc<Self>, conn: Arc<Conn>, addr: SocketAddr) {
-        let c = conn.clone();
-        let r = self.spawn(format!("chirp-reader-{addr}"), READER_STACK, move |inner| {
-            connection::run(inner, c)
+    /// A new outgoing connection for `remote`, registered (called with the remote locked).
+    fn dial_conn(self: &Arc<Self>, remote: &Arc<Remote>) -> io::Result<Arc<Conn>> {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let link = Arc::new(Link::new(Arc::downgrade(self), Some(remote.clone())));
+        let addr = remote.dial_addr;
+        let conn = Arc::new(Conn::dial(
+            id,
+            addr,
+            self.should_encrypt(addr.ip()),
+            self.settings.clone(),
+            link.clone(),
+        )?);
+        self.registry().insert(
+            id,
+            Registered {
+                conn: conn.clone(),
+                link,
+            },
+        );
+        Ok(conn)
+    }
+
+    /// Starts the thread that dials and then reads `conn`.
+    fn start_dial(self: &Arc<Self>, conn: Arc<Conn>) {
+        let addr = conn.peer;
+        self.start_conn(conn, |e| Error::CannotConnect {
+            addr,
+            reason: format!("cannot start the connection's thread: {e}"),
         });
+    }
+
+    /// Starts a connection's first thread (set-up, then reading); if that fails, the
+    /// connection is shut down with the error `fail` makes.
+    fn start_conn(self: &Arc<Self>, conn: Arc<Conn>, fail: impl FnOnce(io::Error) -> Error) {
+        let c = conn.clone();
+        let r = self.spawn(
+            format!("chirp-reader-{}", conn.peer),
+            READER_STACK,
+            move |_| connection::run(c),
+        );
         if let Err(e) = r {
-            log::error!("cannot start a thread for the connection to {addr}: {e}");
-            let id = conn.id;
-            self.with_state(|st, lim, after| {
-                st.shutdown_conn(
-                    lim,
-                    id,
-                    Error::CannotConnect {
-                        addr,
-                        reason: format!("cannot start connection thread: {e}"),
-                    },
-                    false,
-                    after,
-                );
-                st.conn_thread_exit(id);
-            });
+            log::error!(
+                "cannot start a thread for the connection with {}: {e}",
+                conn.peer
+            );
+            conn.shutdown(fail(e), false);
+            conn.abandon();
         }
     }
 
     fn accept(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let conn = {
-            let mut st = self.lock();
-            if st.closing {
-                return;
+        if self.is_closed() {
+            return;
+        }
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let link = Arc::new(Link::new(Arc::downgrade(self), None));
+        let conn = Arc::new(Conn::accepted(
+            id,
+            stream,
+            peer,
+            self.should_encrypt(peer.ip()),
+            self.settings.clone(),
+            link.clone(),
+        ));
+        self.registry().insert(
+            id,
+            Registered {
+                conn: conn.clone(),
+                link,
+            },
+        );
+        // Registered before the check: either close() sees it, or we see close().
+        if self.is_closed() {
+            conn.shutdown(Error::Shutdown, false);
+            conn.abandon();
+            return;
+        }
+        self.start_conn(conn, |e| Error::Io {
+            kind: e.kind(),
+            reason: format!("cannot start the connection's thread: {e}"),
+        });
+    }
+
+    /// The connection's threads have all ended.
+    fn forget(&self, id: u64) {
+        self.registry().remove(&id);
+    }
+
+    /// A snapshot of the registry (the registry is not locked while using it).
+    fn registered(&self) -> Vec<(Arc<Conn>, Arc<Link>)> {
+        self.registry()
+            .values()
+            .map(|r| (r.conn.clone(), r.link.clone()))
+            .collect()
+    }
+
+    /// Queues `p` for `addr` and gets it moving.
+    fn enqueue(self: &Arc<Self>, addr: SocketAddr, mut p: Pending) {
+        let mut after = After::default();
+        let dial = |r: &Arc<Remote>| self.dial_conn(r);
+        let remote = loop {
+            let remote = self.remotes.get_or_create(addr);
+            match remote.enqueue(&self.lim, p, &dial, &mut after) {
+                None => break remote,
+                // Garbage-collected meanwhile: look again (a new remote is made).
+                Some(back) => p = back,
             }
-            let id = st.next_id();
-            let conn = Arc::new(Conn::new_incoming(id, stream, peer));
-            st.add_incoming(conn.clone());
-            conn
         };
-        let c = conn.clone();
-        if let Err(e) = self.spawn(format!("chirp-reader-{peer}"), READER_STACK, move |inner| {
-            connection::run(inner, c)
-        }) {
-            log::error!("cannot start a thread for the connection from {peer}: {e}");
-            let id = conn.id;
-            self.with_state(|st, lim, after| {
-                st.shutdown_conn(lim, id, Error::Shutdown, false, after);
-                st.conn_thread_exit(id);
-            });
+        // The remote was found or made before this check: either close() removes it, or
+        // we see that the node closes and remove it ourselves.
+        if self.is_closed() {
+            self.remove_remote(&remote, &mut after);
+        }
+        self.run_after(&mut after);
+    }
+
+    /// Takes `remote` out of the table, fails what it holds and shuts its connections down.
+    fn remove_remote(&self, remote: &Arc<Remote>, after: &mut After) {
+        self.remotes.remove(remote);
+        remote.remove(after);
+        for (conn, link) in self.registered() {
+            if link.remote().is_some_and(|r| Arc::ptr_eq(r, remote)) {
+                after.push(Deferred::Shutdown(conn, Error::Shutdown));
+            }
         }
     }
 
     fn on_timer(self: &Arc<Self>, ev: Event) {
+        let mut after = After::default();
         match ev {
             Event::Gc => {
-                self.with_state(|st, lim, after| st.gc(lim, after));
+                self.gc(&mut after);
                 let r = self.lim.reuse_time.as_millis() as u64;
                 let delay = crate::rand::range(r / 2, r);
                 self.timers
                     .schedule(Instant::now() + Duration::from_millis(delay), Event::Gc);
             }
-            Event::Debounce(key) => self.with_state(|st, _, after| st.unblock(key, after)),
-            Event::AckDeadline(key) => {
-                self.with_state(|st, lim, after| st.ack_deadline(lim, key, after))
+            Event::Debounce(key) => {
+                if let Some(r) = self.remotes.get(&key) {
+                    r.unblock(&|r| self.dial_conn(r), &mut after);
+                }
             }
-            Event::Request(id, identity) => self.fail_request(
+            Event::AckDeadline(key) => {
+                if let Some(r) = self.remotes.get(&key) {
+                    r.ack_deadline(&self.lim, &mut after);
+                }
+            }
+            Event::Request(id, identity) => self.requests.fail(
                 id,
                 identity,
                 Error::timeout(format!(
@@ -230,17 +308,44 @@ impl Inner {
                 )),
             ),
         }
+        self.run_after(&mut after);
+    }
+
+    /// One garbage-collection run: connections that are no longer their remote's current
+    /// one and idle longer than the reuse time, then remotes idle that long.
+    fn gc(&self, after: &mut After) {
+        let now = Instant::now();
+        let r = self.lim.reuse_time;
+        for (conn, link) in self.registered() {
+            let idle = conn.idle_for(now).is_some_and(|idle| idle > r);
+            if idle && !link.remote().is_some_and(|rem| rem.is_current(&conn)) {
+                after.push(Deferred::Shutdown(conn, Error::Shutdown));
+            }
+        }
+        for remote in self.remotes.all() {
+            if remote.is_idle(now, r) {
+                self.remove_remote(&remote, after);
+            }
+        }
     }
 
     fn close(self: &Arc<Self>) {
-        if self.closed.swap(true, Ordering::AcqRel) {
+        if self.closed.swap(true, Ordering::SeqCst) {
             // Already closed or closing: still wait for the threads (another caller may be
             // closing right now), but do not redo the work.
             self.wait_threads();
             return;
         }
         log::debug!("closing node {} on port {}", self.identity, self.port);
-        self.with_state(|st, lim, after| st.close_all(lim, after));
+        let mut after = After::default();
+        for remote in self.remotes.all() {
+            self.remove_remote(&remote, &mut after);
+        }
+        for (conn, _) in self.registered() {
+            after.push(Deferred::Shutdown(conn, Error::Shutdown));
+        }
+        self.run_after(&mut after);
+        self.requests.fail_all();
         let listeners =
             std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|e| e.into_inner()));
         for l in &listeners {
@@ -409,22 +514,35 @@ impl Node {
             timeout: cfg.config.timeout,
             reuse_time: cfg.reuse_time,
             synchronous: cfg.config.synchronous,
-            max_slots: cfg.max_slots,
         };
         let identity = cfg.identity;
+        let encrypted = tls.is_some();
+        let settings = Arc::new(Settings {
+            handshake: Handshake { port, identity },
+            timeout: cfg.config.timeout,
+            connect_timeout: cfg.connect_timeout,
+            max_slots: cfg.max_slots,
+            buffer_size: cfg.buffer_size,
+            max_msg_size: cfg.config.max_msg_size,
+            synchronous: cfg.config.synchronous,
+            tls,
+        });
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| Inner {
             sink: make_sink(WeakNode(weak.clone())),
             cfg,
             lim,
+            settings,
             identity,
             port,
-            state: Mutex::new(State::new()),
+            remotes: Remotes::new(),
+            conns: Mutex::new(HashMap::new()),
+            requests: Requests::new(),
             timers: Timers::new(),
-            tls,
             threads: Mutex::new(0),
             threads_cv: Condvar::new(),
             listeners: Mutex::new(listeners.into_iter().map(Arc::new).collect()),
             closed: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
             request_seq: AtomicU64::new(1),
         });
         let node = Node {
@@ -436,7 +554,7 @@ impl Node {
             "node {} listening on port {} ({})",
             identity,
             port,
-            if node.inner.tls.is_some() {
+            if encrypted {
                 "TLS except loopback"
             } else {
                 "no encryption"
@@ -544,16 +662,15 @@ impl Node {
                 }))
             }
         };
+        if self.inner.is_closed() {
+            return Completion::ready(Err(SendError {
+                error: Error::Shutdown,
+                message: msg,
+            }));
+        }
         let (completion, done) = Completion::pair();
-        let pending = Pending::new(msg, Done::Wait(done));
-        let inner = &self.inner;
-        inner.with_state(move |st, lim, after| {
-            if st.closing {
-                after.push(Deferred::Send(pending, Err(Error::Shutdown)));
-            } else {
-                st.enqueue(lim, addr, pending, after);
-            }
-        });
+        self.inner
+            .enqueue(addr, Pending::new(msg, Done::Wait(done)));
         completion
     }
 
@@ -567,35 +684,31 @@ impl Node {
             Ok(a) => a,
             Err(e) => return Completion::ready(Err(e)),
         };
+        let inner = &self.inner;
+        if inner.is_closed() {
+            return Completion::ready(Err(Error::Shutdown));
+        }
         let (completion, done) = Completion::pair();
         let identity = msg.identity;
-        let id = self.inner.request_seq.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + self.inner.lim.timeout;
-        self.inner.with_state(move |st, lim, after| {
-            if st.closing {
-                after.push(Deferred::Request(done, Err(Error::Shutdown)));
-                return;
-            }
-            if st.requests.contains_key(&identity) {
-                after.push(Deferred::Request(
-                    done,
-                    Err(Error::invalid(
-                        "request identity",
-                        identity,
-                        "an identity without a pending request",
-                    )),
-                ));
-                return;
-            }
-            st.requests.insert(identity, RequestEntry { id, done });
-            st.enqueue(
-                lim,
-                addr,
-                Pending::new(msg, Done::Request(id, identity)),
-                after,
-            );
-            after.push(Deferred::Timer(deadline, Event::Request(id, identity)));
-        });
+        let id = inner.request_seq.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + inner.lim.timeout;
+        if let Err(done) = inner.requests.insert(identity, id, done) {
+            done.complete(Err(Error::invalid(
+                "request identity",
+                identity,
+                "an identity without a pending request",
+            )));
+            return completion;
+        }
+        // Registered before the check: either close() fails it, or we see close() here.
+        if inner.is_closed() {
+            inner.requests.fail(id, identity, Error::Shutdown);
+            return completion;
+        }
+        inner
+            .timers
+            .schedule(deadline, Event::Request(id, identity));
+        inner.enqueue(addr, Pending::new(msg, Done::Request(id, identity)));
         completion
     }
 
@@ -631,7 +744,7 @@ impl Node {
     /// Number of connections the node currently has (for diagnostics and tests).
     #[doc(hidden)]
     pub fn connection_count(&self) -> usize {
-        self.inner.lock().conns.len()
+        self.inner.registry().len()
     }
 }
 

@@ -1,0 +1,150 @@
+//! The node's side of one connection: [`Link`] implements the connection's
+//! [`Owner`](crate::connection::Owner) interface by routing each event to the connection's
+//! remote (found at the handshake, then kept), the request table or the node's sink.
+//!
+//! The link holds a weak reference to the node: a connection never keeps a closed node
+//! alive, and events arriving after the node is gone are ignored.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, Weak};
+
+use crate::connection::{Conn, Owner};
+use crate::error::Error;
+use crate::frame::Frame;
+use crate::message::{Identity, Message, ReleaseDone};
+
+use super::remote::{After, Remote};
+use super::Inner;
+
+pub(crate) struct Link {
+    node: Weak<Inner>,
+    /// The connection's remote: known at dial time, or found when the peer's handshake
+    /// arrives on an accepted connection.
+    remote: OnceLock<Arc<Remote>>,
+}
+
+impl Link {
+    pub(crate) fn new(node: Weak<Inner>, remote: Option<Arc<Remote>>) -> Link {
+        let cell = OnceLock::new();
+        if let Some(r) = remote {
+            let _ = cell.set(r);
+        }
+        Link { node, remote: cell }
+    }
+
+    pub(crate) fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.get()
+    }
+
+    /// The node and the remote, when both are there.
+    fn both(&self) -> Option<(Arc<Inner>, &Arc<Remote>)> {
+        Some((self.node.upgrade()?, self.remote.get()?))
+    }
+}
+
+impl Owner for Link {
+    fn spawn(
+        &self,
+        name: String,
+        stack: usize,
+        f: Box<dyn FnOnce() + Send + 'static>,
+    ) -> io::Result<()> {
+        match self.node.upgrade() {
+            Some(node) => node.spawn(name, stack, move |_| f()),
+            None => Err(io::Error::other("the node is closed")),
+        }
+    }
+
+    fn connected(&self, conn: &Arc<Conn>) -> Result<(), Error> {
+        let node = self.node.upgrade().ok_or(Error::Shutdown)?;
+        if node.is_closed() {
+            return Err(Error::Shutdown);
+        }
+        let info = conn.peer_info().ok_or(Error::Shutdown)?;
+        // A dialed connection belongs to the remote it was dialed for, whatever port the
+        // peer advertises; an accepted one to the peer's address and advertised port.
+        let remote = self.remote.get_or_init(|| {
+            node.remotes
+                .get_or_create(SocketAddr::new(conn.peer.ip(), info.port))
+        });
+        let mut after = After::default();
+        let ok = remote.attach(conn, &mut after);
+        node.run_after(&mut after);
+        if ok && !node.is_closed() {
+            Ok(())
+        } else {
+            Err(Error::Shutdown)
+        }
+    }
+
+    fn take_frames(&self, conn: &Arc<Conn>, out: &mut Vec<(Frame, u32)>) {
+        if let Some((node, remote)) = self.both() {
+            remote.take_frames(&node.lim, conn, out);
+        }
+    }
+
+    fn written(&self, conn: &Arc<Conn>, frames: &mut Vec<(Frame, u32)>, result: Result<(), Error>) {
+        match self.both() {
+            Some((node, remote)) => {
+                let mut after = After::default();
+                remote.written(&node.lim, conn, frames, result, &mut after);
+                node.run_after(&mut after);
+            }
+            // The node is gone: dropping the frames fails their waiters.
+            None => frames.clear(),
+        }
+    }
+
+    fn ack(&self, _conn: &Arc<Conn>, identity: Identity) {
+        if let Some((node, remote)) = self.both() {
+            let mut after = After::default();
+            remote.ack_received(identity, &mut after);
+            node.run_after(&mut after);
+        }
+    }
+
+    fn activity(&self, _conn: &Arc<Conn>) {
+        if let Some(remote) = self.remote.get() {
+            remote.touch();
+        }
+    }
+
+    fn deliver(&self, _conn: &Arc<Conn>, msg: Message) {
+        let Some(node) = self.node.upgrade() else {
+            return; // dropping the message releases its slot
+        };
+        if let Some(remote) = self.remote.get() {
+            remote.touch();
+        }
+        match node.requests.take_answered(&msg.identity) {
+            Some(done) => done.complete(Ok(msg)),
+            None => (node.sink)(msg),
+        }
+    }
+
+    fn ack_due(&self, _conn: &Arc<Conn>, done: ReleaseDone) {
+        match self.both() {
+            Some((node, remote)) if !node.is_closed() => {
+                let mut after = After::default();
+                remote.queue_ack(done, &|r| node.dial_conn(r), &mut after);
+                node.run_after(&mut after);
+            }
+            _ => done.finish(),
+        }
+    }
+
+    fn closed(&self, conn: &Arc<Conn>, reason: &Error, in_flight: bool) {
+        if let Some((node, remote)) = self.both() {
+            let mut after = After::default();
+            remote.conn_closed(conn, reason, in_flight, node.is_closed(), &mut after);
+            node.run_after(&mut after);
+        }
+    }
+
+    fn ended(&self, conn: &Arc<Conn>) {
+        if let Some(node) = self.node.upgrade() {
+            node.forget(conn.id);
+        }
+    }
+}

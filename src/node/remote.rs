@@ -1,0 +1,461 @@
+//! One remote (a peer, keyed by its address and advertised port): its send queues, serial
+//! counter, the synchronous message waiting for its ACK, and its current connection.
+//!
+//! Every transition runs with this remote's mutex held — and no other lock — and never
+//! blocks, never calls user code and never drops a message or completion. What must happen
+//! outside the lock (completing waiters, dialing, kicking a writer, shutting a connection
+//! down) is pushed onto an [`After`] list that the caller runs once it has unlocked.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::connection::Conn;
+use crate::error::Error;
+use crate::frame::{Control, Frame, Pending};
+use crate::message::{Identity, ReleaseDone};
+
+use super::timer::Event;
+
+/// Remotes are keyed by peer IP address and the port the peer advertises.
+pub(crate) type RemoteKey = (IpAddr, u16);
+
+pub(crate) fn key_of(addr: &SocketAddr) -> RemoteKey {
+    (addr.ip(), addr.port())
+}
+
+/// Largest batch of user frames a writer takes at once (asynchronous mode).
+const BATCH_BYTES: u64 = 256 * 1024;
+
+/// Node-wide constants the transitions need.
+pub(crate) struct Limits {
+    pub(crate) timeout: Duration,
+    pub(crate) reuse_time: Duration,
+    pub(crate) synchronous: bool,
+}
+
+/// Work to do after the remote's lock is released.
+pub(crate) enum Deferred {
+    Send(Pending, Result<(), Error>),
+    Release(ReleaseDone),
+    /// Dial this new connection (already the remote's current one).
+    Dial(Arc<Conn>),
+    /// Shut this connection down with the reason.
+    Shutdown(Arc<Conn>, Error),
+    /// Frames are queued for this connection.
+    Kick(Arc<Conn>),
+    Timer(Instant, Event),
+}
+
+/// A list of [`Deferred`] actions.
+#[derive(Default)]
+pub(crate) struct After(pub(crate) Vec<Deferred>);
+
+impl After {
+    pub(crate) fn push(&mut self, d: Deferred) {
+        self.0.push(d);
+    }
+}
+
+/// The synchronous message written and waiting for its ACK (one per remote).
+struct WaitAck {
+    identity: Identity,
+    /// The connection it was written on.
+    conn: Arc<Conn>,
+    /// The message, once its write finished.
+    pending: Option<Pending>,
+    /// The ACK arrived before the write was reported finished.
+    acked: bool,
+    /// Set when the write finished: the ACK must arrive before it.
+    deadline: Option<Instant>,
+}
+
+/// A remote's mutable state.
+pub(crate) struct RemoteState {
+    serial: u32,
+    user: VecDeque<Pending>,
+    control: VecDeque<Control>,
+    wait_ack: Option<WaitAck>,
+    /// The current connection: the one frames are written on.
+    pub(crate) conn: Option<Arc<Conn>>,
+    /// Reconnecting is held off for a moment after a failure (debounce).
+    blocked: bool,
+    /// Last use: created, frame written, data or NOOP received.
+    timestamp: Instant,
+    ack_timer_armed: bool,
+    noop_queued: bool,
+    /// Taken out of the remotes table (garbage-collected or the node closing): nothing
+    /// may be queued here any more.
+    pub(crate) removed: bool,
+}
+
+/// One peer.
+pub(crate) struct Remote {
+    pub(crate) key: RemoteKey,
+    /// Where to dial (keeps an IPv6 scope id).
+    pub(crate) dial_addr: SocketAddr,
+    state: Mutex<RemoteState>,
+}
+
+/// What a dial needs from the node: a new connection for this remote.
+pub(crate) type Dialer<'a> = &'a dyn Fn(&Arc<Remote>) -> std::io::Result<Arc<Conn>>;
+
+impl Remote {
+    pub(crate) fn new(dial_addr: SocketAddr) -> Remote {
+        Remote {
+            key: key_of(&dial_addr),
+            dial_addr,
+            state: Mutex::new(RemoteState {
+                serial: crate::rand::u32(),
+                user: VecDeque::new(),
+                control: VecDeque::new(),
+                wait_ack: None,
+                conn: None,
+                blocked: false,
+                timestamp: Instant::now(),
+                ack_timer_armed: false,
+                noop_queued: false,
+                removed: false,
+            }),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, RemoteState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a user message and gets it moving. Hands it back if the remote was removed
+    /// meanwhile (the caller looks the remote up again).
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        lim: &Limits,
+        p: Pending,
+        dial: Dialer,
+        after: &mut After,
+    ) -> Option<Pending> {
+        let mut st = self.lock();
+        if st.removed {
+            return Some(p);
+        }
+        // Probe an idle connection before the real message.
+        let probe_after = lim.reuse_time / 4 * 3;
+        if st.conn.is_some() && !st.noop_queued && st.timestamp.elapsed() > probe_after {
+            st.control.push_back(Control::Noop);
+            st.noop_queued = true;
+        }
+        st.user.push_back(p);
+        self.process(&mut st, dial, after);
+        None
+    }
+
+    /// Makes progress on the queues: dial if needed, or kick the current connection.
+    fn process(self: &Arc<Self>, st: &mut RemoteState, dial: Dialer, after: &mut After) {
+        if let Some(c) = &st.conn {
+            after.push(Deferred::Kick(c.clone()));
+            return;
+        }
+        if st.removed || st.blocked || (st.user.is_empty() && st.control.is_empty()) {
+            return;
+        }
+        match dial(self) {
+            Ok(conn) => {
+                st.conn = Some(conn.clone());
+                after.push(Deferred::Dial(conn));
+            }
+            Err(e) => {
+                // Could not even create a socket: fail one message, like a failed connect.
+                let err = Error::CannotConnect {
+                    addr: self.dial_addr,
+                    reason: e.to_string(),
+                };
+                if let Some(p) = st.user.pop_front() {
+                    after.push(Deferred::Send(p, Err(err)));
+                }
+            }
+        }
+    }
+
+    /// The connection's handshake arrived: it becomes the current connection (the last
+    /// handshake wins). False if the remote was removed meanwhile.
+    pub(crate) fn attach(&self, conn: &Arc<Conn>, after: &mut After) -> bool {
+        let mut st = self.lock();
+        if st.removed {
+            return false;
+        }
+        st.conn = Some(conn.clone());
+        st.blocked = false;
+        st.timestamp = Instant::now();
+        after.push(Deferred::Kick(conn.clone()));
+        true
+    }
+
+    /// Whether `conn` is the current connection.
+    pub(crate) fn is_current(&self, conn: &Conn) -> bool {
+        self.lock().conn.as_ref().is_some_and(|c| c.id == conn.id)
+    }
+
+    /// Takes the next frames to write on `conn`, if it is the current connection: every
+    /// control frame, then user messages (synchronous: one, and only when none awaits an
+    /// ACK; asynchronous: up to [`BATCH_BYTES`]). Serials are assigned here, in wire order.
+    pub(crate) fn take_frames(&self, lim: &Limits, conn: &Arc<Conn>, out: &mut Vec<(Frame, u32)>) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if st.removed || !st.conn.as_ref().is_some_and(|c| c.id == conn.id) {
+            return;
+        }
+        while let Some(c) = st.control.pop_front() {
+            st.serial = st.serial.wrapping_add(1);
+            let frame = match c {
+                Control::Ack(r) => Frame::Ack(r),
+                Control::Noop => {
+                    st.noop_queued = false;
+                    Frame::Noop
+                }
+            };
+            out.push((frame, st.serial));
+        }
+        if lim.synchronous {
+            if st.wait_ack.is_none() {
+                if let Some(p) = st.user.pop_front() {
+                    st.wait_ack = Some(WaitAck {
+                        identity: p.msg().identity,
+                        conn: conn.clone(),
+                        pending: None,
+                        acked: false,
+                        deadline: None,
+                    });
+                    st.serial = st.serial.wrapping_add(1);
+                    out.push((Frame::User(p), st.serial));
+                }
+            }
+        } else {
+            let mut bytes = 0u64;
+            while bytes < BATCH_BYTES {
+                let Some(p) = st.user.pop_front() else {
+                    break;
+                };
+                bytes += 27 + p.msg().payload_len();
+                st.serial = st.serial.wrapping_add(1);
+                out.push((Frame::User(p), st.serial));
+            }
+        }
+    }
+
+    /// The writer finished writing `frames` on `conn` (successfully or not).
+    pub(crate) fn written(
+        &self,
+        lim: &Limits,
+        conn: &Conn,
+        frames: &mut Vec<(Frame, u32)>,
+        result: Result<(), Error>,
+        after: &mut After,
+    ) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let st = &mut *st;
+        match result {
+            Ok(()) => {
+                st.timestamp = now;
+                for (frame, _) in frames.drain(..) {
+                    match frame {
+                        Frame::User(p) if lim.synchronous => match &mut st.wait_ack {
+                            Some(w) if w.identity == p.msg().identity && w.conn.id == conn.id => {
+                                if w.acked {
+                                    st.wait_ack = None;
+                                    after.push(Deferred::Send(p, Ok(())));
+                                } else {
+                                    let deadline = now + lim.timeout;
+                                    w.pending = Some(p);
+                                    w.deadline = Some(deadline);
+                                    if !st.ack_timer_armed {
+                                        st.ack_timer_armed = true;
+                                        after.push(Deferred::Timer(
+                                            deadline,
+                                            Event::AckDeadline(self.key),
+                                        ));
+                                    }
+                                }
+                            }
+                            // The connection failed (or the remote went) while writing.
+                            _ => after.push(Deferred::Send(
+                                p,
+                                Err(conn.close_reason().unwrap_or(Error::Shutdown)),
+                            )),
+                        },
+                        Frame::User(p) => after.push(Deferred::Send(p, Ok(()))),
+                        Frame::Ack(r) => after.push(Deferred::Release(r)),
+                        Frame::Noop => {}
+                    }
+                }
+            }
+            Err(e) => {
+                for (frame, _) in frames.drain(..) {
+                    match frame {
+                        Frame::User(p) => {
+                            if matches!(&st.wait_ack, Some(w) if w.identity == p.msg().identity && w.conn.id == conn.id)
+                            {
+                                st.wait_ack = None;
+                            }
+                            after.push(Deferred::Send(p, Err(e.clone())));
+                        }
+                        Frame::Ack(r) => after.push(Deferred::Release(r)),
+                        Frame::Noop => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// An ACK for `identity` arrived (on any connection of this remote).
+    pub(crate) fn ack_received(&self, identity: Identity, after: &mut After) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(w) = &mut st.wait_ack else {
+            return;
+        };
+        if w.identity != identity {
+            return; // ACKs for unknown identities are dropped silently.
+        }
+        match w.pending.take() {
+            Some(p) => {
+                st.wait_ack = None;
+                after.push(Deferred::Send(p, Ok(())));
+                // The next synchronous message may go now.
+                if !st.user.is_empty() {
+                    if let Some(c) = &st.conn {
+                        after.push(Deferred::Kick(c.clone()));
+                    }
+                }
+            }
+            None => w.acked = true,
+        }
+    }
+
+    /// Received data or NOOP: refresh the time stamp.
+    pub(crate) fn touch(&self) {
+        self.lock().timestamp = Instant::now();
+    }
+
+    /// A released message asked for an ACK: queue it (it goes out on the current
+    /// connection, whichever that is).
+    pub(crate) fn queue_ack(self: &Arc<Self>, done: ReleaseDone, dial: Dialer, after: &mut After) {
+        let mut st = self.lock();
+        if st.removed {
+            after.push(Deferred::Release(done));
+            return;
+        }
+        st.control.push_back(Control::Ack(done));
+        self.process(&mut st, dial, after);
+    }
+
+    /// `conn` was shut down with `reason`. `in_flight`: frames being written take the
+    /// failure. Fails the message waiting for its ACK on it, or else exactly one queued
+    /// message, and debounces the reconnect.
+    pub(crate) fn conn_closed(
+        &self,
+        conn: &Conn,
+        reason: &Error,
+        in_flight: bool,
+        closing: bool,
+        after: &mut After,
+    ) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if st.removed {
+            return;
+        }
+        if st.conn.as_ref().is_some_and(|c| c.id == conn.id) {
+            st.conn = None;
+        }
+        let mut failed_one = in_flight;
+        if matches!(&st.wait_ack, Some(w) if w.conn.id == conn.id) {
+            let w = st.wait_ack.take().expect("checked");
+            if let Some(p) = w.pending {
+                after.push(Deferred::Send(p, Err(reason.clone())));
+            }
+            // A message without `pending` is still with the writer, which fails it.
+            failed_one = true;
+        }
+        if st.conn.is_none() {
+            // Queued ACKs are dropped (the peer will time out, as with C), but their
+            // release completions fire; a queued NOOP is pointless on a new connection.
+            for c in st.control.drain(..) {
+                if let Control::Ack(r) = c {
+                    after.push(Deferred::Release(r));
+                }
+            }
+            st.noop_queued = false;
+            if !failed_one {
+                if let Some(p) = st.user.pop_front() {
+                    after.push(Deferred::Send(p, Err(reason.clone())));
+                }
+            }
+            if !closing {
+                // Debounce the reconnect (50–549 ms).
+                st.blocked = true;
+                let at = Instant::now() + Duration::from_millis(crate::rand::range(50, 550));
+                after.push(Deferred::Timer(at, Event::Debounce(self.key)));
+            }
+        }
+    }
+
+    /// The debounce timer fired: reconnect if anything is queued.
+    pub(crate) fn unblock(self: &Arc<Self>, dial: Dialer, after: &mut After) {
+        let mut st = self.lock();
+        st.blocked = false;
+        self.process(&mut st, dial, after);
+    }
+
+    /// The ACK deadline check for the waiting synchronous message.
+    pub(crate) fn ack_deadline(&self, lim: &Limits, after: &mut After) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        st.ack_timer_armed = false;
+        let Some(w) = &st.wait_ack else { return };
+        match w.deadline {
+            Some(d) if d <= now => {
+                let err = Error::timeout(format!(
+                    "no release (ACK) from {}:{} within {:?}",
+                    self.key.0, self.key.1, lim.timeout
+                ));
+                // Taking the connection down fails the waiting message with the reason.
+                after.push(Deferred::Shutdown(w.conn.clone(), err));
+            }
+            Some(d) => {
+                st.ack_timer_armed = true;
+                after.push(Deferred::Timer(d, Event::AckDeadline(self.key)));
+            }
+            None => {}
+        }
+    }
+
+    /// Whether garbage collection may remove this remote: not blocked, idle longer than `r`.
+    pub(crate) fn is_idle(&self, now: Instant, r: Duration) -> bool {
+        let st = self.lock();
+        !st.blocked && now.duration_since(st.timestamp) > r
+    }
+
+    /// Marks the remote removed and fails everything it holds with `Shutdown`. Its
+    /// connections are the caller's to shut down.
+    pub(crate) fn remove(&self, after: &mut After) {
+        let mut st = self.lock();
+        st.removed = true;
+        for p in st.user.drain(..) {
+            after.push(Deferred::Send(p, Err(Error::Shutdown)));
+        }
+        for c in st.control.drain(..) {
+            if let Control::Ack(r) = c {
+                after.push(Deferred::Release(r));
+            }
+        }
+        if let Some(w) = st.wait_ack.take() {
+            if let Some(p) = w.pending {
+                after.push(Deferred::Send(p, Err(Error::Shutdown)));
+            }
+        }
+        if let Some(c) = st.conn.take() {
+            after.push(Deferred::Shutdown(c, Error::Shutdown));
+        }
+    }
+}
