@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks: our node, C libchirp 1.2.1 and raw TCP on loopback.
 #
-#   scripts/bench.sh [--quick] [--runs N] [--windows]
+#   scripts/bench.sh [--quick] [--runs N] [--windows | --star] [--baseline BIN]
 #
 # --windows: instead of the full set, asynchronous round trips at 1, 4, 8, 16, 64 and 256
 # messages outstanding, ours beside C libchirp, as a table with a bar chart.
+# --star: star topology: one asynchronous echo node, 16 and then 64 sender processes with 16
+# messages outstanding each; total round trips per second, ours beside C libchirp.
+# --baseline BIN: with --star or --windows, also measure another build of the chirp tool
+# (say, the previous commit's) alternately with ours, for before/after comparisons; the
+# window sweep then also measures synchronous mode.
 #
 # Each figure is the median of N runs (default 5, --quick 3), the implementations measured
 # alternately within every run so that machine noise hits them alike. Echo and sender run
@@ -19,12 +24,16 @@ cd "$(dirname "$0")/.."
 runs=5
 quick=0
 windows=0
+star=0
+baseline=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; runs=3 ;;
     --runs) runs="$2"; shift ;;
     --windows) windows=1 ;;
-    *) echo "usage: $0 [--quick] [--runs N] [--windows]" >&2; exit 2 ;;
+    --star) star=1 ;;
+    --baseline) baseline="$2"; shift ;;
+    *) echo "usage: $0 [--quick] [--runs N] [--windows | --star] [--baseline BIN]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -120,11 +129,12 @@ measure() { # KEY COUNT sender...
   fi
 }
 
-ours() { # KEY sync|async window count
+ours() { # KEY sync|async window count [BIN]
   local flag=""; [ "$2" = async ] && flag="--async"
-  if start_echo "$tmp/echo.out" $B echo --port 0 --no-encryption $flag; then
+  local bin=${5:-$B}
+  if start_echo "$tmp/echo.out" "$bin" echo --port 0 --no-encryption $flag; then
     local port; port=$(sed -n 's/listening on //p' "$tmp/echo.out")
-    measure "$1" "$4" $B send "127.0.0.1:$port" --no-encryption $flag --echo --window "$3" --count "$4"
+    measure "$1" "$4" "$bin" send "127.0.0.1:$port" --no-encryption $flag --echo --window "$3" --count "$4"
   else stop_echo; add "$1" 0; fi
 }
 
@@ -152,14 +162,96 @@ declare -A R
 add() { R[$1]="${R[$1]:-} $2"; }
 med() { echo "${R[$1]:-}" | median; }
 
+
+# Star topology: one echo, N sender processes at once, each WINDOW outstanding and COUNT
+# round trips; the rate is all round trips over the wall time from the first start to the
+# last end (process start-up included: a few milliseconds against seconds).
+star_run() { # KEY N COUNT ours:BIN|c
+  local key=$1 n=$2 count=$3; shift 3
+  local kind=$1; shift   # ours:BIN or c
+  local port t0 t1 ok=1 spids=()
+  case "$kind" in
+    ours:*)
+      local bin=${kind#ours:}
+      start_echo "$tmp/secho.out" "$bin" echo --port 0 --no-encryption --async || { stop_echo; add "$key" 0; return; }
+      port=$(sed -n 's/listening on //p' "$tmp/secho.out")
+      t0=$(date +%s.%N)
+      for _ in $(seq 1 "$n"); do
+        timeout 300 "$bin" send "127.0.0.1:$port" --no-encryption --async --echo --window 16 --count "$count" >/dev/null 2>&1 & spids+=($!)
+      done ;;
+    c)
+      [ -n "$C" ] || { add "$key" n/a; return; }
+      port=$(free_port)
+      start_echo "$tmp/secho.out" $C echo "$port" 0 || { stop_echo; add "$key" 0; return; }
+      local ports=(); for _ in $(seq 1 "$n"); do ports+=("$(free_port)"); done
+      t0=$(date +%s.%N)
+      for p in "${ports[@]}"; do
+        timeout 300 $C send "$port" "$p" 0 16 16 "$count" >/dev/null 2>&1 & spids+=($!)
+      done ;;
+  esac
+  for p in "${spids[@]}"; do wait "$p" || ok=0; done
+  t1=$(date +%s.%N)
+  stop_echo
+  if [ "$ok" = 1 ]; then
+    add "$key" "$(awk -v a="$t0" -v b="$t1" -v n="$n" -v c="$count" 'BEGIN { printf "%.0f", n * c / (b - a) }')"
+  else
+    add "$key" 0
+  fi
+}
+
+if [ "$star" = 1 ]; then
+  for i in $(seq 1 "$runs"); do
+    for n in 16 64; do
+      per=$(( (quick ? 40000 : 160000) / n ))
+      star_run "s${n}_ours" "$n" "$per" "ours:$B"
+      [ -n "$baseline" ] && star_run "s${n}_base" "$n" "$per" "ours:$baseline"
+      star_run "s${n}_c" "$n" "$per" c
+    done
+  done
+  echo
+  echo "Star topology: one asynchronous echo node, N sender processes with 16 outstanding each;"
+  echo "total round trips per second (16-byte messages), medians of $runs runs on $(nproc) cores."
+  echo
+  if [ -n "$baseline" ]; then
+    printf '| %7s | %9s | %9s | %9s | %7s | %7s |\n' senders ours baseline "C" "ours/C" "ours/base"
+    printf '|%s|%s|%s|%s|%s|%s|\n' "---------" "-----------" "-----------" "-----------" "---------" "-----------"
+    for n in 16 64; do
+      printf '| %7s | %9s | %9s | %9s | %7s | %9s |\n' "$n" "$(med "s${n}_ours")" "$(med "s${n}_base")" "$(med "s${n}_c")" \
+        "$(ratio "$(med "s${n}_ours")" "$(med "s${n}_c")")" "$(ratio "$(med "s${n}_ours")" "$(med "s${n}_base")")"
+    done
+  else
+    printf '| %7s | %9s | %9s | %7s |\n' senders ours "C" "ours/C"
+    printf '|%s|%s|%s|%s|\n' "---------" "-----------" "-----------" "---------"
+    for n in 16 64; do
+      printf '| %7s | %9s | %9s | %7s |\n' "$n" "$(med "s${n}_ours")" "$(med "s${n}_c")" "$(ratio "$(med "s${n}_ours")" "$(med "s${n}_c")")"
+    done
+  fi
+  exit 0
+fi
+
 if [ "$windows" = 1 ]; then
   ws="1 4 8 16 64 256"
   for i in $(seq 1 "$runs"); do
     for w in $ws; do
       n=$((w < 16 ? 2500 * w : 40000 + 1000 * w))
       ours "w${w}_ours" async "$w" "$n"; c_pair "w${w}_c" async "$w" "$n"
+      [ -n "$baseline" ] && ours "w${w}_base" async "$w" "$n" "$baseline"
     done
+    if [ -n "$baseline" ]; then
+      ours sync_ours sync 1 $n_sync; ours sync_base sync 1 $n_sync "$baseline"
+    fi
   done
+  if [ -n "$baseline" ]; then
+    echo
+    echo "Before/after: ours against $baseline, medians of $runs runs (round trips per second)."
+    echo
+    printf '| %-24s | %9s | %9s | %9s |\n' mode ours baseline ours/base
+    printf '|%s|%s|%s|%s|\n' "--------------------------" "-----------" "-----------" "-----------"
+    printf '| %-24s | %9s | %9s | %9s |\n' "synchronous, 1" "$(med sync_ours)" "$(med sync_base)" "$(ratio "$(med sync_ours)" "$(med sync_base)")"
+    for w in $ws; do
+      printf '| %-24s | %9s | %9s | %9s |\n' "asynchronous, $w" "$(med "w${w}_ours")" "$(med "w${w}_base")" "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_base")")"
+    done
+  fi
   echo
   echo "Asynchronous round trips per second by messages outstanding; medians of $runs runs on $(nproc) cores."
   echo

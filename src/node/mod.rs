@@ -820,3 +820,70 @@ fn bind(cfg: &Effective) -> Result<(Vec<TcpListener>, u16), Error> {
     }
     Err(last_err.unwrap_or_else(|| Error::invalid("port", c.port, "a free port")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn config(synchronous: bool) -> Config {
+        let mut c = Config::default();
+        c.port = 0;
+        c.disable_encryption = true;
+        c.synchronous = synchronous;
+        c.bind_v6 = None;
+        c
+    }
+
+    /// With the connection registry locked, the request table locked, and every shard of
+    /// the remotes table but the peer's write-locked by this thread, sends to that peer (and
+    /// their ACKs, and the echo's replies) still complete: the per-message path takes only
+    /// the peer's shard (shared) and the remote's and connection's own locks.
+    #[test]
+    fn the_send_path_takes_no_node_wide_lock() {
+        for sync in [true, false] {
+            let echo = Node::start_inline(config(sync), |n, m| drop(n.send(m))).unwrap();
+            let (tx, rx) = mpsc::channel();
+            let node = Node::start(config(sync), move |m| {
+                let _ = tx.send(m.data().to_vec());
+            })
+            .unwrap();
+            let to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
+            node.send(Message::to(to, b"warm-up".to_vec()))
+                .wait()
+                .unwrap();
+            assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), b"warm-up");
+            let inner = &node.inner;
+            let mine = inner.remotes.shard(&remote::key_of(&to)) as *const _;
+            let held: Vec<_> = inner
+                .remotes
+                .shards
+                .iter()
+                .filter(|s| !std::ptr::eq(*s, mine))
+                .map(|s| s.write().unwrap())
+                .collect();
+            assert_eq!(held.len(), 15);
+            let registry = inner.registry();
+            let requests = inner.requests.map.lock().unwrap();
+            let (done_tx, done_rx) = mpsc::channel();
+            let sender = node.clone();
+            std::thread::spawn(move || {
+                for i in 0..100u32 {
+                    let r = sender
+                        .send(Message::to(to, i.to_be_bytes().to_vec()))
+                        .wait();
+                    let _ = done_tx.send(r.is_ok());
+                }
+            });
+            for i in 0..100u32 {
+                let ok = done_rx.recv_timeout(Duration::from_secs(10));
+                assert_eq!(ok, Ok(true), "send {i} (synchronous: {sync})");
+                let back = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+                assert_eq!(back, i.to_be_bytes());
+            }
+            drop((held, registry, requests));
+            node.close();
+            echo.close();
+        }
+    }
+}

@@ -18,7 +18,7 @@ pub(crate) struct Remotes {
     /// Keys are chosen by peers (address and advertised port): a keyed hash keeps them
     /// from steering every remote into one shard or one bucket.
     hasher: RandomState,
-    shards: [RwLock<HashMap<RemoteKey, Arc<Remote>>>; SHARDS],
+    pub(super) shards: [RwLock<HashMap<RemoteKey, Arc<Remote>>>; SHARDS],
 }
 
 impl Remotes {
@@ -29,7 +29,7 @@ impl Remotes {
         }
     }
 
-    fn shard(&self, key: &RemoteKey) -> &RwLock<HashMap<RemoteKey, Arc<Remote>>> {
+    pub(super) fn shard(&self, key: &RemoteKey) -> &RwLock<HashMap<RemoteKey, Arc<Remote>>> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 

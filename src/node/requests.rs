@@ -14,14 +14,14 @@ use crate::message::{Identity, Message};
 /// What a request completes with.
 pub(crate) type Answer = Result<Message, Error>;
 
-struct Entry {
+pub(super) struct Entry {
     /// Which request of this identity (a timed-out one must not fail its successor).
     id: u64,
     done: Completer<Answer>,
 }
 
 pub(crate) struct Requests {
-    map: Mutex<HashMap<Identity, Entry>>,
+    pub(super) map: Mutex<HashMap<Identity, Entry>>,
     pending: AtomicUsize,
 }
 
