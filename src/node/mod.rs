@@ -827,12 +827,13 @@ mod tests {
     use std::sync::mpsc;
 
     fn config(synchronous: bool) -> Config {
-        let mut c = Config::default();
-        c.port = 0;
-        c.disable_encryption = true;
-        c.synchronous = synchronous;
-        c.bind_v6 = None;
-        c
+        Config {
+            port: 0,
+            disable_encryption: true,
+            synchronous,
+            bind_v6: None,
+            ..Config::default()
+        }
     }
 
     /// With the connection registry locked, the request table locked, and every shard of
