@@ -85,6 +85,19 @@ pub struct Config {
     pub auto_release: bool,
     /// Threads of the pool interface's handler pool (0 = number of CPUs).
     pub pool_threads: usize,
+    /// Most connections (accepted and dialed, set up or not) the node holds at once; 0 =
+    /// derived at start from the process's limits (open files, threads, memory mappings),
+    /// with headroom. Beyond it an accepted socket is closed at once and a send that needs a
+    /// new connection fails with [`Error::LimitReached`].
+    pub max_connections: usize,
+    /// Most accepted connections still in their handshake at once (0 = a quarter of the
+    /// effective `max_connections`, at least 16), so that a flood of silent sockets cannot
+    /// starve real peers.
+    pub max_handshaking: usize,
+    /// Most messages waiting in one remote's send queue (0 = 1,024). Beyond it a send fails
+    /// at once with [`Error::LimitReached`] and hands the message back; wait for one of your
+    /// earlier sends to that peer to complete, then send again.
+    pub max_queued: usize,
 }
 
 impl Default for Config {
@@ -107,6 +120,9 @@ impl Default for Config {
             always_encrypt: false,
             auto_release: true,
             pool_threads: 0,
+            max_connections: 0,
+            max_handshaking: 0,
+            max_queued: 0,
         }
     }
 }
@@ -121,6 +137,9 @@ pub struct Effective {
     pub(crate) buffer_size: usize,
     pub(crate) identity: Identity,
     pub(crate) pool_threads: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_handshaking: usize,
+    pub(crate) max_queued: usize,
 }
 
 impl Effective {
@@ -152,10 +171,50 @@ impl Effective {
     pub fn pool_threads(&self) -> usize {
         self.pool_threads
     }
+    /// Most connections at once (derived from the process's limits unless configured).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+    /// Most accepted connections in their handshake at once.
+    pub fn max_handshaking(&self) -> usize {
+        self.max_handshaking
+    }
+    /// Most messages waiting in one remote's send queue.
+    pub fn max_queued(&self) -> usize {
+        self.max_queued
+    }
     /// The configuration this was derived from.
     pub fn config(&self) -> &Config {
         &self.config
     }
+}
+
+/// Connections the process's limits allow, with headroom: each connection needs a file
+/// descriptor, one thread (two while a write is blocked) and about five memory mappings
+/// per thread (stack, guard page, signal stack and its guard, allocator arenas).
+pub(crate) fn derived_max_connections() -> usize {
+    const HEADROOM_FDS: u64 = 64;
+    const HEADROOM_THREADS: u64 = 64;
+    const HEADROOM_MAPS: u64 = 2048;
+    const MAPS_PER_CONNECTION: u64 = 5;
+    let read_u64 = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let mut cap = u64::MAX;
+    if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        cap = cap.min(soft.saturating_sub(HEADROOM_FDS));
+    }
+    let mut threads = read_u64("/proc/sys/kernel/threads-max").unwrap_or(u64::MAX);
+    if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NPROC) {
+        threads = threads.min(soft);
+    }
+    cap = cap.min(threads.saturating_sub(HEADROOM_THREADS));
+    if let Some(maps) = read_u64("/proc/sys/vm/max_map_count") {
+        cap = cap.min(maps.saturating_sub(HEADROOM_MAPS) / MAPS_PER_CONNECTION);
+    }
+    cap.clamp(16, 1 << 20) as usize
 }
 
 const MAX_BUFFER: u32 = 16 * 1024 * 1024;
@@ -258,6 +317,25 @@ impl Config {
         } else {
             self.identity
         };
+        let max_connections = match self.max_connections {
+            0 => derived_max_connections(),
+            n => n,
+        };
+        let max_handshaking = match self.max_handshaking {
+            0 => (max_connections / 4).max(16).min(max_connections),
+            n => n,
+        };
+        if max_handshaking > max_connections {
+            return Err(Error::invalid(
+                "max_handshaking",
+                max_handshaking,
+                format!("0 (default) ..= max_connections ({max_connections})").as_str(),
+            ));
+        }
+        let max_queued = match self.max_queued {
+            0 => 1024,
+            n => n,
+        };
         Ok(Effective {
             config: self.clone(),
             reuse_time,
@@ -266,6 +344,9 @@ impl Config {
             buffer_size,
             identity,
             pool_threads,
+            max_connections,
+            max_handshaking,
+            max_queued,
         })
     }
 }

@@ -57,6 +57,15 @@ pub enum Error {
         /// The configured maximum.
         max: u64,
     },
+    /// A configured limit refused the operation: `limit` names the setting
+    /// (`max_connections`, `max_handshaking` or `max_queued`), `value` is its effective value.
+    /// Nothing was sent; a failed send hands the message back.
+    LimitReached {
+        /// The name of the limit that was hit.
+        limit: &'static str,
+        /// Its effective value.
+        value: usize,
+    },
     /// The node is closing or closed, or the connection was garbage-collected.
     Shutdown,
     /// A task submitted to the pool panicked.
@@ -129,6 +138,10 @@ impl fmt::Display for Error {
             Error::MessageTooLarge { size, max } => write!(
                 f,
                 "message of {size} bytes (header + data) exceeds the maximum message size of {max} bytes"
+            ),
+            Error::LimitReached { limit, value } => write!(
+                f,
+                "{limit} ({value}) reached: refused (wait for earlier sends to complete, or raise the limit)"
             ),
             Error::Shutdown => write!(f, "the node is shutting down or the connection was closed by it"),
             Error::TaskPanicked { message } => write!(f, "task panicked: {message}"),

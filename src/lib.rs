@@ -214,6 +214,7 @@
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+mod burst;
 mod completion;
 mod config;
 mod connection;
@@ -233,7 +234,7 @@ pub use completion::{Completer, Completion};
 pub use config::{Config, Effective};
 pub use error::{Error, Result, SendError};
 pub use message::{Identity, Message};
-pub use node::Node;
+pub use node::{Node, Stats};
 
 /// The README's example, compiled and run as a doctest so that it stays true.
 #[cfg(doctest)]

@@ -240,6 +240,9 @@ fn load_32_senders_and_200_connections_exactly_once_in_order() {
         let to = v4(&receiver);
         let mut sc = config(sync);
         sc.timeout = Duration::from_secs(20);
+        // 32 threads × 65 outstanding sends to one peer through one node: more than the
+        // default per-remote queue bound (1,024), which this load test is not about.
+        sc.max_queued = 32 * 65;
         // Asynchronous: all 32 threads share one sender node. Synchronous: a node per
         // thread, since one node has one message in flight per peer.
         let shared = inbox_node(sc.clone()).0;

@@ -7,9 +7,11 @@
 //! write. It knows nothing of nodes, remotes or queues. What an owner may do to it:
 //! [`Conn::kick`] (frames are waiting), [`Conn::shutdown`], and read its state.
 //!
-//! The thread that sets a connection up becomes its reader; it starts the writer once the
-//! peer's handshake arrived. Both end when the connection is shut down: the socket is shut
-//! down, which unblocks whichever call they are in.
+//! The thread that sets a connection up becomes its reader. Most writes are made by the
+//! sending thread itself; a writer thread is started only when a write would block (or a
+//! sender leaves a long queue to it) and ends after it has been idle for a while, so an idle
+//! connection costs one thread. Both end when the connection is shut down: the socket is
+//! shut down, which unblocks whichever call they are in.
 //!
 //! Locking: the connection's own state ([`ConnState`]) has one mutex, held only for a few
 //! field updates and never while calling the owner or doing I/O.
@@ -29,10 +31,14 @@ use crate::message::{Identity, Message, ReleaseDone, SlotOwner};
 use crate::tls::{TlsContext, TlsSession};
 use crate::wire::{Handshake, HANDSHAKE_SIZE};
 
-/// Stack sizes, chosen deliberately: a connection has two threads, and idle connections
-/// must stay small. Only touched pages become resident.
+/// Stack sizes, chosen deliberately: idle connections must stay small (only touched pages
+/// become resident, but every thread costs memory mappings).
 pub(crate) const READER_STACK: usize = 128 * 1024;
 pub(crate) const WRITER_STACK: usize = 96 * 1024;
+
+/// A writer thread with nothing to do for this long ends; the next write that would block
+/// starts another. Idle connections so cost one thread (the reader), not two.
+const WRITER_LINGER: Duration = Duration::from_secs(2);
 
 /// What every connection of a node needs to know, shared by all of them.
 pub(crate) struct Settings {
@@ -64,6 +70,7 @@ pub(crate) trait Owner: Send + Sync {
     /// Starts a named thread for this connection (counted by the owner for `close()`).
     fn spawn(
         &self,
+        conn: &Arc<Conn>,
         name: String,
         stack: usize,
         f: Box<dyn FnOnce() + Send + 'static>,
@@ -116,6 +123,8 @@ struct ConnState {
     active: Instant,
     /// Threads of this connection still running.
     threads: u8,
+    /// The writer thread runs (it is started on demand and ends when idle).
+    writer_running: bool,
     handoff: Option<Handoff>,
 }
 
@@ -193,6 +202,7 @@ impl Conn {
                 reader_waiting: false,
                 active: Instant::now(),
                 threads: 1,
+                writer_running: false,
                 handoff: None,
             }),
             writer_cv: Condvar::new(),
@@ -275,11 +285,6 @@ impl Conn {
         self.thread_ended();
     }
 
-    /// Another thread of this connection runs.
-    fn thread_started(&self) {
-        self.lock().threads += 1;
-    }
-
     /// A thread of this connection ends; the owner hears of the last one.
     fn thread_ended(self: &Arc<Self>) {
         let last = {
@@ -318,12 +323,52 @@ impl Conn {
         again
     }
 
-    /// Leaves the write side to the writer thread (which is woken).
-    fn defer_to_writer(&self) {
+    /// Leaves the write side to the writer thread (which is woken, or started).
+    fn defer_to_writer(self: &Arc<Self>) {
         let mut st = self.lock();
         st.kick_pending = true;
+        self.wake_writer(st);
+    }
+
+    /// Wakes the writer thread for work just recorded in `st`, starting it if it is not
+    /// running. If it cannot be started (resources exhausted), this one connection is shut
+    /// down; nothing else is affected.
+    fn wake_writer(self: &Arc<Self>, mut st: MutexGuard<'_, ConnState>) {
+        if st.closing {
+            return;
+        }
+        if st.writer_running {
+            drop(st);
+            self.writer_cv.notify_all();
+            return;
+        }
+        st.writer_running = true;
+        st.threads += 1;
         drop(st);
-        self.writer_cv.notify_all();
+        let me = self.clone();
+        let r = self.owner.spawn(
+            self,
+            format!("chirp-writer-{}", self.peer),
+            WRITER_STACK,
+            Box::new(move || {
+                writer::run(&me);
+                me.thread_ended();
+            }),
+        );
+        if let Err(e) = r {
+            {
+                let mut st = self.lock();
+                st.writer_running = false;
+                st.threads -= 1;
+            }
+            self.shutdown(
+                Error::Io {
+                    kind: e.kind(),
+                    reason: format!("cannot start the connection's writer thread: {e}"),
+                },
+                false,
+            );
+        }
     }
 
     /// Ends the wait of a slot-blocked reader, if it waits.
@@ -431,14 +476,9 @@ pub(crate) fn run(conn: Arc<Conn>) {
                     ""
                 }
             );
-            match start_writer(&conn) {
-                Ok(()) => {
-                    // Frames queued while the connection was set up go out now.
-                    conn.kick();
-                    reader::run(&conn, &mut source)
-                }
-                Err(e) => e,
-            }
+            // Frames queued while the connection was set up go out now.
+            conn.kick();
+            reader::run(&conn, &mut source)
         }
         Err(e) => {
             log::debug!("connection {} {}: set-up failed: {e}", conn.id, conn.peer);
@@ -448,26 +488,6 @@ pub(crate) fn run(conn: Arc<Conn>) {
     log::debug!("connection {} {}: closed: {reason}", conn.id, conn.peer);
     conn.shutdown(reason, false);
     conn.thread_ended();
-}
-
-fn start_writer(conn: &Arc<Conn>) -> Result<(), Error> {
-    conn.thread_started();
-    let wconn = conn.clone();
-    let r = conn.owner.spawn(
-        format!("chirp-writer-{}", conn.peer),
-        WRITER_STACK,
-        Box::new(move || {
-            writer::run(&wconn);
-            wconn.thread_ended();
-        }),
-    );
-    r.map_err(|e| {
-        conn.lock().threads -= 1;
-        Error::Io {
-            kind: e.kind(),
-            reason: format!("cannot start the connection's writer thread: {e}"),
-        }
-    })
 }
 
 /// Connects (when dialing), runs the TLS handshake (when encrypting), exchanges chirp

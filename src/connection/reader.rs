@@ -93,8 +93,9 @@ impl<'a> Source<'a> {
                     };
                     let d = tls.decrypt(&self.cipher[..n], dst)?;
                     if d.wants_flush {
-                        conn.lock().tls_flush = true;
-                        conn.writer_cv.notify_all();
+                        let mut st = conn.lock();
+                        st.tls_flush = true;
+                        conn.wake_writer(st);
                     }
                     if d.plain > 0 {
                         return Ok(d.plain);

@@ -291,8 +291,7 @@ pub(crate) fn direct_write(conn: &Arc<Conn>) {
                         rest,
                     });
                     st.writing = false;
-                    drop(st);
-                    conn.writer_cv.notify_all();
+                    conn.wake_writer(st);
                 }
                 return;
             }
@@ -356,7 +355,8 @@ fn send_nonblocking(conn: &Conn, bufs: &[IoSlice]) -> io::Result<usize> {
 }
 
 /// The writer thread: finishes handoffs, writes batches when direct writers leave them,
-/// flushes ciphertext a TLS read produced. Ends when the connection is shut down.
+/// flushes ciphertext a TLS read produced. Ends when the connection is shut down, or when it
+/// has had nothing to do for `WRITER_LINGER` (it is started again when needed).
 pub(crate) fn run(conn: &Arc<Conn>) {
     let owner = &conn.owner;
     let mut frames: Vec<(Frame, u32)> = Vec::new();
@@ -377,8 +377,17 @@ pub(crate) fn run(conn: &Arc<Conn>) {
             result = (&conn.stream).write_all(&h.rest).map_err(write_error);
         } else if st.writing || !(st.kick_pending || st.tls_flush) {
             // A direct writer is active (it hands over or finishes by itself), or nothing
-            // is to be done.
-            st = conn.writer_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            // is to be done: wait, and end after a while of nothing.
+            let (g, timeout) = conn
+                .writer_cv
+                .wait_timeout(st, super::WRITER_LINGER)
+                .unwrap_or_else(|e| e.into_inner());
+            st = g;
+            let idle = st.handoff.is_none() && !st.writing && !st.kick_pending && !st.tls_flush;
+            if timeout.timed_out() && idle {
+                st.writer_running = false;
+                return;
+            }
             continue;
         } else {
             st.writing = true;

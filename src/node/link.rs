@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use crate::connection::{Conn, Owner};
@@ -22,15 +23,29 @@ pub(crate) struct Link {
     /// The connection's remote: known at dial time, or found when the peer's handshake
     /// arrives on an accepted connection.
     remote: OnceLock<Arc<Remote>>,
+    /// An accepted connection counted in the node's handshaking gauge (until its handshake
+    /// is over, one way or the other).
+    handshaking: AtomicBool,
 }
 
 impl Link {
-    pub(crate) fn new(node: Weak<Inner>, remote: Option<Arc<Remote>>) -> Link {
+    pub(crate) fn new(node: Weak<Inner>, remote: Option<Arc<Remote>>, handshaking: bool) -> Link {
         let cell = OnceLock::new();
         if let Some(r) = remote {
             let _ = cell.set(r);
         }
-        Link { node, remote: cell }
+        Link {
+            node,
+            remote: cell,
+            handshaking: AtomicBool::new(handshaking),
+        }
+    }
+
+    /// Takes the connection out of the handshaking gauge, once.
+    fn handshake_over(&self, node: &Inner) {
+        if self.handshaking.swap(false, Ordering::Relaxed) {
+            node.handshake_over();
+        }
     }
 
     pub(crate) fn remote(&self) -> Option<&Arc<Remote>> {
@@ -46,18 +61,25 @@ impl Link {
 impl Owner for Link {
     fn spawn(
         &self,
+        conn: &Arc<Conn>,
         name: String,
         stack: usize,
         f: Box<dyn FnOnce() + Send + 'static>,
     ) -> io::Result<()> {
-        match self.node.upgrade() {
-            Some(node) => node.spawn(name, stack, move |_| f()),
-            None => Err(io::Error::other("the node is closed")),
+        let node = self
+            .node
+            .upgrade()
+            .ok_or_else(|| io::Error::other("the node is closed"))?;
+        let r = node.spawn(name, stack, move |_| f());
+        if let Err(e) = &r {
+            node.resources_failed(conn, e);
         }
+        r
     }
 
     fn connected(&self, conn: &Arc<Conn>) -> Result<(), Error> {
         let node = self.node.upgrade().ok_or(Error::Shutdown)?;
+        self.handshake_over(&node);
         if node.is_closed() {
             return Err(Error::Shutdown);
         }
@@ -144,6 +166,7 @@ impl Owner for Link {
 
     fn ended(&self, conn: &Arc<Conn>) {
         if let Some(node) = self.node.upgrade() {
+            self.handshake_over(&node);
             node.forget(conn.id);
         }
     }

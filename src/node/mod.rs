@@ -8,14 +8,17 @@ mod link;
 mod remote;
 mod remotes;
 mod requests;
+mod stats;
 pub(crate) mod timer;
+
+pub use stats::Stats;
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -29,10 +32,12 @@ use crate::message::{Identity, Message};
 use crate::tls::TlsContext;
 use crate::wire::Handshake;
 
+use crate::burst::{more, Burst};
 use link::Link;
-use remote::{After, Deferred, Limits, Remote};
+use remote::{After, Deferred, Enqueued, Limits, Remote};
 use remotes::Remotes;
 use requests::Requests;
+use stats::{bump, Counters};
 use timer::{Event, Timers};
 
 /// Where received messages go: called on the connection's reader thread, must not block for
@@ -77,6 +82,16 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     next_conn: AtomicU64,
     request_seq: AtomicU64,
+    counters: Counters,
+    /// Accepted connections still in their handshake.
+    handshaking: AtomicUsize,
+    /// Rate-limited logging of refusals and resource failures.
+    refusals_log: Burst,
+    resources_log: Burst,
+    accept_log: Burst,
+    /// Test hook: this many thread spawns fail as if the system had no threads left.
+    #[cfg(test)]
+    fail_spawns: AtomicUsize,
 }
 
 impl Inner {
@@ -125,6 +140,17 @@ impl Inner {
         stack: usize,
         f: impl FnOnce(Arc<Inner>) + Send + 'static,
     ) -> io::Result<()> {
+        #[cfg(test)]
+        if self
+            .fail_spawns
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "Resource temporarily unavailable (injected by a test)",
+            ));
+        }
         *self.threads.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         let inner = self.clone();
         let r = thread::Builder::new()
@@ -152,25 +178,48 @@ impl Inner {
         self.threads_cv.notify_all();
     }
 
-    /// A new outgoing connection for `remote`, registered (called with the remote locked).
-    fn dial_conn(self: &Arc<Self>, remote: &Arc<Remote>) -> io::Result<Arc<Conn>> {
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let link = Arc::new(Link::new(Arc::downgrade(self), Some(remote.clone())));
+    /// A new outgoing connection for `remote`, registered (called with the remote locked),
+    /// unless `max_connections` is reached.
+    fn dial_conn(self: &Arc<Self>, remote: &Arc<Remote>) -> Result<Arc<Conn>, Error> {
         let addr = remote.dial_addr;
-        let conn = Arc::new(Conn::dial(
+        let max = self.cfg.max_connections;
+        let mut registry = self.registry();
+        if registry.len() >= max {
+            drop(registry);
+            bump(&self.counters.refused_capacity);
+            if let Some(n) = self.refusals_log.allow() {
+                log::warn!(
+                    "not dialing {addr}: max_connections ({max}) reached{}",
+                    more(n)
+                );
+            }
+            return Err(Error::LimitReached {
+                limit: "max_connections",
+                value: max,
+            });
+        }
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let link = Arc::new(Link::new(Arc::downgrade(self), Some(remote.clone()), false));
+        let conn = Conn::dial(
             id,
             addr,
             self.should_encrypt(addr.ip()),
             self.settings.clone(),
             link.clone(),
-        )?);
-        self.registry().insert(
+        )
+        .map_err(|e| Error::CannotConnect {
+            addr,
+            reason: e.to_string(),
+        })?;
+        let conn = Arc::new(conn);
+        registry.insert(
             id,
             Registered {
                 conn: conn.clone(),
                 link,
             },
         );
+        bump(&self.counters.dialed);
         Ok(conn)
     }
 
@@ -193,21 +242,62 @@ impl Inner {
             move |_| connection::run(c),
         );
         if let Err(e) = r {
-            log::error!(
-                "cannot start a thread for the connection with {}: {e}",
-                conn.peer
-            );
+            self.resources_failed(&conn, &e);
             conn.shutdown(fail(e), false);
             conn.abandon();
         }
     }
 
+    /// A thread for `conn` could not be started: count and log (rate-limited); the caller
+    /// refuses that one connection.
+    fn resources_failed(&self, conn: &Conn, e: &io::Error) {
+        bump(&self.counters.refused_resources);
+        if let Some(n) = self.resources_log.allow() {
+            log::error!(
+                "cannot start a thread for the connection with {}: {e}; that connection is refused, the node goes on{}",
+                conn.peer,
+                more(n)
+            );
+        }
+    }
+
+    /// An accepted socket: refused at once (closed) beyond `max_connections` or
+    /// `max_handshaking`, else registered and started.
     fn accept(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         if self.is_closed() {
             return;
         }
+        let mut registry = self.registry();
+        let refused = if registry.len() >= self.cfg.max_connections {
+            Some((
+                "max_connections",
+                self.cfg.max_connections,
+                &self.counters.refused_capacity,
+            ))
+        } else if self.handshaking.load(Ordering::Relaxed) >= self.cfg.max_handshaking {
+            Some((
+                "max_handshaking",
+                self.cfg.max_handshaking,
+                &self.counters.refused_handshaking,
+            ))
+        } else {
+            None
+        };
+        if let Some((limit, value, counter)) = refused {
+            drop(registry);
+            drop(stream);
+            bump(counter);
+            if let Some(n) = self.refusals_log.allow() {
+                log::warn!(
+                    "refused a connection from {peer}: {limit} ({value}) reached{}",
+                    more(n)
+                );
+            }
+            return;
+        }
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let link = Arc::new(Link::new(Arc::downgrade(self), None));
+        self.handshaking.fetch_add(1, Ordering::Relaxed);
+        let link = Arc::new(Link::new(Arc::downgrade(self), None, true));
         let conn = Arc::new(Conn::accepted(
             id,
             stream,
@@ -216,13 +306,15 @@ impl Inner {
             self.settings.clone(),
             link.clone(),
         ));
-        self.registry().insert(
+        registry.insert(
             id,
             Registered {
                 conn: conn.clone(),
                 link,
             },
         );
+        drop(registry);
+        bump(&self.counters.accepted);
         // Registered before the check: either close() sees it, or we see close().
         if self.is_closed() {
             conn.shutdown(Error::Shutdown, false);
@@ -233,6 +325,11 @@ impl Inner {
             kind: e.kind(),
             reason: format!("cannot start the connection's thread: {e}"),
         });
+    }
+
+    /// An accepted connection left its handshake (done or failed).
+    fn handshake_over(&self) {
+        self.handshaking.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The connection's threads have all ended.
@@ -255,9 +352,20 @@ impl Inner {
         let remote = loop {
             let remote = self.remotes.get_or_create(addr);
             match remote.enqueue(&self.lim, p, &dial, &mut after) {
-                None => break remote,
+                Enqueued::Queued => break remote,
                 // Garbage-collected meanwhile: look again (a new remote is made).
-                Some(back) => p = back,
+                Enqueued::Removed(back) => p = back,
+                Enqueued::Full(back) => {
+                    bump(&self.counters.queue_full);
+                    let e = Error::LimitReached {
+                        limit: "max_queued",
+                        value: self.lim.max_queued,
+                    };
+                    if let Some((id, identity, e)) = back.finish(Err(e)) {
+                        self.requests.fail(id, identity, e);
+                    }
+                    return;
+                }
             }
         };
         // The remote was found or made before this check: either close() removes it, or
@@ -514,6 +622,7 @@ impl Node {
             timeout: cfg.config.timeout,
             reuse_time: cfg.reuse_time,
             synchronous: cfg.config.synchronous,
+            max_queued: cfg.max_queued,
         };
         let identity = cfg.identity;
         let encrypted = tls.is_some();
@@ -544,6 +653,13 @@ impl Node {
             closed: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             request_seq: AtomicU64::new(1),
+            counters: Counters::default(),
+            handshaking: AtomicUsize::new(0),
+            refusals_log: Burst::new(),
+            resources_log: Burst::new(),
+            accept_log: Burst::new(),
+            #[cfg(test)]
+            fail_spawns: AtomicUsize::new(0),
         });
         let node = Node {
             _guard: Some(Arc::new(CloseGuard(inner.clone()))),
@@ -551,14 +667,17 @@ impl Node {
         };
         node.start_threads()?;
         log::info!(
-            "node {} listening on port {} ({})",
+            "node {} listening on port {} ({}; at most {} connections, {} in the handshake, {} queued per remote)",
             identity,
             port,
             if encrypted {
                 "TLS except loopback"
             } else {
                 "no encryption"
-            }
+            },
+            node.inner.cfg.max_connections,
+            node.inner.cfg.max_handshaking,
+            node.inner.cfg.max_queued,
         );
         Ok(node)
     }
@@ -746,6 +865,14 @@ impl Node {
     pub fn connection_count(&self) -> usize {
         self.inner.registry().len()
     }
+
+    /// The node's counters and gauges: connections, refusals by reason, full queues.
+    pub fn stats(&self) -> Stats {
+        let inner = &self.inner;
+        let connections = inner.registry().len() as u64;
+        let handshaking = inner.handshaking.load(Ordering::Relaxed) as u64;
+        inner.counters.snapshot(connections, handshaking)
+    }
 }
 
 fn accept_loop(inner: &Arc<Inner>, listener: &TcpListener) {
@@ -761,8 +888,11 @@ fn accept_loop(inner: &Arc<Inner>, listener: &TcpListener) {
                 if inner.is_closed() {
                     return;
                 }
-                log::warn!("accept failed: {e}");
-                // Out of file descriptors or similar: back off briefly instead of spinning.
+                bump(&inner.counters.accept_errors);
+                if let Some(n) = inner.accept_log.allow() {
+                    log::warn!("accept failed: {e}{}", more(n));
+                }
+                // Out of file descriptors or similar: back off instead of spinning.
                 if matches!(
                     e.raw_os_error(),
                     Some(libc::EMFILE)

@@ -33,6 +33,7 @@ pub(crate) struct Limits {
     pub(crate) timeout: Duration,
     pub(crate) reuse_time: Duration,
     pub(crate) synchronous: bool,
+    pub(crate) max_queued: usize,
 }
 
 /// Work to do after the remote's lock is released.
@@ -98,8 +99,17 @@ pub(crate) struct Remote {
     state: Mutex<RemoteState>,
 }
 
-/// What a dial needs from the node: a new connection for this remote.
-pub(crate) type Dialer<'a> = &'a dyn Fn(&Arc<Remote>) -> std::io::Result<Arc<Conn>>;
+/// What a dial needs from the node: a new connection for this remote, or why not.
+pub(crate) type Dialer<'a> = &'a dyn Fn(&Arc<Remote>) -> Result<Arc<Conn>, Error>;
+
+/// What became of a message handed to [`Remote::enqueue`].
+pub(crate) enum Enqueued {
+    Queued,
+    /// The remote was removed meanwhile: look it up again.
+    Removed(Pending),
+    /// The queue holds `max_queued` messages already.
+    Full(Pending),
+}
 
 impl Remote {
     pub(crate) fn new(dial_addr: SocketAddr) -> Remote {
@@ -133,10 +143,13 @@ impl Remote {
         p: Pending,
         dial: Dialer,
         after: &mut After,
-    ) -> Option<Pending> {
+    ) -> Enqueued {
         let mut st = self.lock();
         if st.removed {
-            return Some(p);
+            return Enqueued::Removed(p);
+        }
+        if st.user.len() >= lim.max_queued {
+            return Enqueued::Full(p);
         }
         // Probe an idle connection before the real message.
         let probe_after = lim.reuse_time / 4 * 3;
@@ -146,7 +159,7 @@ impl Remote {
         }
         st.user.push_back(p);
         self.process(&mut st, dial, after);
-        None
+        Enqueued::Queued
     }
 
     /// Makes progress on the queues: dial if needed, or kick the current connection.
@@ -163,12 +176,9 @@ impl Remote {
                 st.conn = Some(conn.clone());
                 after.push(Deferred::Dial(conn));
             }
-            Err(e) => {
-                // Could not even create a socket: fail one message, like a failed connect.
-                let err = Error::CannotConnect {
-                    addr: self.dial_addr,
-                    reason: e.to_string(),
-                };
+            Err(err) => {
+                // No connection to be had (no socket, or a limit): fail one message, like a
+                // failed connect.
                 if let Some(p) = st.user.pop_front() {
                     after.push(Deferred::Send(p, Err(err)));
                 }
