@@ -1017,4 +1017,106 @@ mod tests {
             echo.close();
         }
     }
+
+    /// When no thread can be started, the one connection involved is refused (counted,
+    /// logged), and the node keeps serving: accepted and dialed connections alike.
+    #[test]
+    fn a_thread_that_cannot_be_started_refuses_one_connection_only() {
+        use std::io::Read;
+        let echo = Node::start_inline(config(true), |n, m| drop(n.send(m))).unwrap();
+        let to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
+        // Accepting side: the next reader thread cannot be started.
+        echo.inner.fail_spawns.store(1, Ordering::SeqCst);
+        let mut s = TcpStream::connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 18];
+        let closed = match s.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == io::ErrorKind::ConnectionReset,
+        };
+        assert!(closed, "the connection without a thread is closed");
+        let refused = || echo.stats().refused_resources;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while refused() != 1 && Instant::now() < deadline {
+            thread::park_timeout(Duration::from_millis(5));
+        }
+        assert_eq!(refused(), 1);
+        // Dialing side: the first send's connection has no thread; that one message
+        // fails with a clear error, the next gets through.
+        let (tx, rx) = mpsc::channel();
+        let node = Node::start(config(true), move |m| {
+            let _ = tx.send(m.data().to_vec());
+        })
+        .unwrap();
+        node.inner.fail_spawns.store(1, Ordering::SeqCst);
+        let e = node
+            .send(Message::to(to, b"first".to_vec()))
+            .wait()
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot start"), "{e}");
+        assert_eq!(e.into_message().data(), b"first");
+        assert_eq!(node.stats().refused_resources, 1);
+        // After the reconnect debounce the node dials again, and it works.
+        node.send(Message::to(to, b"second".to_vec()))
+            .wait()
+            .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), b"second");
+        // And the echo served a good peer despite its refused connection.
+        assert!(echo.stats().accepted >= 2);
+        node.close();
+        echo.close();
+        assert_eq!(echo.thread_count(), 0);
+    }
+
+    /// A write that would block needs the writer thread; if it cannot be started, that
+    /// connection fails (its in-flight send with a clear error) and the node goes on.
+    #[test]
+    fn a_writer_thread_that_cannot_be_started_fails_that_connection_only() {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap();
+        let node = Node::start(config(false), drop).unwrap();
+        let sending = node.send(Message::to(to, b"hello".to_vec()));
+        // A peer that handshakes and then never reads.
+        let (mut peer, _) = listener.accept().unwrap();
+        let mut hs = [0u8; 18];
+        peer.read_exact(&mut hs).unwrap();
+        peer.write_all(
+            &Handshake {
+                port: to.port(),
+                identity: Identity::random(),
+            }
+            .encode(),
+        )
+        .unwrap();
+        sending.wait().unwrap();
+        assert_eq!(
+            node.thread_count(),
+            3,
+            "timer, accept, one reader: no writer yet"
+        );
+        node.inner.fail_spawns.store(1, Ordering::SeqCst);
+        let big = node.send(Message::to(to, vec![7u8; 32 << 20]));
+        let e = big.wait().unwrap_err();
+        assert!(e.to_string().contains("writer thread"), "{e}");
+        assert_eq!(node.stats().refused_resources, 1);
+        // The node still works: an echo elsewhere answers.
+        let echo = Node::start_inline(config(false), |n, m| drop(n.send(m))).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let client = Node::start(config(false), move |m| {
+            let _ = tx.send(m.data().to_vec());
+        })
+        .unwrap();
+        let e_to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
+        client
+            .send(Message::to(e_to, b"ok".to_vec()))
+            .wait()
+            .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), b"ok");
+        node.close();
+        client.close();
+        echo.close();
+        drop(peer);
+    }
 }
