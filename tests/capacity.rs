@@ -158,11 +158,9 @@ fn a_full_send_queue_refuses_at_once_and_hands_the_message_back() {
     let waiting: Vec<_> = (0..4u8)
         .map(|i| node.send(Message::to(to, vec![i])))
         .collect();
-    let refused = node
-        .send(Message::to(to, b"fifth".to_vec()))
-        .wait_timeout(Duration::from_secs(1))
-        .unwrap_or_else(|_| panic!("a full queue refuses at once"))
-        .unwrap_err();
+    let fifth = node.send(Message::to(to, b"fifth".to_vec()));
+    assert!(fifth.is_ready(), "a full queue refuses at once");
+    let refused = fifth.wait().unwrap_err();
     assert!(
         matches!(
             refused.error(),
