@@ -11,8 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(2998);
     config.disable_encryption = true;
-    let chirp = Chirp::new(config, |chirp, msg| {
-        // Send it back; with auto-release the slot is released when we return.
+    // We release each request ourselves, before waiting for our answer: a synchronous
+    // sender that waits for its send before reading the answer would otherwise wait on us
+    // while we wait on it (see the crate docs, "what a handler may do").
+    config.auto_release = false;
+    let chirp = Chirp::new(config, |chirp, mut msg| {
+        let _ = msg.release();
         chirp.send(msg).wait()?;
         Ok(())
     })?;

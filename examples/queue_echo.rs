@@ -11,13 +11,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(2998);
     config.disable_encryption = true;
-    // Release after replying, not when handed out: a synchronous sender then learns the
-    // message was really handled.
-    config.auto_release = false;
+    // Auto-release (the default): each message is released when handed out, so waiting
+    // for our answer below holds nothing the sender waits for. (Releasing only after the
+    // answer completed would make a sender that waits for its send before reading the
+    // answer wait on us while we wait on it.)
     let chirp = Chirp::new(config)?;
     println!("listening on {}", chirp.port());
     for msg in chirp.iter() {
-        // The message (and its slot) is dropped — released — once the echo completed.
         if let Err(e) = chirp.send(msg).wait() {
             eprintln!("echo failed: {e}");
         }

@@ -68,8 +68,11 @@
 //! let mut config = Config::default();
 //! config.port = 0;
 //! config.disable_encryption = true;
-//! // An echo: the reply is sent without waiting; the request is released when it was.
-//! let echo = Node::start_inline(config.clone(), |node, msg| drop(node.send(msg)))?;
+//! // An echo: release the request, then send it back without waiting.
+//! let echo = Node::start_inline(config.clone(), |node, mut msg| {
+//!     let _ = msg.release();
+//!     drop(node.send(msg));
+//! })?;
 //! let client = Node::start(config, drop)?;
 //! let to = format!("127.0.0.1:{}", echo.port()).parse()?;
 //! let answer = client.request(Message::to(to, b"ping")).wait()?;
@@ -200,6 +203,23 @@
 //! burst share system calls while the peer already gets work. The [`pool`] interface runs
 //! your handler on a fixed thread pool; the [`queue`] interface hands messages out through a
 //! blocking channel.
+//!
+//! When all of a connection's slots are taken, the reader *parks* further messages (up to
+//! the read buffer's size) and goes on reading, so ACK and NOOP frames behind them are still
+//! seen; a release delivers the oldest parked message — on the thread that released the
+//! slot. So a [`Node::start`] handler normally runs on the reader thread, but after
+//! backpressure it may run on the releasing thread. Beyond the park's bound the reader stops
+//! reading and TCP flow control pushes back.
+//!
+//! **The trap: waiting for your answer while holding the request.** In synchronous mode a
+//! send completes when the peer *released* the message. If your code answers a request and
+//! waits for that answer's send while it still holds the request (its slot), it waits on the
+//! peer; if the peer — like libchirp's own queue examples — waits for its request's send
+//! before it reads your answer, it waits on you. Both time out. The safe patterns: release
+//! the request first (`msg.release()`, then send and wait), or answer without waiting
+//! (`drop(node.send(answer))`). The queue interface with `auto_release` (the default) hands
+//! messages out already released; the pool interface with `auto_release` holds the slot
+//! until your handler returns, so there, do not wait.
 //!
 //! ## Differences from C libchirp
 //!

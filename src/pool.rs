@@ -9,6 +9,14 @@
 //! A handler that returns an error has the error logged with the message identity; a handler
 //! that panics is logged too, and neither the worker thread nor the node is lost.
 //!
+//! **Do not wait for an answer while holding the request.** In synchronous mode a send
+//! completes when the peer released it. A handler that answers a message and waits for that
+//! answer's send *while the request's slot is held* (auto-release holds it until the
+//! handler returns) waits on the peer — and a peer that, like libchirp's own queue
+//! examples, waits for its request's send before reading the answer waits on the handler.
+//! Both time out. Either answer without waiting (`drop(chirp.send(answer))`, and return), or
+//! turn `auto_release` off and release the request first, as below.
+//!
 //! # Examples
 //!
 //! ```
@@ -17,8 +25,10 @@
 //! let mut config = Config::default();
 //! config.port = 0;
 //! config.disable_encryption = true;
-//! // An echo node: sends every message back, then (auto-)releases it.
-//! let echo = Chirp::new(config.clone(), |chirp, msg| {
+//! config.auto_release = false;
+//! // An echo node: releases each request, then sends it back and waits for that.
+//! let echo = Chirp::new(config.clone(), |chirp, mut msg| {
+//!     let _ = msg.release();
 //!     chirp.send(msg).wait()?;
 //!     Ok(())
 //! })?;

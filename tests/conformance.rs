@@ -582,3 +582,40 @@ fn a_restarted_libchirp_peer_is_noticed_and_sending_resumes() {
     second.expect("sent", 30);
     node.close();
 }
+
+/// No deadlock between modes, with libchirp on the other end: (b) a libchirp synchronous
+/// sender that sends, waits for the send, then reads the answer, against our echo written
+/// the safe way (release, then answer); (a) a libchirp asynchronous sender keeping 16
+/// messages outstanding against our synchronous echo that holds each request until its
+/// answer was released — our reader parks what it cannot deliver and still sees the ACKs.
+#[test]
+fn no_deadlock_between_modes_with_libchirp_senders() {
+    let py = peer_or_skip!();
+    let safe = Node::start_inline(cfg(true), |node, mut msg| {
+        let _ = msg.release();
+        drop(node.send(msg));
+    })
+    .unwrap();
+    let to = format!("127.0.0.1:{}", safe.port());
+    let port = free_port().to_string();
+    let peer = Peer::start(
+        &py,
+        &args(&["sendrecv", "--port", &port, "--to", &to, "--count", "200"]),
+    );
+    peer.expect("rounds 200", 60);
+    peer.stop();
+    safe.close();
+
+    let holding = echo_node(cfg(true));
+    let to = format!("127.0.0.1:{}", holding.port());
+    let port = free_port().to_string();
+    let peer = Peer::start(
+        &py,
+        &args(&[
+            "pipeline", "--async", "--port", &port, "--to", &to, "--count", "2000",
+        ]),
+    );
+    peer.expect("echoed 2000", 60);
+    peer.stop();
+    holding.close();
+}

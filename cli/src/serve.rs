@@ -7,9 +7,14 @@ use libchirp::{Config, Node};
 
 use crate::{announce, Fail};
 
-/// Sends every received message back to its sender.
+/// Sends every received message back to its sender. The request is released first, then
+/// answered: a synchronous sender that waits for its send before reading the answer is
+/// not left waiting on us while we wait on it.
 pub(crate) fn echo(config: Config, signals: Receiver<()>) -> Result<(), Fail> {
-    let node = Node::start_inline(config, |node, msg| drop(node.send(msg)))?;
+    let node = Node::start_inline(config, |node, mut msg| {
+        let _ = msg.release();
+        drop(node.send(msg));
+    })?;
     announce(&node);
     let _ = signals.recv();
     node.close();

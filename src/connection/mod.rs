@@ -19,6 +19,7 @@
 mod reader;
 mod writer;
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::frame::Frame;
-use crate::message::{Identity, Message, ReleaseDone, SlotOwner};
+use crate::message::{Identity, Message, ReleaseDone, Slot, SlotOwner};
 use crate::tls::{TlsContext, TlsSession};
 use crate::wire::{Handshake, HANDSHAKE_SIZE};
 
@@ -35,6 +36,9 @@ use crate::wire::{Handshake, HANDSHAKE_SIZE};
 /// become resident, but every thread costs memory mappings).
 pub(crate) const READER_STACK: usize = 128 * 1024;
 pub(crate) const WRITER_STACK: usize = 96 * 1024;
+
+/// What one parked message costs beyond its header and data, for the park's bound.
+pub(crate) const PARK_OVERHEAD: usize = 128;
 
 /// A writer thread with nothing to do for this long ends; the next write that would block
 /// starts another. Idle connections so cost one thread (the reader), not two.
@@ -125,6 +129,13 @@ struct ConnState {
     threads: u8,
     /// The writer thread runs (it is started on demand and ends when idle).
     writer_running: bool,
+    /// Received messages waiting for a slot, in order, with their REQ_ACK flag: the reader
+    /// parks them (up to `PARK_BYTES`) to go on reading the ACK and NOOP frames behind them.
+    parked: VecDeque<(Message, bool)>,
+    /// What the parked messages cost (payload plus `PARK_OVERHEAD` each).
+    parked_bytes: usize,
+    /// A thread is delivering parked messages (one at a time, in order).
+    draining: bool,
     handoff: Option<Handoff>,
 }
 
@@ -203,6 +214,9 @@ impl Conn {
                 active: Instant::now(),
                 threads: 1,
                 writer_running: false,
+                parked: VecDeque::new(),
+                parked_bytes: 0,
+                draining: false,
                 handoff: None,
             }),
             writer_cv: Condvar::new(),
@@ -260,6 +274,10 @@ impl Conn {
             }
             st.closing = true;
             st.close_reason = Some(reason.clone());
+            // Parked messages have no slot yet: they are dropped with the connection, like
+            // bytes still in the socket (their senders are failed by the connection loss).
+            st.parked.clear();
+            st.parked_bytes = 0;
             (st.writing, st.handoff.take())
         };
         self.writer_cv.notify_all();
@@ -392,7 +410,66 @@ impl SlotOwner for Conn {
         } else {
             done.finish();
         }
+        self.drain_parked();
     }
+}
+
+impl Conn {
+    /// Parks a received message that has no slot yet (the reader made sure it fits).
+    fn park(self: &Arc<Self>, msg: Message, req_ack: bool, cost: usize) {
+        {
+            let mut st = self.lock();
+            if st.closing {
+                return;
+            }
+            st.parked.push_back((msg, req_ack));
+            st.parked_bytes += cost;
+        }
+        self.drain_parked();
+    }
+
+    /// Delivers parked messages while slots are free, in order, one thread at a time. Runs
+    /// on the reader thread or on a thread that released a slot.
+    fn drain_parked(self: &Arc<Self>) {
+        let max = self.settings.max_slots;
+        {
+            let mut st = self.lock();
+            if st.draining || st.parked.is_empty() {
+                return;
+            }
+            st.draining = true;
+        }
+        loop {
+            let (mut msg, req_ack) = {
+                let mut st = self.lock();
+                let ready = !st.closing && st.slots_used < max;
+                match if ready { st.parked.pop_front() } else { None } {
+                    Some((msg, req_ack)) => {
+                        st.parked_bytes -= park_cost(&msg);
+                        st.slots_used += 1;
+                        if st.reader_waiting {
+                            // Room in the park again.
+                            self.reader_cv.notify_all();
+                        }
+                        (msg, req_ack)
+                    }
+                    None => {
+                        // Decided under the same lock a release frees its slot under: a
+                        // release that found us draining is seen here.
+                        st.draining = false;
+                        return;
+                    }
+                }
+            };
+            msg.slot = Some(Slot::new(self.clone(), req_ack, msg.identity, msg.serial));
+            self.owner.deliver(self, msg);
+        }
+    }
+}
+
+/// What a parked message costs for the park's bound.
+pub(crate) fn park_cost(msg: &Message) -> usize {
+    msg.header.len() + msg.data.len() + PARK_OVERHEAD
 }
 
 /// A connection's read buffer: `buf[start..end]` holds bytes read but not parsed yet. It

@@ -1,6 +1,10 @@
 //! The reader thread: reads the socket (decrypting when TLS), parses every frame the read
-//! buffer holds, takes a slot for each data message (blocking — and so not reading — while
-//! all slots are taken: that is chirp's backpressure) and delivers the message.
+//! buffer holds, takes a slot for each data message and delivers it.
+//!
+//! When all slots are taken, data messages are *parked* (up to the read buffer's size) and
+//! reading goes on, so that ACK and NOOP frames behind them are still seen; a released slot
+//! delivers the oldest parked message. Only when the park is full does the reader stop
+//! reading — and then TCP flow control pushes back on the sender: chirp's backpressure.
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -190,7 +194,8 @@ fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
                     owner.activity(conn);
                 }
                 FrameKind::Data { req_ack } => {
-                    acquire_slot(conn)?;
+                    let len = usize::from(pre.header_len).saturating_add(pre.data_len as usize);
+                    let admit = admit(conn, len)?;
                     src.buf.consume(PREAMBLE_SIZE);
                     let header = if pre.header_len == 0 {
                         Vec::new()
@@ -202,7 +207,7 @@ fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
                     } else {
                         src.read_payload(pre.data_len as usize)?
                     };
-                    let msg = Message {
+                    let mut msg = Message {
                         identity: pre.identity,
                         serial: pre.serial,
                         header,
@@ -210,9 +215,16 @@ fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
                         address: Some(from),
                         remote_identity: info.identity,
                         type_bits: pre.kind_bits,
-                        slot: Some(Slot::new(conn.clone(), req_ack, pre.identity, pre.serial)),
+                        slot: None,
                     };
-                    owner.deliver(conn, msg);
+                    match admit {
+                        Admit::Direct => {
+                            msg.slot =
+                                Some(Slot::new(conn.clone(), req_ack, pre.identity, pre.serial));
+                            owner.deliver(conn, msg);
+                        }
+                        Admit::Park(cost) => conn.park(msg, req_ack, cost),
+                    }
                 }
             }
         }
@@ -250,25 +262,46 @@ fn frames_buffered(buf: &[u8], max: usize) -> usize {
     n
 }
 
-/// Takes one of the connection's slots (and notes the activity), waiting while all are in
-/// use.
-fn acquire_slot(conn: &Arc<Conn>) -> Result<(), Error> {
+/// How a data frame is taken in.
+enum Admit {
+    /// A slot is taken: deliver it now.
+    Direct,
+    /// Park it (no slot yet, or earlier messages are parked); it costs this much.
+    Park(usize),
+}
+
+/// Decides how the data frame of `len` payload bytes is taken in. Waits only when it can
+/// neither have a slot nor be parked: the park is full, or it is alone and larger than the
+/// whole park. (Until then the reader goes on reading — ACKs and NOOPs behind an
+/// undeliverable message are still seen, so two nodes waiting on each other's ACK do not
+/// deadlock.)
+fn admit(conn: &Arc<Conn>, len: usize) -> Result<Admit, Error> {
     let max = conn.settings.max_slots;
+    let limit = conn.settings.buffer_size;
+    let cost = len.saturating_add(super::PARK_OVERHEAD);
     let mut st = conn.lock();
     loop {
         if st.closing {
             return Err(st.close_reason.clone().unwrap_or(Error::Shutdown));
         }
-        if st.slots_used < max {
+        st.active = Instant::now();
+        let queued = !st.parked.is_empty() || st.draining;
+        if !queued && st.slots_used < max {
             st.slots_used += 1;
-            st.active = Instant::now();
-            return Ok(());
+            return Ok(Admit::Direct);
+        }
+        if st.parked_bytes.saturating_add(cost) <= limit {
+            return Ok(Admit::Park(cost));
         }
         // About to block: first write what handlers queued (their releases may be in it).
         drop(st);
         super::writer::uncork();
         st = conn.lock();
-        if st.closing || st.slots_used < max {
+        let queued = !st.parked.is_empty() || st.draining;
+        if st.closing
+            || (!queued && st.slots_used < max)
+            || st.parked_bytes.saturating_add(cost) <= limit
+        {
             continue;
         }
         st.reader_waiting = true;

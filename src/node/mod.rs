@@ -567,7 +567,8 @@ impl WeakNode {
 
 impl Node {
     /// Starts a node: validates `config`, sets up TLS, listens, and delivers every received
-    /// message to `sink`, which runs on the connection's reader thread (keep it short; the
+    /// message to `sink`, which runs on the connection's reader thread — or, for a message
+    /// that had to wait for a slot, on the thread that released one (keep it short; the
     /// [`pool`](crate::pool) and [`queue`](crate::queue) interfaces are built on it).
     pub fn start(
         config: Config,
@@ -586,9 +587,12 @@ impl Node {
     /// let mut config = Config::default();
     /// config.port = 0;
     /// config.disable_encryption = true;
-    /// // An echo node: the reply is sent without waiting; the message (and its slot) is
-    /// // released when that send finishes.
-    /// let echo = Node::start_inline(config, |node, msg| drop(node.send(msg)))?;
+    /// // An echo node: release the request, then send it back without waiting (see the
+    /// // crate docs for why the release comes first).
+    /// let echo = Node::start_inline(config, |node, mut msg| {
+    ///     let _ = msg.release();
+    ///     drop(node.send(msg));
+    /// })?;
     /// # Ok::<(), libchirp::Error>(())
     /// ```
     pub fn start_inline(

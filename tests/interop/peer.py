@@ -13,6 +13,10 @@ lines; closing stdin stops the peer. Roles:
             prints "holding" when it got one and "released" after releasing
   sendone   sends one message to --to and prints "done ELAPSED" when the send completed
   info      queue node printing "msg REMOTE_IDENTITY_HEX DATA" per message (released)
+  sendrecv  queue node doing COUNT rounds of: send to --to, wait for the send to complete,
+            then take the answer from the queue; prints "rounds N" (or "error ...")
+  pipeline  queue node keeping 16 messages outstanding to an echo at --to until COUNT came
+            back; prints "echoed N" (or "error ...")
 
 Message i of the pattern: header b"h<i>", data PATTERN[i % 256 : i % 256 + size(i)].
 """
@@ -174,6 +178,35 @@ def main():
                     ready.wait(30)
                     held.pop(0).release().result(timeout=30)
                     out("released")
+        elif role == "sendrecv":
+            chirp = libchirp.queue.Chirp(loop, config)
+            for i in range(args.count):
+                m = libchirp.queue.Message()
+                to_addr(args, m)
+                m.data = b"round %d" % i
+                chirp.send(m).result(timeout=30)
+                answer = chirp.get(timeout=30)
+                if bytes(answer.data) != b"round %d" % i:
+                    raise RuntimeError("round %d: got %r" % (i, bytes(answer.data)))
+            out("rounds %d" % args.count)
+            wait_stdin()
+        elif role == "pipeline":
+            chirp = libchirp.queue.Chirp(loop, config)
+            sent = back = 0
+            futures = []
+            while back < args.count:
+                while sent < args.count and sent - back < 16:
+                    m = libchirp.queue.Message()
+                    to_addr(args, m)
+                    m.data = b"p%d" % sent
+                    futures.append(chirp.send(m))
+                    sent += 1
+                chirp.get(timeout=30)
+                back += 1
+            for f in futures:
+                f.result(timeout=30)
+            out("echoed %d" % back)
+            wait_stdin()
         elif role == "sendone":
             chirp = libchirp.pool.Chirp(loop, config, max_workers=2)
             m = libchirp.pool.Message()
