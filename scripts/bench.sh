@@ -327,4 +327,4 @@ for m in sync:"synchronous, 1 outstanding" async:"asynchronous, 1 outstanding" w
   printf '| %-38s | %10s | %10s | %8s |\n' "$label" "$(med tls_$k)" "$(med plain_$k)" "$(ratio "$(med tls_$k)" "$(med plain_$k)")"
 done
 echo
-$B bench-idle --connections 1000
+$B bench-idle --peers 1000

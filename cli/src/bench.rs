@@ -183,7 +183,8 @@ fn resident_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits up to a minute for `cond`, polling every 5 ms (a measurement loop, not a test).
+/// Waits up to a minute for `what` to say nothing is missing, polling every 5 ms (a
+/// measurement loop, not a test).
 fn wait_for(what: impl Fn() -> Option<String>) -> Result<(), Fail> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -195,11 +196,184 @@ fn wait_for(what: impl Fn() -> Option<String>) -> Result<(), Fail> {
     }
 }
 
-/// `chirp bench-idle`: opens `n` idle plaintext connections (raw clients that send a
-/// handshake) to a node and reports the node's resident memory per connection (thread
-/// stacks and buffers included).
-pub(crate) fn idle(n: usize) -> Result<(), Fail> {
-    // Two descriptors per connection in this process: raise the soft limit to the hard one.
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn os_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Helper processes holding connections to `addr`; dropped: they are told to go and
+/// waited for.
+struct Peers(Vec<std::process::Child>);
+
+impl Peers {
+    /// `count` connections in processes of at most 5,000 each; returns once all are open.
+    fn start(addr: SocketAddr, count: usize, silent: bool) -> Result<Peers, Fail> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| Fail(format!("own binary: {e}")))?;
+        let mut children = Vec::new();
+        let mut left = count;
+        let per = 5000;
+        while left > 0 {
+            let n = left.min(per);
+            left -= n;
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["bench-peers", &addr.to_string(), "--count", &n.to_string()]);
+            if silent {
+                cmd.arg("--silent");
+            }
+            let child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| Fail(format!("starting a helper: {e}")))?;
+            children.push(child);
+        }
+        let mut peers = Peers(children);
+        for c in &mut peers.0 {
+            let mut line = String::new();
+            let out = c.stdout.take().expect("piped");
+            std::io::BufReader::new(out)
+                .read_line(&mut line)
+                .map_err(|e| Fail(format!("helper: {e}")))?;
+            if !line.starts_with("ready") {
+                return Err(Fail(format!("helper failed: {line:?}")));
+            }
+        }
+        Ok(peers)
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            drop(c.stdin.take());
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `chirp bench-peers`: opens `count` connections (handshaken unless `silent`) and holds
+/// them until stdin closes. A refused connection (closed by the node) counts as opened: the
+/// point is the load on the node.
+pub(crate) fn peers(addr: SocketAddr, count: usize, silent: bool) -> Result<(), Fail> {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("chirp: cannot raise the open-files limit: {e}");
+    }
+    let io = |e: std::io::Error| Fail(format!("peer connection: {e}"));
+    if silent {
+        return flood(addr, count);
+    }
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut s = TcpStream::connect(addr).map_err(io)?;
+        if !silent {
+            let hs = libchirp::wire::Handshake {
+                port: 1 + (i % 65535) as u16,
+                identity: Identity::random(),
+            }
+            .encode();
+            s.write_all(&hs).map_err(io)?;
+            let mut theirs = [0u8; 18];
+            s.read_exact(&mut theirs).map_err(io)?;
+        }
+        held.push(s);
+    }
+    println!("ready {count}");
+    let _ = std::io::stdout().flush();
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    Ok(())
+}
+
+/// Opens `count` silent connections to `addr` with non-blocking connects (a SYN the
+/// full accept queue dropped is retried by the kernel while the others proceed), waits up
+/// to a minute until each is connected or refused, holds them until stdin closes.
+fn flood(addr: SocketAddr, count: usize) -> Result<(), Fail> {
+    use socket2::{Domain, Socket, Type};
+    let io = |e: std::io::Error| Fail(format!("flood connection: {e}"));
+    let mut socks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
+        s.set_nonblocking(true).map_err(io)?;
+        match s.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e)
+                if e.raw_os_error() == Some(115) || e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(io(e)),
+        }
+        socks.push(s);
+    }
+    // Settled: connected (peer address known) or failed (an error is pending).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pending: Vec<usize> = (0..socks.len()).collect();
+    while !pending.is_empty() && Instant::now() < deadline {
+        pending.retain(|&i| {
+            let s = &socks[i];
+            s.peer_addr().is_err() && !matches!(s.take_error(), Ok(Some(_)))
+        });
+        std::thread::sleep(Duration::from_millis(20)); // a measurement helper's poll
+    }
+    println!("ready {count} ({} still connecting)", pending.len());
+    let _ = std::io::stdout().flush();
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    Ok(())
+}
+
+/// Sequential synchronous round trips of a good peer: (p50, p99) in milliseconds.
+fn latency(
+    client: &Node,
+    inbox: &crossbeam_channel::Receiver<()>,
+    to: SocketAddr,
+    n: usize,
+) -> Result<(f64, f64), Fail> {
+    Ok(percentiles(good_peer_rtts(client, inbox, to, n)?))
+}
+
+/// The median and 99th percentile of `rtts`.
+fn percentiles(mut rtts: Vec<f64>) -> (f64, f64) {
+    if rtts.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    rtts.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// `n` sequential synchronous round trips of a good peer, in milliseconds each.
+fn good_peer_rtts(
+    client: &Node,
+    inbox: &crossbeam_channel::Receiver<()>,
+    to: SocketAddr,
+    n: usize,
+) -> Result<Vec<f64>, Fail> {
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        client
+            .send(libchirp::Message::to(to, (i as u32).to_be_bytes().to_vec()))
+            .wait_timeout(Duration::from_secs(10))
+            .map_err(|_| Fail("the good peer's send did not complete within 10 s".into()))??;
+        inbox
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| Fail("the good peer's echo did not come back within 10 s".into()))?;
+        rtts.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(rtts)
+}
+
+/// `chirp bench-idle`: capacity figures of an echo node with `n` idle peers, then (with
+/// `flood`) a flood of silent connections.
+pub(crate) fn idle(n: usize, flood: usize) -> Result<(), Fail> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         eprintln!("chirp: cannot raise the open-files limit: {e}");
     }
@@ -208,51 +382,105 @@ pub(crate) fn idle(n: usize) -> Result<(), Fail> {
     c.disable_encryption = true;
     c.bind_v6 = None;
     c.backlog = 127;
-    let node = Node::start(c, drop)?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], node.port()));
+    let echo = Node::start_inline(c.clone(), |node, mut msg| {
+        let _ = msg.release();
+        drop(node.send(msg));
+    })?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], echo.port()));
+    let (tx, inbox) = crossbeam_channel::unbounded();
+    let client = Node::start(c, move |m| {
+        drop(m);
+        let _ = tx.send(());
+    })?;
+    // Warm up: the good peer's connection and one-time allocations are in the baseline.
+    latency(&client, &inbox, addr, 200)?;
     let conns = |want: usize| {
         wait_for(|| {
-            let have = node.connection_count();
+            let have = echo.connection_count();
             (have != want).then(|| format!("expected {want} connections, have {have}"))
         })
     };
-    let io = |e: std::io::Error| Fail(format!("idle connection: {e}"));
-    let open = |port: u16| -> Result<TcpStream, Fail> {
-        let mut s = TcpStream::connect(addr).map_err(io)?;
-        let hs = libchirp::wire::Handshake {
-            port,
-            identity: Identity::random(),
-        }
-        .encode();
-        s.write_all(&hs).map_err(io)?;
-        let mut theirs = [0u8; 18];
-        s.read_exact(&mut theirs).map_err(io)?;
-        Ok(s)
-    };
-    // Warm up one connection so that one-time allocations are not counted.
-    let mut clients = Vec::with_capacity(n + 1);
-    clients.push(open(1)?);
     conns(1)?;
-    let before = resident_kib();
-    let threads_before = node.thread_count();
-    for i in 0..n {
-        clients.push(open(2 + i as u16)?);
-    }
-    conns(n + 1)?;
-    // Every connection set up: its reader thread running (writers start only when a write
-    // would block).
-    wait_for(|| {
-        let started = node.thread_count() - threads_before;
-        (started < n).then(|| format!("only {started} of {n} connection threads started"))
-    })?;
-    let after = resident_kib();
-    let threads = node.thread_count() - threads_before;
+    let base = (os_threads(), fd_count(), resident_kib());
+    let eff = echo.config();
     println!(
-        "{n} idle connections: {:.1} KiB resident each ({} threads each)",
-        (after.saturating_sub(before)) as f64 / n as f64,
-        threads / n.max(1)
+        "limits: max_connections {}, max_handshaking {} (from RLIMIT_NOFILE, threads, vm.max_map_count)",
+        eff.max_connections(),
+        eff.max_handshaking()
     );
-    drop(clients);
-    node.close();
+    if n > 0 {
+        let t = Instant::now();
+        let peers = Peers::start(addr, n, false)?;
+        conns(n + 1)?;
+        let setup = t.elapsed();
+        let (threads, fds, rss) = (os_threads(), fd_count(), resident_kib());
+        let (p50, p99) = latency(&client, &inbox, addr, 2000)?;
+        println!(
+            "{n} idle peers (set up in {:.1} s): {:.2} threads, {:.2} fds and {:.1} KiB resident per connection; good peer round trip p50 {p50:.3} ms, p99 {p99:.3} ms",
+            setup.as_secs_f64(),
+            (threads - base.0) as f64 / n as f64,
+            (fds - base.1) as f64 / n as f64,
+            rss.saturating_sub(base.2) as f64 / n as f64,
+        );
+        drop(peers);
+        conns(1)?;
+    }
+    if flood > 0 {
+        let before = echo.stats();
+        let t = Instant::now();
+        // The good peer's round trips go on while the flood is opened and held.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let measuring = {
+            let (client, inbox, stop) = (client.clone(), inbox.clone(), stop.clone());
+            std::thread::spawn(move || -> Result<Vec<f64>, Fail> {
+                let mut all = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    all.extend(good_peer_rtts(&client, &inbox, addr, 50)?);
+                }
+                Ok(all)
+            })
+        };
+        let peers = Peers::start(addr, flood, true);
+        let opened = t.elapsed();
+        let during = echo.stats();
+        std::thread::sleep(Duration::from_secs(1)); // hold the flood a moment (a measurement)
+        stop.store(true, Ordering::Relaxed);
+        let rtts = measuring
+            .join()
+            .map_err(|_| Fail("latency thread panicked".into()))??;
+        let peers = peers?;
+        let (p50, p99) = percentiles(rtts);
+        drop(peers);
+        let after = echo.stats();
+        println!(
+            "flood of {flood} silent connections (opened in {:.1} s): {} held in the handshake (cap {}), {} refused by the half-open cap, {} by max_connections; good peer round trip while it was opened and held p50 {p50:.3} ms, p99 {p99:.3} ms",
+            opened.as_secs_f64(),
+            during.handshaking,
+            eff.max_handshaking(),
+            after.refused_handshaking - before.refused_handshaking,
+            after.refused_capacity - before.refused_capacity,
+        );
+    }
+    // Back to the baseline: every connection but the good peer's gone, threads and
+    // descriptors as before.
+    conns(1)?;
+    wait_for(|| {
+        let (t, f) = (os_threads(), fd_count());
+        (t > base.0 || f > base.1).then(|| {
+            format!(
+                "threads {t} and descriptors {f} did not come back to {} and {}",
+                base.0, base.1
+            )
+        })
+    })?;
+    println!(
+        "afterwards: {} threads, {} descriptors (baseline {}, {})",
+        os_threads(),
+        fd_count(),
+        base.0,
+        base.1
+    );
+    client.close();
+    echo.close();
     Ok(())
 }

@@ -137,11 +137,28 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Resident memory of idle plaintext connections: opens N connections to a node.
+    /// Capacity: an echo node in this process with N idle handshaken peers (held by helper
+    /// processes); prints threads, descriptors and resident memory per connection and a good
+    /// peer's round-trip latency. With --flood M, then floods it with M connections that
+    /// never handshake and checks that the good peer is served and that threads and
+    /// descriptors come back to their baseline.
     BenchIdle {
-        /// Number of idle connections.
-        #[arg(long, default_value_t = 1000)]
-        connections: usize,
+        /// Number of idle peers.
+        #[arg(long, alias = "connections", default_value_t = 1000)]
+        peers: usize,
+        /// Connections that never handshake, opened after the idle peers have gone.
+        #[arg(long, default_value_t = 0)]
+        flood: usize,
+    },
+    /// Measurement helper for bench-idle: opens COUNT connections to ADDR (handshaken, or
+    /// silent with --silent), prints "ready OPENED", holds them until stdin closes.
+    #[command(hide = true)]
+    BenchPeers {
+        addr: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        silent: bool,
     },
     /// Baseline: raw TCP on loopback, no libchirp. Ping-pong of SIZE-byte messages (one
     /// outstanding) or, with --stream, one-way bandwidth.
@@ -259,7 +276,12 @@ fn run(cli: Cli, signals: Receiver<()>) -> Result<(), Fail> {
             stream,
             common,
         } => bench::bench(&common, window.max(1), size, count, tls, stream, signals),
-        Command::BenchIdle { connections } => bench::idle(connections),
+        Command::BenchIdle { peers, flood } => bench::idle(peers, flood),
+        Command::BenchPeers {
+            addr,
+            count,
+            silent,
+        } => bench::peers(parse_addr(&addr)?, count, silent),
         Command::BenchRaw {
             size,
             count,
