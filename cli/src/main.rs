@@ -71,6 +71,13 @@ pub(crate) struct Common {
     /// Encrypt loopback connections too.
     #[arg(long)]
     always_encrypt: bool,
+    /// Most connections at once (default: derived from the process's limits).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Most accepted connections in their handshake at once (default: a quarter of
+    /// --max-connections, at least 16).
+    #[arg(long, value_name = "N")]
+    max_handshaking: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -310,6 +317,8 @@ fn config(common: &Common, default_port: u16) -> Result<Config, Fail> {
     c.cert_chain = common.cert_chain.clone();
     c.dh_params = common.dh_params.clone();
     c.always_encrypt = common.always_encrypt;
+    c.max_connections = common.max_connections.unwrap_or(0);
+    c.max_handshaking = common.max_handshaking.unwrap_or(0);
     if !c.disable_encryption && (c.cert_chain.is_none() || c.dh_params.is_none()) {
         return Err(Fail(
             "encryption needs --cert-chain FILE and --dh-params FILE (or pass --no-encryption)"

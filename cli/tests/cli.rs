@@ -1,6 +1,6 @@
 //! The `chirp` binary, end to end: every subcommand against real nodes on loopback.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -357,4 +357,86 @@ fn echo_answers_a_sender_that_waits_before_it_receives() {
         assert_eq!(answer.data(), i.to_be_bytes());
     }
     sender.close();
+}
+
+/// Out of descriptors on accept (EMFILE): the node backs off instead of spinning, logs once
+/// per burst, does not die, and serves again once descriptors are free.
+#[test]
+fn out_of_descriptors_on_accept_the_node_backs_off_and_recovers() {
+    let bin = bin();
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            r#"ulimit -n 40 && exec "$0" "$@""#,
+            bin,
+            "echo",
+            "--port",
+            "0",
+            "--no-encryption",
+            "--max-connections",
+            "1000",
+            "--max-handshaking",
+            "1000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chirp under ulimit");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port: u16 = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Far more connections than descriptors: the kernel completes them, the node cannot
+    // accept most of them.
+    let flood: Vec<std::net::TcpStream> = (0..120)
+        .map(|_| std::net::TcpStream::connect(to).unwrap())
+        .collect();
+    // Give the accept loop a whole second of EMFILE (it must back off, not spin or die).
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(1) {
+        assert!(child.try_wait().unwrap().is_none(), "the node died");
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    drop(flood);
+    // Descriptors come back as the node sees the flood close; then a real peer is served.
+    let mut c = libchirp::Config::default();
+    c.port = 0;
+    c.disable_encryption = true;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = libchirp::Node::start(c, move |m| {
+        let _ = tx.send(m.data().to_vec());
+    })
+    .unwrap();
+    let mut served = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !served && Instant::now() < deadline {
+        let sent = peer
+            .send(libchirp::Message::to(to, b"back".to_vec()))
+            .wait_timeout(Duration::from_secs(10));
+        served = matches!(sent, Ok(Ok(_))) && rx.recv_timeout(Duration::from_secs(10)).is_ok();
+    }
+    assert!(served, "the node serves again once descriptors are free");
+    peer.close();
+    assert!(child.try_wait().unwrap().is_none(), "the node is alive");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let accept_lines = err.lines().filter(|l| l.contains("accept failed")).count();
+    assert!(accept_lines >= 1, "the exhaustion is logged: {err}");
+    assert!(
+        accept_lines <= 5,
+        "once per burst, not per failure: {accept_lines} lines"
+    );
 }
