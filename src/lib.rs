@@ -254,7 +254,7 @@ pub use completion::{Completer, Completion};
 pub use config::{Config, Effective};
 pub use error::{Error, Result, SendError};
 pub use message::{Identity, Message};
-pub use node::{Node, Stats};
+pub use node::{Event, Node, RemoteInfo, Stats};
 
 /// The README's example, compiled and run as a doctest so that it stays true.
 #[cfg(doctest)]

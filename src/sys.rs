@@ -90,6 +90,13 @@ fn connect_nonblocking(
             break;
         }
     }
+    // Woken by the node's shutdown: that is the answer, not the socket's error (a reset).
+    if abandon.load(Ordering::Acquire) {
+        return Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "node is closing",
+        ));
+    }
     if let Some(e) = sock.take_error()? {
         return Err(e);
     }

@@ -22,7 +22,7 @@ mod writer;
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,62 @@ pub(crate) struct Settings {
     pub(crate) synchronous: bool,
     /// The TLS context, unless encryption is disabled.
     pub(crate) tls: Option<TlsContext>,
+}
+
+/// Traffic of one connection: relaxed atomics bumped by its own threads as frames go
+/// through, read by whoever observes the node. Bytes are payload bytes (header + data).
+#[derive(Default, Debug)]
+pub(crate) struct Traffic {
+    pub(crate) msgs_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) acks_in: AtomicU64,
+    pub(crate) msgs_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) acks_out: AtomicU64,
+}
+
+impl Traffic {
+    /// Adds `other`'s counts to these.
+    pub(crate) fn add(&self, other: &Traffic) {
+        let pairs = [
+            (&self.msgs_in, &other.msgs_in),
+            (&self.bytes_in, &other.bytes_in),
+            (&self.acks_in, &other.acks_in),
+            (&self.msgs_out, &other.msgs_out),
+            (&self.bytes_out, &other.bytes_out),
+            (&self.acks_out, &other.acks_out),
+        ];
+        for (mine, theirs) in pairs {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the frames of a successful write.
+    fn written(&self, frames: &[(Frame, u32)]) {
+        let (mut msgs, mut bytes, mut acks) = (0u64, 0u64, 0u64);
+        for (f, _) in frames {
+            match f {
+                Frame::User(p) => {
+                    msgs += 1;
+                    bytes += p.msg().payload_len();
+                }
+                Frame::Ack(_) => acks += 1,
+                Frame::Noop => {}
+            }
+        }
+        if msgs > 0 {
+            self.msgs_out.fetch_add(msgs, Ordering::Relaxed);
+            self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if acks > 0 {
+            self.acks_out.fetch_add(acks, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Adds one to a counter.
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
 }
 
 /// What the peer said in its handshake.
@@ -156,6 +212,9 @@ pub(crate) struct Conn {
     reader_cv: Condvar,
     tls: OnceLock<TlsSession>,
     info: OnceLock<PeerInfo>,
+    /// When the handshake completed.
+    since: OnceLock<Instant>,
+    pub(crate) traffic: Traffic,
 }
 
 impl Conn {
@@ -223,6 +282,8 @@ impl Conn {
             reader_cv: Condvar::new(),
             tls: OnceLock::new(),
             info: OnceLock::new(),
+            since: OnceLock::new(),
+            traffic: Traffic::default(),
         }
     }
 
@@ -240,6 +301,21 @@ impl Conn {
     pub(crate) fn idle_for(&self, now: Instant) -> Option<Duration> {
         let st = self.lock();
         (st.handshaken && !st.closing).then(|| now.saturating_duration_since(st.active))
+    }
+
+    /// Whether the connection is encrypted.
+    pub(crate) fn is_encrypted(&self) -> bool {
+        self.encrypt
+    }
+
+    /// When the handshake completed (None before).
+    pub(crate) fn connected_since(&self) -> Option<Instant> {
+        self.since.get().copied()
+    }
+
+    /// Received messages now holding one of this connection's slots.
+    pub(crate) fn slots_in_use(&self) -> usize {
+        self.lock().slots_used
     }
 
     /// Why the connection was shut down, once it was.
@@ -645,5 +721,6 @@ fn establish(
         st.handshaken = true;
         st.active = Instant::now();
     }
+    let _ = conn.since.set(Instant::now());
     conn.owner.connected(conn)
 }

@@ -186,6 +186,7 @@ fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
             match kind {
                 FrameKind::Ack => {
                     src.buf.consume(PREAMBLE_SIZE);
+                    super::bump(&conn.traffic.acks_in, 1);
                     owner.ack(conn, pre.identity);
                 }
                 FrameKind::Noop => {
@@ -197,6 +198,8 @@ fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
                     let len = usize::from(pre.header_len).saturating_add(pre.data_len as usize);
                     let admit = admit(conn, len)?;
                     src.buf.consume(PREAMBLE_SIZE);
+                    super::bump(&conn.traffic.msgs_in, 1);
+                    super::bump(&conn.traffic.bytes_in, len as u64);
                     let header = if pre.header_len == 0 {
                         Vec::new()
                     } else {

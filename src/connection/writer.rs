@@ -269,6 +269,7 @@ pub(crate) fn direct_write(conn: &Arc<Conn>) {
         };
         match outcome {
             Ok(Outcome::Done) => {
+                conn.traffic.written(frames);
                 owner.written(conn, frames, Ok(()));
                 conn.end_write(true);
                 // A batch is bounded: more may be queued. Look until the queue is empty.
@@ -403,6 +404,9 @@ pub(crate) fn run(conn: &Arc<Conn>) {
             encode(&frames, &mut preambles, req_ack);
             let mut parts = parts(&frames, &preambles);
             result = write_blocking(conn, &mut parts, &mut cipher);
+        }
+        if result.is_ok() {
+            conn.traffic.written(&frames);
         }
         owner.written(conn, &mut frames, result.clone());
         if let Err(e) = result {

@@ -16,6 +16,7 @@ use crate::frame::Frame;
 use crate::message::{Identity, Message, ReleaseDone};
 
 use super::remote::{After, Remote};
+use super::stats::{bump, Event};
 use super::Inner;
 
 pub(crate) struct Link {
@@ -94,6 +95,12 @@ impl Owner for Link {
         let ok = remote.attach(conn, &mut after);
         node.run_after(&mut after);
         if ok && !node.is_closed() {
+            node.events.emit(|| Event::Connected {
+                address: SocketAddr::new(conn.peer.ip(), info.port),
+                identity: info.identity,
+                encrypted: conn.is_encrypted(),
+                incoming: !conn.outgoing,
+            });
             Ok(())
         } else {
             Err(Error::Shutdown)
@@ -140,7 +147,10 @@ impl Owner for Link {
             remote.touch();
         }
         match node.requests.take_answered(&msg.identity) {
-            Some(done) => done.complete(Ok(msg)),
+            Some(done) => {
+                bump(&node.counters.requests_answered);
+                done.complete(Ok(msg))
+            }
             None => (node.sink)(msg),
         }
     }
@@ -157,6 +167,9 @@ impl Owner for Link {
     }
 
     fn closed(&self, conn: &Arc<Conn>, reason: &Error, in_flight: bool) {
+        if let Some(node) = self.node.upgrade() {
+            node.conn_ended(conn, reason);
+        }
         if let Some((node, remote)) = self.both() {
             let mut after = After::default();
             remote.conn_closed(conn, reason, in_flight, node.is_closed(), &mut after);

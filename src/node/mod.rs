@@ -11,7 +11,7 @@ mod requests;
 mod stats;
 pub(crate) mod timer;
 
-pub use stats::Stats;
+pub use stats::{Event, RemoteInfo, Stats};
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::completion::Completion;
 use crate::config::{Config, Effective};
-use crate::connection::{self, Conn, Settings, READER_STACK};
+use crate::connection::{self, Conn, Settings, Traffic, READER_STACK};
 use crate::error::{Error, SendError};
 use crate::frame::{Done, Pending};
 use crate::message::{Identity, Message};
@@ -37,8 +37,8 @@ use link::Link;
 use remote::{After, Deferred, Enqueued, Limits, Remote};
 use remotes::Remotes;
 use requests::Requests;
-use stats::{bump, Counters};
-use timer::{Event, Timers};
+use stats::{bump, Counters, Events};
+use timer::{Event as Timed, Timers};
 
 /// Where received messages go: called on the connection's reader thread, must not block for
 /// long (the pool and queue interfaces hand the message to other threads).
@@ -83,6 +83,9 @@ pub(crate) struct Inner {
     next_conn: AtomicU64,
     request_seq: AtomicU64,
     counters: Counters,
+    events: Events,
+    /// Traffic of connections that have ended.
+    retired: Traffic,
     /// Accepted connections still in their handshake.
     handshaking: AtomicUsize,
     /// Rate-limited logging of refusals and resource failures.
@@ -104,6 +107,9 @@ impl Inner {
         for d in after.0.drain(..) {
             match d {
                 Deferred::Send(p, r) => {
+                    if let Err(e) = &r {
+                        self.counters.send_failed(e);
+                    }
                     if let Some((id, identity, e)) = p.finish(r) {
                         self.requests.fail(id, identity, e);
                     }
@@ -226,9 +232,9 @@ impl Inner {
     /// Starts the thread that dials and then reads `conn`.
     fn start_dial(self: &Arc<Self>, conn: Arc<Conn>) {
         let addr = conn.peer;
-        self.start_conn(conn, |e| Error::CannotConnect {
-            addr,
-            reason: format!("cannot start the connection's thread: {e}"),
+        self.start_conn(conn, |e| Error::Io {
+            kind: e.kind(),
+            reason: format!("cannot start the thread of the connection to {addr}: {e}"),
         });
     }
 
@@ -251,7 +257,7 @@ impl Inner {
     /// A thread for `conn` could not be started: count and log (rate-limited); the caller
     /// refuses that one connection.
     fn resources_failed(&self, conn: &Conn, e: &io::Error) {
-        bump(&self.counters.refused_resources);
+        // Counted (refused_resources) when the connection is shut down with the Io error.
         if let Some(n) = self.resources_log.allow() {
             log::error!(
                 "cannot start a thread for the connection with {}: {e}; that connection is refused, the node goes on{}",
@@ -287,6 +293,10 @@ impl Inner {
             drop(registry);
             drop(stream);
             bump(counter);
+            self.events.emit(|| Event::Refused {
+                address: peer,
+                reason: Error::LimitReached { limit, value },
+            });
             if let Some(n) = self.refusals_log.allow() {
                 log::warn!(
                     "refused a connection from {peer}: {limit} ({value}) reached{}",
@@ -332,9 +342,31 @@ impl Inner {
         self.handshaking.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// The connection's threads have all ended.
+    /// The connection's threads have all ended: its traffic joins the retired totals.
     fn forget(&self, id: u64) {
-        self.registry().remove(&id);
+        if let Some(r) = self.registry().remove(&id) {
+            self.retired.add(&r.conn.traffic);
+        }
+    }
+
+    /// A connection was shut down with `reason`: counted, and told to event listeners.
+    fn conn_ended(&self, conn: &Conn, reason: &Error) {
+        let info = conn.peer_info();
+        let handshaken = conn.connected_since().is_some();
+        self.counters
+            .ended(reason, handshaken, !conn.outgoing, self.is_closed());
+        match info {
+            Some(i) if handshaken => self.events.emit(|| Event::Disconnected {
+                address: SocketAddr::new(conn.peer.ip(), i.port),
+                identity: i.identity,
+                reason: reason.clone(),
+            }),
+            _ if !conn.outgoing => self.events.emit(|| Event::Refused {
+                address: conn.peer,
+                reason: reason.clone(),
+            }),
+            _ => {}
+        }
     }
 
     /// A snapshot of the registry (the registry is not locked while using it).
@@ -357,6 +389,7 @@ impl Inner {
                 Enqueued::Removed(back) => p = back,
                 Enqueued::Full(back) => {
                     bump(&self.counters.queue_full);
+                    bump(&self.counters.sends_failed_limit);
                     let e = Error::LimitReached {
                         limit: "max_queued",
                         value: self.lim.max_queued,
@@ -387,34 +420,35 @@ impl Inner {
         }
     }
 
-    fn on_timer(self: &Arc<Self>, ev: Event) {
+    fn on_timer(self: &Arc<Self>, ev: Timed) {
         let mut after = After::default();
         match ev {
-            Event::Gc => {
+            Timed::Gc => {
                 self.gc(&mut after);
                 let r = self.lim.reuse_time.as_millis() as u64;
                 let delay = crate::rand::range(r / 2, r);
                 self.timers
-                    .schedule(Instant::now() + Duration::from_millis(delay), Event::Gc);
+                    .schedule(Instant::now() + Duration::from_millis(delay), Timed::Gc);
             }
-            Event::Debounce(key) => {
+            Timed::Debounce(key) => {
                 if let Some(r) = self.remotes.get(&key) {
                     r.unblock(&|r| self.dial_conn(r), &mut after);
                 }
             }
-            Event::AckDeadline(key) => {
+            Timed::AckDeadline(key) => {
                 if let Some(r) = self.remotes.get(&key) {
                     r.ack_deadline(&self.lim, &mut after);
                 }
             }
-            Event::Request(id, identity) => self.requests.fail(
-                id,
-                identity,
-                Error::timeout(format!(
+            Timed::Request(id, identity) => {
+                let e = Error::timeout(format!(
                     "no answer to request {identity} within {:?}",
                     self.lim.timeout
-                )),
-            ),
+                ));
+                if self.requests.fail(id, identity, e) {
+                    bump(&self.counters.requests_timed_out);
+                }
+            }
         }
         self.run_after(&mut after);
     }
@@ -658,6 +692,8 @@ impl Node {
             next_conn: AtomicU64::new(1),
             request_seq: AtomicU64::new(1),
             counters: Counters::default(),
+            events: Events::new(),
+            retired: Traffic::default(),
             handshaking: AtomicUsize::new(0),
             refusals_log: Burst::new(),
             resources_log: Burst::new(),
@@ -700,7 +736,7 @@ impl Node {
         let r = inner.lim.reuse_time.as_millis() as u64;
         inner.timers.schedule(
             Instant::now() + Duration::from_millis(crate::rand::range(r / 2, r)),
-            Event::Gc,
+            Timed::Gc,
         );
         let listeners = inner
             .listeners
@@ -777,20 +813,19 @@ impl Node {
     /// The connection is set up on demand, reused, and garbage-collected when idle.
     pub fn send(&self, msg: Message) -> Completion<Result<Message, SendError>> {
         let addr = match self.check_outgoing(&msg) {
+            Ok(_) if self.inner.is_closed() => Err(Error::Shutdown),
+            other => other,
+        };
+        let addr = match addr {
             Ok(a) => a,
             Err(error) => {
+                self.inner.counters.send_failed(&error);
                 return Completion::ready(Err(SendError {
                     error,
                     message: msg,
-                }))
+                }));
             }
         };
-        if self.inner.is_closed() {
-            return Completion::ready(Err(SendError {
-                error: Error::Shutdown,
-                message: msg,
-            }));
-        }
         let (completion, done) = Completion::pair();
         self.inner
             .enqueue(addr, Pending::new(msg, Done::Wait(done)));
@@ -830,7 +865,7 @@ impl Node {
         }
         inner
             .timers
-            .schedule(deadline, Event::Request(id, identity));
+            .schedule(deadline, Timed::Request(id, identity));
         inner.enqueue(addr, Pending::new(msg, Done::Request(id, identity)));
         completion
     }
@@ -870,12 +905,112 @@ impl Node {
         self.inner.registry().len()
     }
 
-    /// The node's counters and gauges: connections, refusals by reason, full queues.
+    /// The node's counters since start and its gauges now (see [`Stats`]). Cheap: it reads
+    /// relaxed atomics, and locks each connection and remote only long enough to read its
+    /// gauges; the per-message path is untouched.
+    ///
+    /// ```
+    /// use libchirp::{queue::Chirp, Config, Message};
+    /// let mut config = Config::default();
+    /// config.port = 0;
+    /// config.disable_encryption = true;
+    /// let a = Chirp::new(config.clone())?;
+    /// let b = Chirp::new(config)?;
+    /// let to = format!("127.0.0.1:{}", b.port()).parse()?;
+    /// let sending = a.send(Message::to(to, b"hi"));
+    /// b.recv_timeout(std::time::Duration::from_secs(5))?; // released when handed out
+    /// sending.wait()?;
+    /// let s = a.stats();
+    /// assert_eq!((s.msgs_out, s.bytes_out, s.dialed), (1, 2, 1));
+    /// println!("{} connections, {} messages out, {} failed", s.connections, s.msgs_out, s.sends_failed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         let inner = &self.inner;
-        let connections = inner.registry().len() as u64;
-        let handshaking = inner.handshaking.load(Ordering::Relaxed) as u64;
-        inner.counters.snapshot(connections, handshaking)
+        let mut s = inner.counters.snapshot();
+        let traffic = Traffic::default();
+        traffic.add(&inner.retired);
+        let conns: Vec<Arc<Conn>> = inner.registry().values().map(|r| r.conn.clone()).collect();
+        s.connections = conns.len() as u64;
+        for c in &conns {
+            traffic.add(&c.traffic);
+            s.slots_in_use += c.slots_in_use() as u64;
+        }
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        s.msgs_in = get(&traffic.msgs_in);
+        s.msgs_out = get(&traffic.msgs_out);
+        s.bytes_in = get(&traffic.bytes_in);
+        s.bytes_out = get(&traffic.bytes_out);
+        s.acks_in = get(&traffic.acks_in);
+        s.acks_out = get(&traffic.acks_out);
+        for r in inner.remotes.all() {
+            let (queued, in_flight, _, _) = r.observe();
+            s.queued += queued as u64;
+            s.in_flight += in_flight as u64;
+        }
+        s.handshaking = inner.handshaking.load(Ordering::Relaxed) as u64;
+        s.threads = self.thread_count() as u64;
+        s.events_dropped = get(&inner.events.dropped);
+        s
+    }
+
+    /// Every peer the node knows, with its connection's state and traffic (see
+    /// [`RemoteInfo`]).
+    pub fn remotes(&self) -> Vec<RemoteInfo> {
+        let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+        let at = |t: Instant| wall - now.saturating_duration_since(t);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.inner
+            .remotes
+            .all()
+            .into_iter()
+            .map(|r| {
+                let (queued, in_flight, conn, last) = r.observe();
+                let live = conn.as_ref().filter(|c| c.connected_since().is_some());
+                RemoteInfo {
+                    address: SocketAddr::new(r.key.0, r.key.1),
+                    identity: live.and_then(|c| c.peer_info()).map(|i| i.identity),
+                    encrypted: live.is_some_and(|c| c.is_encrypted()),
+                    connected_since: live.and_then(|c| c.connected_since()).map(at),
+                    last_activity: at(last),
+                    queued: queued as u64,
+                    in_flight: in_flight as u64,
+                    slots_in_use: live.map_or(0, |c| c.slots_in_use() as u64),
+                    msgs_in: live.map_or(0, |c| get(&c.traffic.msgs_in)),
+                    msgs_out: live.map_or(0, |c| get(&c.traffic.msgs_out)),
+                    bytes_in: live.map_or(0, |c| get(&c.traffic.bytes_in)),
+                    bytes_out: live.map_or(0, |c| get(&c.traffic.bytes_out)),
+                }
+            })
+            .collect()
+    }
+
+    /// Connection events from now on: connected, disconnected, refused. The channel is
+    /// bounded (1,024); a slow or absent reader never blocks or slows the node — events
+    /// that do not fit are dropped and counted (`Stats::events_dropped`). Events are only
+    /// produced once this was called.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use libchirp::{Config, Event, Message, Node};
+    /// let mut config = Config::default();
+    /// config.port = 0;
+    /// config.disable_encryption = true;
+    /// let a = Node::start(config.clone(), drop)?;
+    /// let events = a.events();
+    /// let b = Node::start(config, drop)?;
+    /// b.send(Message::to(format!("127.0.0.1:{}", a.port()).parse()?, b"hi")).wait()?;
+    /// match events.recv_timeout(Duration::from_secs(5))? {
+    ///     Event::Connected { identity, incoming, .. } => {
+    ///         assert_eq!(identity, b.identity());
+    ///         assert!(incoming);
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn events(&self) -> crossbeam_channel::Receiver<Event> {
+        self.inner.events.subscribe()
     }
 }
 

@@ -440,6 +440,17 @@ impl Remote {
         }
     }
 
+    /// For observers: (queued, awaiting an ACK, current connection, last use).
+    pub(crate) fn observe(&self) -> (usize, usize, Option<Arc<Conn>>, Instant) {
+        let st = self.lock();
+        (
+            st.user.len(),
+            usize::from(st.wait_ack.is_some()),
+            st.conn.clone(),
+            st.timestamp,
+        )
+    }
+
     /// Whether garbage collection may remove this remote: not blocked, idle longer than `r`.
     pub(crate) fn is_idle(&self, now: Instant, r: Duration) -> bool {
         let st = self.lock();

@@ -65,8 +65,8 @@ impl Requests {
         Some(e.done)
     }
 
-    /// Fails request `id` of `identity` with `error`, if it is still pending.
-    pub(crate) fn fail(&self, id: u64, identity: Identity, error: Error) {
+    /// Fails request `id` of `identity` with `error`, if it is still pending (then true).
+    pub(crate) fn fail(&self, id: u64, identity: Identity, error: Error) -> bool {
         let done = {
             let mut map = self.lock();
             match map.get(&identity) {
@@ -78,8 +78,12 @@ impl Requests {
                 _ => None,
             }
         };
-        if let Some(d) = done {
-            d.complete(Err(error));
+        match done {
+            Some(d) => {
+                d.complete(Err(error));
+                true
+            }
+            None => false,
         }
     }
 

@@ -1,9 +1,22 @@
-//! The node's counters: relaxed atomics, each changed where the event happens, so that
-//! observing a node costs nothing on the per-message path.
+//! What an operator can read off a running node: [`Stats`] (counters since start and gauges
+//! now), [`RemoteInfo`] per peer, and [`Event`]s as connections come and go.
+//!
+//! Counters are relaxed atomics kept where the event happens — traffic in each connection,
+//! the rest in the node — so observing costs nothing on the per-message path; a snapshot adds
+//! the live connections' traffic to what closed connections left behind.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::error::Error;
+use crate::message::Identity;
 
 /// A snapshot of a node's counters (since it started) and gauges (now).
+///
+/// Bytes are payload bytes (header + data) of data messages.
 ///
 /// ```
 /// use libchirp::{Config, Node};
@@ -13,43 +26,184 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// let node = Node::start(config, drop)?;
 /// let stats = node.stats();
 /// assert_eq!(stats.connections, 0);
-/// assert_eq!(stats.refused_capacity, 0);
+/// assert_eq!(stats.msgs_in, 0);
 /// # Ok::<(), libchirp::Error>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Connections now (accepted and dialed, set up or not).
+    /// Gauge: connections now (accepted and dialed, set up or not).
     pub connections: u64,
-    /// Accepted connections now still in their handshake.
+    /// Gauge: accepted connections now still in their handshake.
     pub handshaking: u64,
     /// Connections accepted since start.
     pub accepted: u64,
     /// Connections dialed since start.
     pub dialed: u64,
-    /// Accepted sockets closed at once, and dials refused, because `max_connections` was
-    /// reached.
+    /// Refused: `max_connections` reached (accepted sockets closed at once, and dials).
     pub refused_capacity: u64,
-    /// Accepted sockets closed at once because `max_handshaking` was reached.
+    /// Refused: `max_handshaking` reached.
     pub refused_handshaking: u64,
-    /// Connections closed because a thread (or another resource) could not be had.
+    /// Refused: an accepted connection's TLS handshake failed (a stranger, or plaintext).
+    pub refused_tls: u64,
+    /// Refused: an accepted connection broke the protocol, or closed, before its handshake.
+    pub refused_protocol: u64,
+    /// Refused: an accepted connection did not complete its handshake in time.
+    pub refused_handshake_timeout: u64,
+    /// Refused or closed because a thread (or another resource) for the connection could
+    /// not be had, accepted, dialed or established.
     pub refused_resources: u64,
     /// Failed `accept` calls (out of descriptors, memory, ...); the accept loop backs off.
     pub accept_errors: u64,
+    /// Closed: the peer closed or reset the connection.
+    pub closed_peer: u64,
+    /// Closed: a timeout (no ACK, a write or a frame that made no progress, a connect).
+    pub closed_timeout: u64,
+    /// Closed: garbage-collected (idle longer than the reuse time).
+    pub closed_gc: u64,
+    /// Closed: the peer broke the protocol (including a message over `max_msg_size`).
+    pub closed_protocol: u64,
+    /// Closed: a TLS error on an established connection.
+    pub closed_tls: u64,
+    /// Closed: the node closed.
+    pub closed_node: u64,
+    /// Closed for another reason (a dial that could not connect, ...).
+    pub closed_other: u64,
+    /// Data messages received.
+    pub msgs_in: u64,
+    /// Data messages written.
+    pub msgs_out: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Payload bytes written.
+    pub bytes_out: u64,
+    /// ACKs received.
+    pub acks_in: u64,
+    /// ACKs written.
+    pub acks_out: u64,
+    /// Sends that failed, all kinds together (the fields below split them).
+    pub sends_failed: u64,
+    /// Sends failed with a timeout.
+    pub sends_failed_timeout: u64,
+    /// Sends failed because the peer could not be reached.
+    pub sends_failed_cannot_connect: u64,
+    /// Sends failed with a protocol or TLS error of their connection.
+    pub sends_failed_connection: u64,
+    /// Sends failed because the node closed or the remote was garbage-collected.
+    pub sends_failed_shutdown: u64,
+    /// Sends refused by a limit (`max_queued`, `max_connections`).
+    pub sends_failed_limit: u64,
+    /// Sends refused for another reason (too large, invalid address, ...).
+    pub sends_failed_other: u64,
     /// Sends refused because the remote's queue held `max_queued` messages.
     pub queue_full: u64,
+    /// Requests whose answer arrived.
+    pub requests_answered: u64,
+    /// Requests that timed out.
+    pub requests_timed_out: u64,
+    /// Gauge: messages waiting in send queues.
+    pub queued: u64,
+    /// Gauge: synchronous messages written and waiting for their ACK.
+    pub in_flight: u64,
+    /// Gauge: received messages holding a slot (not released yet).
+    pub slots_in_use: u64,
+    /// Gauge: threads of the node.
+    pub threads: u64,
+    /// Events that did not fit the events channel (nobody read them in time).
+    pub events_dropped: u64,
 }
 
-/// The live counters behind [`Stats`].
+/// One peer as the node sees it, from [`Node::remotes`](crate::Node::remotes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RemoteInfo {
+    /// The peer's address and the port it listens on.
+    pub address: SocketAddr,
+    /// The peer's identity from its handshake (None while not connected).
+    pub identity: Option<Identity>,
+    /// Whether the current connection is encrypted.
+    pub encrypted: bool,
+    /// When the current connection completed its handshake (None while not connected).
+    pub connected_since: Option<SystemTime>,
+    /// Last use: a frame written, or data or a NOOP received.
+    pub last_activity: SystemTime,
+    /// Messages waiting in the send queue.
+    pub queued: u64,
+    /// Synchronous messages written and waiting for their ACK (0 or 1).
+    pub in_flight: u64,
+    /// Received messages of the current connection holding a slot.
+    pub slots_in_use: u64,
+    /// Data messages received on the current connection.
+    pub msgs_in: u64,
+    /// Data messages written on the current connection.
+    pub msgs_out: u64,
+    /// Payload bytes received on the current connection.
+    pub bytes_in: u64,
+    /// Payload bytes written on the current connection.
+    pub bytes_out: u64,
+}
+
+/// A connection came, went or was refused; from [`Node::events`](crate::Node::events).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection completed its handshake.
+    Connected {
+        /// The peer's address and the port it listens on.
+        address: SocketAddr,
+        /// The peer's identity.
+        identity: Identity,
+        /// Whether the connection is encrypted.
+        encrypted: bool,
+        /// Whether the peer dialed us.
+        incoming: bool,
+    },
+    /// An established connection ended.
+    Disconnected {
+        /// The peer's address and the port it listens on.
+        address: SocketAddr,
+        /// The peer's identity.
+        identity: Identity,
+        /// Why it ended.
+        reason: Error,
+    },
+    /// An accepted connection was refused (a limit, a failed handshake, no thread).
+    Refused {
+        /// The TCP address it came from.
+        address: SocketAddr,
+        /// Why.
+        reason: Error,
+    },
+}
+
+/// The node's own counters (traffic lives in the connections).
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
     pub(crate) dialed: AtomicU64,
     pub(crate) refused_capacity: AtomicU64,
     pub(crate) refused_handshaking: AtomicU64,
+    pub(crate) refused_tls: AtomicU64,
+    pub(crate) refused_protocol: AtomicU64,
+    pub(crate) refused_handshake_timeout: AtomicU64,
     pub(crate) refused_resources: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
+    pub(crate) closed_peer: AtomicU64,
+    pub(crate) closed_timeout: AtomicU64,
+    pub(crate) closed_gc: AtomicU64,
+    pub(crate) closed_protocol: AtomicU64,
+    pub(crate) closed_tls: AtomicU64,
+    pub(crate) closed_node: AtomicU64,
+    pub(crate) closed_other: AtomicU64,
+    pub(crate) sends_failed_timeout: AtomicU64,
+    pub(crate) sends_failed_cannot_connect: AtomicU64,
+    pub(crate) sends_failed_connection: AtomicU64,
+    pub(crate) sends_failed_shutdown: AtomicU64,
+    pub(crate) sends_failed_limit: AtomicU64,
+    pub(crate) sends_failed_other: AtomicU64,
     pub(crate) queue_full: AtomicU64,
+    pub(crate) requests_answered: AtomicU64,
+    pub(crate) requests_timed_out: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -57,19 +211,159 @@ pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
 impl Counters {
-    pub(crate) fn snapshot(&self, connections: u64, handshaking: u64) -> Stats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    /// A send failed with `e`.
+    pub(crate) fn send_failed(&self, e: &Error) {
+        bump(match e {
+            Error::Timeout { .. } => &self.sends_failed_timeout,
+            Error::CannotConnect { .. } => &self.sends_failed_cannot_connect,
+            Error::Protocol { .. } | Error::Tls { .. } | Error::Io { .. } => {
+                &self.sends_failed_connection
+            }
+            Error::Shutdown => &self.sends_failed_shutdown,
+            Error::LimitReached { .. } => &self.sends_failed_limit,
+            _ => &self.sends_failed_other,
+        });
+    }
+
+    /// A connection ended with `reason`: counted as refused (an accepted connection that
+    /// never completed its handshake) or closed, by reason.
+    pub(crate) fn ended(
+        &self,
+        reason: &Error,
+        handshaken: bool,
+        incoming: bool,
+        node_closing: bool,
+    ) {
+        let peer_closed =
+            matches!(reason, Error::Protocol { reason } if reason.starts_with("peer closed"));
+        if !handshaken && incoming && !node_closing {
+            bump(match reason {
+                Error::Tls { .. } => &self.refused_tls,
+                Error::Timeout { .. } => &self.refused_handshake_timeout,
+                Error::Io { .. } => &self.refused_resources,
+                _ => &self.refused_protocol,
+            });
+            return;
+        }
+        bump(match reason {
+            _ if node_closing => &self.closed_node,
+            // No thread (or other resource) for it: counted with the refusals.
+            Error::Io { .. } => &self.refused_resources,
+            _ if peer_closed => &self.closed_peer,
+            Error::Timeout { .. } => &self.closed_timeout,
+            Error::Shutdown => &self.closed_gc,
+            Error::Protocol { .. } | Error::MessageTooLarge { .. } => &self.closed_protocol,
+            Error::Tls { .. } => &self.closed_tls,
+            _ => &self.closed_other,
+        });
+    }
+
+    /// Fills in the node's own counters; the caller fills in traffic and gauges.
+    pub(crate) fn snapshot(&self) -> Stats {
+        let sends = [
+            &self.sends_failed_timeout,
+            &self.sends_failed_cannot_connect,
+            &self.sends_failed_connection,
+            &self.sends_failed_shutdown,
+            &self.sends_failed_limit,
+            &self.sends_failed_other,
+        ];
         Stats {
-            connections,
-            handshaking,
             accepted: get(&self.accepted),
             dialed: get(&self.dialed),
             refused_capacity: get(&self.refused_capacity),
             refused_handshaking: get(&self.refused_handshaking),
+            refused_tls: get(&self.refused_tls),
+            refused_protocol: get(&self.refused_protocol),
+            refused_handshake_timeout: get(&self.refused_handshake_timeout),
             refused_resources: get(&self.refused_resources),
             accept_errors: get(&self.accept_errors),
+            closed_peer: get(&self.closed_peer),
+            closed_timeout: get(&self.closed_timeout),
+            closed_gc: get(&self.closed_gc),
+            closed_protocol: get(&self.closed_protocol),
+            closed_tls: get(&self.closed_tls),
+            closed_node: get(&self.closed_node),
+            closed_other: get(&self.closed_other),
+            sends_failed: sends.iter().map(|c| get(c)).sum(),
+            sends_failed_timeout: get(&self.sends_failed_timeout),
+            sends_failed_cannot_connect: get(&self.sends_failed_cannot_connect),
+            sends_failed_connection: get(&self.sends_failed_connection),
+            sends_failed_shutdown: get(&self.sends_failed_shutdown),
+            sends_failed_limit: get(&self.sends_failed_limit),
+            sends_failed_other: get(&self.sends_failed_other),
             queue_full: get(&self.queue_full),
+            requests_answered: get(&self.requests_answered),
+            requests_timed_out: get(&self.requests_timed_out),
+            ..Stats::default()
+        }
+    }
+}
+
+impl Stats {
+    /// All refusals together.
+    pub fn refused(&self) -> u64 {
+        self.refused_capacity
+            + self.refused_handshaking
+            + self.refused_tls
+            + self.refused_protocol
+            + self.refused_handshake_timeout
+            + self.refused_resources
+    }
+
+    /// All closed connections together.
+    pub fn closed(&self) -> u64 {
+        self.closed_peer
+            + self.closed_timeout
+            + self.closed_gc
+            + self.closed_protocol
+            + self.closed_tls
+            + self.closed_node
+            + self.closed_other
+    }
+}
+
+/// Capacity of the events channel.
+const EVENTS: usize = 1024;
+
+/// The events channel: events are produced only once somebody asked for them, and never
+/// block the node (what does not fit is dropped and counted).
+pub(crate) struct Events {
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    subscribed: AtomicBool,
+    pub(crate) dropped: AtomicU64,
+}
+
+impl Events {
+    pub(crate) fn new() -> Events {
+        let (tx, rx) = crossbeam_channel::bounded(EVENTS);
+        Events {
+            tx,
+            rx,
+            subscribed: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> Receiver<Event> {
+        self.subscribed.store(true, Ordering::Relaxed);
+        self.rx.clone()
+    }
+
+    /// Emits the event `make` builds, if anybody listens.
+    pub(crate) fn emit(&self, make: impl FnOnce() -> Event) {
+        if !self.subscribed.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(make())
+        {
+            bump(&self.dropped);
         }
     }
 }
