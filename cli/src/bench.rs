@@ -98,6 +98,9 @@ fn one_way(mut c: Config, size: usize, count: u64) -> Result<(), Fail> {
             .map_err(|_| Fail("the receiver did not get every message".into()))
     });
     let elapsed = start.elapsed();
+    if r.is_ok() {
+        eprintln!("summary: {}", crate::stats_line(&sender.stats(), None));
+    }
     sender.close();
     receiver.close();
     r?;

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use crossbeam_channel::Receiver;
-use libchirp::{Config, Error, Node, SendError};
+use libchirp::{Config, Error, Node, SendError, Stats};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -84,11 +84,17 @@ pub(crate) struct Common {
 enum Command {
     /// Send every received message back to its sender.
     Echo {
+        /// Print the node's statistics to stderr every SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        stats: Option<f64>,
         #[command(flatten)]
         common: Common,
     },
     /// Print one line per received message: ADDRESS:PORT IDENTITY SERIAL DATA.
     Listen {
+        /// Print the node's statistics to stderr every SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        stats: Option<f64>,
         #[command(flatten)]
         common: Common,
     },
@@ -248,8 +254,12 @@ fn stop_signals() -> std::io::Result<Receiver<()>> {
 
 fn run(cli: Cli, signals: Receiver<()>) -> Result<(), Fail> {
     match cli.command {
-        Command::Echo { common } => serve::echo(config(&common, 2998)?, signals),
-        Command::Listen { common } => serve::listen(config(&common, 2998)?, signals),
+        Command::Echo { stats, common } => {
+            serve::echo(config(&common, 2998)?, period(stats)?, signals)
+        }
+        Command::Listen { stats, common } => {
+            serve::listen(config(&common, 2998)?, period(stats)?, signals)
+        }
         Command::Send {
             addr,
             data,
@@ -294,6 +304,72 @@ fn run(cli: Cli, signals: Receiver<()>) -> Result<(), Fail> {
             count,
             stream,
         } => bench::raw(size, count, stream),
+    }
+}
+
+/// The `--stats` period.
+fn period(secs: Option<f64>) -> Result<Option<Duration>, Fail> {
+    match secs {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s >= 0.01 => Ok(Some(Duration::from_secs_f64(s.min(1e6)))),
+        Some(s) => Err(Fail(format!(
+            "--stats must be a number of seconds of at least 0.01, got {s}"
+        ))),
+    }
+}
+
+/// One line of statistics: `connections=N handshaking=N accepted=N refused=N closed=N
+/// msgs_in=N msgs_out=N bytes_in=N bytes_out=N acks_in=N acks_out=N errors=N`, then, given
+/// the previous snapshot and the time since, the rates per second.
+pub(crate) fn stats_line(s: &Stats, before: Option<(&Stats, Duration)>) -> String {
+    let mut line = format!(
+        "connections={} handshaking={} accepted={} refused={} closed={} msgs_in={} msgs_out={} bytes_in={} bytes_out={} acks_in={} acks_out={} errors={}",
+        s.connections,
+        s.handshaking,
+        s.accepted,
+        s.refused(),
+        s.closed(),
+        s.msgs_in,
+        s.msgs_out,
+        s.bytes_in,
+        s.bytes_out,
+        s.acks_in,
+        s.acks_out,
+        s.sends_failed,
+    );
+    if let Some((b, dt)) = before {
+        let rate =
+            |now: u64, then: u64| now.saturating_sub(then) as f64 / dt.as_secs_f64().max(1e-9);
+        line.push_str(&format!(
+            " msgs_in/s={:.0} msgs_out/s={:.0} bytes_in/s={:.0} bytes_out/s={:.0}",
+            rate(s.msgs_in, b.msgs_in),
+            rate(s.msgs_out, b.msgs_out),
+            rate(s.bytes_in, b.bytes_in),
+            rate(s.bytes_out, b.bytes_out),
+        ));
+    }
+    line
+}
+
+/// Serves until a signal, printing a statistics line to stderr every `period`.
+pub(crate) fn serve_until_signal(node: &Node, period: Option<Duration>, signals: &Receiver<()>) {
+    let Some(period) = period else {
+        let _ = signals.recv();
+        return;
+    };
+    let mut before = (node.stats(), std::time::Instant::now());
+    loop {
+        match signals.recv_timeout(period) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let now = (node.stats(), std::time::Instant::now());
+                eprintln!(
+                    "{}",
+                    stats_line(&now.0, Some((&before.0, now.1 - before.1)))
+                );
+                before = now;
+            }
+            _ => return,
+        }
     }
 }
 

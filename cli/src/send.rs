@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use libchirp::{Completion, Config, Message, Node, SendError};
 
-use crate::{print_rate, watch_signals, Fail};
+use crate::{print_rate, stats_line, watch_signals, Fail};
 
 /// What to send, where, and how many at once.
 pub(crate) struct Opts {
@@ -39,6 +39,7 @@ pub(crate) fn send(
     let node = Arc::new(Node::start(config, drop)?);
     watch_signals(&node, signals);
     let r = plain_sends(&node, &opts);
+    summary(&node, &r);
     node.close();
     r
 }
@@ -64,6 +65,14 @@ pub(crate) fn request(
     };
     node.close();
     r
+}
+
+/// After a successful run, the node's statistics on stderr (after a failure, the one error
+/// line stays alone).
+fn summary<T>(node: &Node, r: &Result<T, Fail>) {
+    if r.is_ok() {
+        eprintln!("summary: {}", stats_line(&node.stats(), None));
+    }
 }
 
 /// An event-driven sender. The handler (on the reader thread, like a C libchirp callback)
@@ -199,6 +208,7 @@ pub(crate) fn echo_round_trips(
     if progress {
         eprint!("\r");
     }
+    summary(&node, &result);
     node.close();
     result.map(|()| elapsed)
 }

@@ -1,28 +1,37 @@
 //! `chirp echo` and `chirp listen`: nodes that serve until SIGINT or SIGTERM.
 
 use std::io::Write;
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use libchirp::{Config, Node};
 
-use crate::{announce, Fail};
+use crate::{announce, serve_until_signal, Fail};
 
 /// Sends every received message back to its sender. The request is released first, then
 /// answered: a synchronous sender that waits for its send before reading the answer is
 /// not left waiting on us while we wait on it.
-pub(crate) fn echo(config: Config, signals: Receiver<()>) -> Result<(), Fail> {
+pub(crate) fn echo(
+    config: Config,
+    stats: Option<Duration>,
+    signals: Receiver<()>,
+) -> Result<(), Fail> {
     let node = Node::start_inline(config, |node, mut msg| {
         let _ = msg.release();
         drop(node.send(msg));
     })?;
     announce(&node);
-    let _ = signals.recv();
+    serve_until_signal(&node, stats, &signals);
     node.close();
     Ok(())
 }
 
 /// Prints one line per received message: `ADDRESS:PORT IDENTITY SERIAL DATA`.
-pub(crate) fn listen(config: Config, signals: Receiver<()>) -> Result<(), Fail> {
+pub(crate) fn listen(
+    config: Config,
+    stats: Option<Duration>,
+    signals: Receiver<()>,
+) -> Result<(), Fail> {
     let node = Node::start(config, |msg| {
         let line = format!(
             "{} {} {} {}\n",
@@ -36,7 +45,7 @@ pub(crate) fn listen(config: Config, signals: Receiver<()>) -> Result<(), Fail> 
         let _ = out.flush();
     })?;
     announce(&node);
-    let _ = signals.recv();
+    serve_until_signal(&node, stats, &signals);
     node.close();
     Ok(())
 }

@@ -123,11 +123,14 @@ fn echo_and_send_sync_async_ipv4_ipv6() {
             );
             assert!(o.status.success(), "{}", stderr(&o));
             assert_rate_line(&stdout(&o), 200);
-            assert!(
-                o.stderr.is_empty(),
-                "no progress on a pipe: {:?}",
-                stderr(&o)
-            );
+            // On a pipe: no progress line, only the closing summary of the statistics.
+            let err = stderr(&o);
+            assert!(!err.contains('\r'), "no progress on a pipe: {err:?}");
+            assert_eq!(err.lines().count(), 1, "{err:?}");
+            let summary = parse_stats(err.strip_prefix("summary: ").expect("summary line"));
+            assert_eq!(summary["msgs_out"], 200, "{err}");
+            assert_eq!(summary["msgs_in"], 200, "{err}");
+            assert_eq!(summary["errors"], 0, "{err}");
         }
         // Without --echo: waits for the sends, prints nothing.
         let o = run(
@@ -439,4 +442,97 @@ fn out_of_descriptors_on_accept_the_node_backs_off_and_recovers() {
         accept_lines <= 5,
         "once per burst, not per failure: {accept_lines} lines"
     );
+}
+
+/// The `key=value` fields of a statistics line.
+fn parse_stats(line: &str) -> std::collections::HashMap<String, u64> {
+    line.split_whitespace()
+        .filter(|f| !f.contains("/s="))
+        .map(|f| {
+            let (k, v) = f
+                .split_once('=')
+                .unwrap_or_else(|| panic!("field {f:?} in {line:?}"));
+            (
+                k.to_string(),
+                v.parse()
+                    .unwrap_or_else(|_| panic!("value {v:?} in {line:?}")),
+            )
+        })
+        .collect()
+}
+
+/// `chirp echo --stats SECS` prints one line of statistics per interval to stderr; the
+/// counters move with the traffic.
+#[test]
+fn echo_prints_statistics_lines_that_parse() {
+    let bin = bin();
+    let mut child = Command::new(bin)
+        .args(["echo", "--port", "0", "--no-encryption", "--stats", "0.2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let o = run(
+        bin,
+        &[
+            "send",
+            &format!("127.0.0.1:{port}"),
+            "--no-encryption",
+            "--count",
+            "50",
+            "--echo",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    while Instant::now() < deadline {
+        let Ok(l) = lines.recv_timeout(Duration::from_secs(5)) else {
+            break;
+        };
+        let s = parse_stats(&l);
+        for key in [
+            "connections",
+            "handshaking",
+            "accepted",
+            "refused",
+            "closed",
+            "msgs_in",
+            "msgs_out",
+            "bytes_in",
+            "bytes_out",
+            "acks_in",
+            "acks_out",
+            "errors",
+        ] {
+            assert!(s.contains_key(key), "{key} missing in {l:?}");
+        }
+        assert!(l.contains("msgs_in/s="), "rates beside the totals: {l:?}");
+        if s["msgs_in"] == 50 && s["acks_in"] == 50 {
+            last = Some(s);
+            break;
+        }
+    }
+    let s = last.expect("a statistics line counting the 50 messages");
+    assert_eq!((s["msgs_out"], s["accepted"], s["errors"]), (50, 1, 0));
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -21,6 +21,8 @@ pub struct Frame {
 pub struct Raw {
     pub stream: TcpStream,
     pub peer: Handshake,
+    /// The identity this raw peer sent in its handshake.
+    pub me: Identity,
 }
 
 impl Raw {
@@ -43,6 +45,7 @@ impl Raw {
         Raw {
             stream: s,
             peer: Handshake::decode(&hs),
+            me: my_id,
         }
     }
 
