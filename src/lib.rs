@@ -9,9 +9,10 @@
 //! a *slot* until released. Every send, request and release returns a one-shot
 //! [`Completion`] that you `wait()` on (or `wait_timeout`, `wait_deadline`, `try_wait`).
 //!
-//! This page is a guide in six steps: [receiving](#three-ways-to-receive),
+//! This page is a guide in seven steps: [receiving](#three-ways-to-receive),
 //! [modes](#synchronous-and-asynchronous-mode), [slots](#slots-and-backpressure),
-//! [TLS](#tls), [errors](#errors) and [threads](#threads-and-what-a-handler-may-do).
+//! [TLS](#tls), [errors](#errors), [threads](#threads-and-what-a-handler-may-do) and
+//! [observing a node](#observing-a-node).
 //! The wire protocol, the connection rules and where this crate deliberately differs from
 //! C libchirp are described in `docs/PROTOCOL.md` (in the package and the repository).
 //!
@@ -220,6 +221,43 @@
 //! (`drop(node.send(answer))`). The queue interface with `auto_release` (the default) hands
 //! messages out already released; the pool interface with `auto_release` holds the slot
 //! until your handler returns, so there, do not wait.
+//!
+//! ## Observing a node
+//!
+//! [`Node::stats`] is a cheap snapshot of counters since start — connections accepted,
+//! dialed, refused and closed (each by reason), messages, bytes and ACKs each way, failed
+//! sends by kind, requests answered and timed out — and of gauges: connections, connections
+//! in the handshake, messages queued and in flight, slots in use, threads. The counters are
+//! relaxed atomics kept where they change, so observing costs the per-message path nothing.
+//! [`Node::remotes`] describes every peer; [`Node::events`] is a bounded channel of
+//! [`Event`]s as connections come, go or are refused (a slow reader never slows the node:
+//! what does not fit is dropped and counted). With the cargo feature `metrics`, the same
+//! figures are published every second through the [`metrics`](https://docs.rs/metrics)
+//! facade (`chirp_*_total` counters, `chirp_*` gauges), for any exporter. `chirp echo
+//! --stats 5` prints them as a line every five seconds.
+//!
+//! ```
+//! use std::time::Duration;
+//! use libchirp::{queue::Chirp, Config, Event, Message};
+//!
+//! let mut config = Config::default();
+//! config.port = 0;
+//! config.disable_encryption = true;
+//! let server = Chirp::new(config.clone())?;
+//! let events = server.events();
+//! let client = Chirp::new(config)?;
+//! let to = format!("127.0.0.1:{}", server.port()).parse()?;
+//! let sending = client.send(Message::to(to, b"observed"));
+//! server.recv_timeout(Duration::from_secs(5))?;
+//! sending.wait()?;
+//! let s = server.stats();
+//! assert_eq!((s.accepted, s.msgs_in, s.bytes_in, s.acks_out), (1, 1, 8, 1));
+//! assert!(matches!(events.recv_timeout(Duration::from_secs(5))?, Event::Connected { incoming: true, .. }));
+//! for remote in server.remotes() {
+//!     println!("{} {:?}: {} in, {} out", remote.address, remote.identity, remote.msgs_in, remote.msgs_out);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! ## Differences from C libchirp
 //!

@@ -27,9 +27,10 @@ fn handshake_split_over_several_writes_is_accepted() {
     use std::io::Write;
     let (node, rx) = inbox_node(config(false));
     let mut s = std::net::TcpStream::connect(v4(&node)).unwrap();
+    let me = Identity::random();
     let hs = libchirp::wire::Handshake {
         port: 4001,
-        identity: Identity::random(),
+        identity: me,
     }
     .encode();
     for chunk in hs.chunks(5) {
@@ -43,6 +44,7 @@ fn handshake_split_over_several_writes_is_accepted() {
             port: 0,
             identity: Identity::zero(),
         },
+        me,
     };
     raw.send_frame(Identity::random(), 1, 0, b"", b"after split handshake");
     let m = recv(&rx, "message after split handshake");

@@ -5,6 +5,8 @@
 //! through its [`Link`](link::Link).
 
 mod link;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod remote;
 mod remotes;
 mod requests;
@@ -423,6 +425,12 @@ impl Inner {
     fn on_timer(self: &Arc<Self>, ev: Timed) {
         let mut after = After::default();
         match ev {
+            #[cfg(feature = "metrics")]
+            Timed::Metrics => {
+                metrics::publish(&self.stats());
+                self.timers
+                    .schedule(Instant::now() + Duration::from_secs(1), Timed::Metrics);
+            }
             Timed::Gc => {
                 self.gc(&mut after);
                 let r = self.lim.reuse_time.as_millis() as u64;
@@ -469,6 +477,35 @@ impl Inner {
                 self.remove_remote(&remote, after);
             }
         }
+    }
+
+    /// A snapshot of the counters and gauges (see [`Node::stats`]).
+    fn stats(&self) -> Stats {
+        let mut s = self.counters.snapshot();
+        let traffic = Traffic::default();
+        traffic.add(&self.retired);
+        let conns: Vec<Arc<Conn>> = self.registry().values().map(|r| r.conn.clone()).collect();
+        s.connections = conns.len() as u64;
+        for c in &conns {
+            traffic.add(&c.traffic);
+            s.slots_in_use += c.slots_in_use() as u64;
+        }
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        s.msgs_in = get(&traffic.msgs_in);
+        s.msgs_out = get(&traffic.msgs_out);
+        s.bytes_in = get(&traffic.bytes_in);
+        s.bytes_out = get(&traffic.bytes_out);
+        s.acks_in = get(&traffic.acks_in);
+        s.acks_out = get(&traffic.acks_out);
+        for r in self.remotes.all() {
+            let (queued, in_flight, _, _) = r.observe();
+            s.queued += queued as u64;
+            s.in_flight += in_flight as u64;
+        }
+        s.handshaking = self.handshaking.load(Ordering::Relaxed) as u64;
+        s.threads = *self.threads.lock().unwrap_or_else(|e| e.into_inner()) as u64;
+        s.events_dropped = get(&self.events.dropped);
+        s
     }
 
     fn close(self: &Arc<Self>) {
@@ -733,6 +770,10 @@ impl Node {
                 }
             });
         })?;
+        #[cfg(feature = "metrics")]
+        inner
+            .timers
+            .schedule(Instant::now() + Duration::from_secs(1), Timed::Metrics);
         let r = inner.lim.reuse_time.as_millis() as u64;
         inner.timers.schedule(
             Instant::now() + Duration::from_millis(crate::rand::range(r / 2, r)),
@@ -926,32 +967,15 @@ impl Node {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stats(&self) -> Stats {
-        let inner = &self.inner;
-        let mut s = inner.counters.snapshot();
-        let traffic = Traffic::default();
-        traffic.add(&inner.retired);
-        let conns: Vec<Arc<Conn>> = inner.registry().values().map(|r| r.conn.clone()).collect();
-        s.connections = conns.len() as u64;
-        for c in &conns {
-            traffic.add(&c.traffic);
-            s.slots_in_use += c.slots_in_use() as u64;
-        }
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        s.msgs_in = get(&traffic.msgs_in);
-        s.msgs_out = get(&traffic.msgs_out);
-        s.bytes_in = get(&traffic.bytes_in);
-        s.bytes_out = get(&traffic.bytes_out);
-        s.acks_in = get(&traffic.acks_in);
-        s.acks_out = get(&traffic.acks_out);
-        for r in inner.remotes.all() {
-            let (queued, in_flight, _, _) = r.observe();
-            s.queued += queued as u64;
-            s.in_flight += in_flight as u64;
-        }
-        s.handshaking = inner.handshaking.load(Ordering::Relaxed) as u64;
-        s.threads = self.thread_count() as u64;
-        s.events_dropped = get(&inner.events.dropped);
-        s
+        self.inner.stats()
+    }
+
+    /// Publishes the node's statistics through the `metrics` facade now (the node also
+    /// does so every second): counters `chirp_*_total`, gauges `chirp_*`, with a `reason` or
+    /// `kind` label where a counter is split. Names and labels are listed in the crate docs.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        metrics::publish(&self.inner.stats());
     }
 
     /// Every peer the node knows, with its connection's state and traffic (see

@@ -16,6 +16,9 @@ use super::remote::RemoteKey;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Event {
     Gc,
+    /// Publish the statistics through the `metrics` facade.
+    #[cfg(feature = "metrics")]
+    Metrics,
     Debounce(RemoteKey),
     AckDeadline(RemoteKey),
     Request(u64, crate::message::Identity),
