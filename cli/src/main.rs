@@ -59,6 +59,9 @@ pub(crate) struct Common {
     /// Timeout in seconds (sends; connecting takes up to twice this, at most 60 s).
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
+    /// Idle connections are closed after this many seconds (at least 3 × the timeout).
+    #[arg(long, value_name = "SECS")]
+    reuse_time: Option<f64>,
     /// Never use TLS.
     #[arg(long)]
     no_encryption: bool,
@@ -117,6 +120,15 @@ enum Command {
         /// Wait for every message to come back from an echo node and print the rate.
         #[arg(long)]
         echo: bool,
+        /// One line per message instead of the rate, and go on after failures: `ok I T MS`
+        /// or `err I T MS REASON` (message I, whose data is "I"; T: Unix time in ms when it
+        /// completed; MS: how long it took); with --echo also `echo I T IDENTITY` or
+        /// `noecho I T` (the answer and the answering node's identity). One at a time.
+        #[arg(long)]
+        report: bool,
+        /// With --report: wait this many milliseconds between messages (a steady pace).
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        interval: u64,
         #[command(flatten)]
         common: Common,
     },
@@ -267,8 +279,15 @@ fn run(cli: Cli, signals: Receiver<()>) -> Result<(), Fail> {
             count,
             window,
             echo,
+            report,
+            interval,
             common,
         } => {
+            if report {
+                let pace = Duration::from_millis(interval);
+                let to = parse_addr(&addr)?;
+                return send::report(config(&common, 0)?, to, count, echo, pace, signals);
+            }
             let payload = match (data, size) {
                 (_, Some(n)) => pattern(n),
                 (Some(d), None) => d.into_bytes(),
@@ -388,6 +407,14 @@ fn config(common: &Common, default_port: u16) -> Result<Config, Fail> {
             )));
         }
         c.timeout = Duration::from_secs_f64(t.min(1e6));
+    }
+    if let Some(t) = common.reuse_time {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(Fail(format!(
+                "--reuse-time must be a positive number of seconds, got {t}"
+            )));
+        }
+        c.reuse_time = Duration::from_secs_f64(t.min(1e6));
     }
     c.disable_encryption = common.no_encryption;
     c.cert_chain = common.cert_chain.clone();

@@ -67,6 +67,68 @@ pub(crate) fn request(
     r
 }
 
+/// `chirp send --report`: `count` messages one at a time, a line per outcome, going on
+/// after failures (for watching a node across failures; see the CLI help for the format).
+pub(crate) fn report(
+    config: Config,
+    to: SocketAddr,
+    count: u64,
+    echo: bool,
+    pace: Duration,
+    signals: Receiver<()>,
+) -> Result<(), Fail> {
+    use std::io::Write;
+    let timeout = config.timeout;
+    let (tx, answers) = crossbeam_channel::unbounded();
+    let node = Arc::new(Node::start(config, move |m| {
+        let _ = tx.send((m.data().to_vec(), m.remote_identity()));
+    })?);
+    watch_signals(&node, signals);
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    };
+    let mut out = std::io::stdout().lock();
+    for i in 0..count {
+        if node.is_closed() {
+            break;
+        }
+        let data = i.to_string().into_bytes();
+        let start = Instant::now();
+        let r = node.send(Message::to(to, data.clone())).wait();
+        let ms = start.elapsed().as_millis();
+        let line = match &r {
+            Ok(_) => format!("ok {i} {} {ms}", unix_ms()),
+            Err(e) => format!("err {i} {} {ms} {}", unix_ms(), e.error()),
+        };
+        let _ = writeln!(out, "{line}");
+        if echo && r.is_ok() {
+            // The answer to this message (older answers that come late are skipped).
+            let deadline = Instant::now() + timeout;
+            let mut got = None;
+            while let Ok((d, id)) = answers.recv_deadline(deadline) {
+                if d == data {
+                    got = Some(id);
+                    break;
+                }
+            }
+            let _ = match got {
+                Some(id) => writeln!(out, "echo {i} {} {id}", unix_ms()),
+                None => writeln!(out, "noecho {i} {}", unix_ms()),
+            };
+        }
+        let _ = out.flush();
+        if !pace.is_zero() {
+            std::thread::sleep(pace); // the requested pace, not a wait for an event
+        }
+    }
+    drop(out);
+    node.close();
+    Ok(())
+}
+
 /// After a successful run, the node's statistics on stderr (after a failure, the one error
 /// line stays alone).
 fn summary<T>(node: &Node, r: &Result<T, Fail>) {

@@ -662,7 +662,9 @@ fn establish(
             },
         )?;
     }
-    crate::sys::configure_stream(&conn.stream)?;
+    // Data unacknowledged for the connect budget (2 × timeout, at most 60 s) means the
+    // peer is gone: the connection ends instead of retransmitting for minutes.
+    crate::sys::configure_stream(&conn.stream, conn.settings.connect_timeout)?;
     if conn.encrypt {
         let ctx = conn
             .settings
