@@ -5,6 +5,9 @@
 #
 # --windows: instead of the full set, asynchronous round trips at 1, 4, 8, 16, 64 and 256
 # messages outstanding, ours beside C libchirp, as a table with a bar chart.
+# Every mode also measures ZeroMQ (scripts/zmq_bench.c, libzmq3-dev) where it applies:
+# round trips with W outstanding (DEALER/ROUTER; ZeroMQ has no ACK, so against our
+# asynchronous mode) and one-way throughput (PUSH/PULL against `chirp bench-sink`).
 # --star: star topology: one asynchronous echo node, 16 and then 64 sender processes with 16
 # messages outstanding each; total round trips per second, ours beside C libchirp.
 # --baseline BIN: with --star or --windows, also measure another build of the chirp tool
@@ -73,6 +76,14 @@ if gcc -O2 scripts/raw_pingpong.c -o target/raw_pingpong 2>"$tmp/raw.log"; then
   RAWC=target/raw_pingpong
 else
   echo "(two-process raw baseline not built: $(head -1 "$tmp/raw.log"); using two threads of one process)"
+fi
+
+# --- ZeroMQ baseline: scripts/zmq_bench.c against the system libzmq (libzmq3-dev) ------
+Z=""
+if gcc -O2 scripts/zmq_bench.c -lzmq -o target/zmq_bench 2>"$tmp/zmq.log"; then
+  Z=target/zmq_bench
+else
+  echo "(ZeroMQ baseline not built: $(head -1 "$tmp/zmq.log"); install libzmq3-dev)"
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET6); s.bind(("::", 0)); print(s.getsockname()[1])'; }
@@ -145,6 +156,39 @@ c_pair() { # KEY sync|async window count
   if start_echo "$tmp/cecho.out" $C echo "$ep" "$s"; then
     measure "$1" "$4" $C send "$ep" "$op" "$s" "$3" 16 "$4"
   else stop_echo; add "$1" 0; fi
+}
+
+zmq_pair() { # KEY window count   (DEALER keeping WINDOW outstanding, ROUTER echo)
+  [ -n "$Z" ] || { add "$1" n/a; return; }
+  local port; port=$(free_port)
+  if start_echo "$tmp/zecho.out" $Z echo "$port"; then
+    measure "$1" "$3" $Z send "$port" "$2" 16 "$3"
+  else stop_echo; add "$1" 0; fi
+}
+
+# One-way throughput: a sink that only counts (its rate, first to last message) and a
+# sender of COUNT messages of SIZE bytes.
+oneway() { # KEY ours|zmq SIZE COUNT
+  local key=$1 kind=$2 size=$3 count=$4 r
+  : > "$tmp/sink.out"
+  if [ "$kind" = ours ]; then
+    $B bench-sink --count "$count" --no-encryption --port 0 > "$tmp/sink.out" 2>/dev/null &
+  else
+    [ -n "$Z" ] || { add "$key" n/a; return; }
+    local port; port=$(free_port)
+    $Z sink "$port" "$count" > "$tmp/sink.out" 2>/dev/null &
+  fi
+  local spid=$!; pids+=("$spid")
+  wait_line "$tmp/sink.out" || { kill "$spid" 2>/dev/null; add "$key" 0; return; }
+  local port; port=$(sed -n 's/listening on //p' "$tmp/sink.out")
+  if [ "$kind" = ours ]; then
+    timeout 120 $B send "127.0.0.1:$port" --no-encryption --async --count "$count" --size "$size" --window 256 >/dev/null 2>&1 || true
+  else
+    timeout 120 $Z push "$port" "$size" "$count" >/dev/null 2>&1 || true
+  fi
+  timeout 60 tail --pid="$spid" -f /dev/null 2>/dev/null || kill "$spid" 2>/dev/null || true
+  r=$(rate < "$tmp/sink.out" || true)
+  add "$key" "${r:-0}"
 }
 
 raw_pair() { # KEY count
@@ -234,7 +278,7 @@ if [ "$windows" = 1 ]; then
   for i in $(seq 1 "$runs"); do
     for w in $ws; do
       n=$((w < 16 ? 2500 * w : 40000 + 1000 * w))
-      ours "w${w}_ours" async "$w" "$n"; c_pair "w${w}_c" async "$w" "$n"
+      ours "w${w}_ours" async "$w" "$n"; c_pair "w${w}_c" async "$w" "$n"; zmq_pair "w${w}_z" "$w" "$n"
       [ -n "$baseline" ] && ours "w${w}_base" async "$w" "$n" "$baseline"
     done
     if [ -n "$baseline" ]; then
@@ -255,20 +299,22 @@ if [ "$windows" = 1 ]; then
   echo
   echo "Asynchronous round trips per second by messages outstanding; medians of $runs runs on $(nproc) cores."
   echo
-  printf '| %11s | %9s | %9s | %6s |\n' outstanding ours "C" "ours/C"
-  printf '|%s|%s|%s|%s|\n' "-------------" "-----------" "-----------" "--------"
+  printf '| %11s | %9s | %9s | %9s | %6s | %8s |\n' outstanding ours "C" "ZeroMQ" "ours/C" "ours/ZMQ"
+  printf '|%s|%s|%s|%s|%s|%s|\n' "-------------" "-----------" "-----------" "-----------" "--------" "----------"
   top=1
   for w in $ws; do
-    for k in ours c; do v=$(med "w${w}_$k"); [ "$v" != n/a ] && [ "${v%.*}" -gt "$top" ] && top=${v%.*}; done
+    for k in ours c z; do v=$(med "w${w}_$k"); [ "$v" != n/a ] && [ "${v%.*}" -gt "$top" ] && top=${v%.*}; done
   done
   for w in $ws; do
-    printf '| %11s | %9s | %9s | %6s |\n' "$w" "$(med "w${w}_ours")" "$(med "w${w}_c")" "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_c")")"
+    printf '| %11s | %9s | %9s | %9s | %6s | %8s |\n' "$w" "$(med "w${w}_ours")" "$(med "w${w}_c")" "$(med "w${w}_z")" \
+      "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_c")")" "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_z")")"
   done
   echo
   bar() { awk -v v="$1" -v t="$top" 'BEGIN { n = (v + 0) * 50 / t; s = ""; for (i = 0; i < n; i++) s = s "#"; print s }'; }
   for w in $ws; do
     printf '%4s ours %-50s %s\n' "$w" "$(bar "$(med "w${w}_ours")")" "$(med "w${w}_ours")"
     printf '%4s C    %-50s %s\n' "" "$(bar "$(med "w${w}_c")")" "$(med "w${w}_c")"
+    printf '%4s ZMQ  %-50s %s\n' "" "$(bar "$(med "w${w}_z")")" "$(med "w${w}_z")"
   done
   exit 0
 fi
@@ -277,15 +323,18 @@ for i in $(seq 1 "$runs"); do
   ours async_ours async 1 $n_async; c_pair async_c async 1 $n_async
   ours win_ours async 16 $n_win;    c_pair win_c async 16 $n_win
   raw_pair raw $n_async
+  zmq_pair async_z 1 $n_async; zmq_pair win_z 16 $n_win
+  oneway ow16_ours ours 16 $((n_win * 5)); oneway ow16_z zmq 16 $((n_win * 5))
+  oneway ow1k_ours ours 1024 $n_win; oneway ow1k_z zmq 1024 $n_win
   add raw_threads "$($B bench-raw --count $n_async | rate)"
-  add big_ours "$($B bench --stream --size 1048576 --count $n_big | rate)"
+  add big_ours "$($B bench --stream --size 1048576 --count $n_big 2>/dev/null | rate)"
   add big_raw "$($B bench-raw --stream --size 1048576 --count $n_big | rate)"
-  add tls_sync "$($B bench --tls --count $n_sync | rate)"
-  add plain_sync "$($B bench --count $n_sync | rate)"
-  add tls_async "$($B bench --tls --async --count $n_async | rate)"
-  add plain_async "$($B bench --async --count $n_async | rate)"
-  add tls_win "$($B bench --tls --async --window 16 --count $n_win | rate)"
-  add plain_win "$($B bench --async --window 16 --count $n_win | rate)"
+  add tls_sync "$($B bench --tls --count $n_sync 2>/dev/null | rate)"
+  add plain_sync "$($B bench --count $n_sync 2>/dev/null | rate)"
+  add tls_async "$($B bench --tls --async --count $n_async 2>/dev/null | rate)"
+  add plain_async "$($B bench --async --count $n_async 2>/dev/null | rate)"
+  add tls_win "$($B bench --tls --async --window 16 --count $n_win 2>/dev/null | rate)"
+  add plain_win "$($B bench --async --window 16 --count $n_win 2>/dev/null | rate)"
 done
 
 echo
@@ -315,6 +364,15 @@ if [ -n "$RAWC" ]; then
 else
   echo "raw TCP: between two threads of one process (Rust); gcc was not available for the two-process C ping-pong"
 fi
+echo
+printf '| %-38s | %10s | %10s | %8s |\n' "against ZeroMQ (asynchronous)" "ours" "ZeroMQ" "ours/ZMQ"
+printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "------------" "------------" "----------"
+zrow() { printf '| %-38s | %10s | %10s | %8s |\n' "$1" "$(med "$2_ours")" "$(med "$2_z")" "$(ratio "$(med "$2_ours")" "$(med "$2_z")")"; }
+R[async_ours]=${R[async_ours]:-}; R[win_ours]=${R[win_ours]:-}
+zrow "round trips, 1 outstanding" async
+zrow "round trips, 16 outstanding" win
+zrow "one way, 16 B messages/s" ow16
+zrow "one way, 1 KiB messages/s" ow1k
 echo
 printf '| %-38s | %10s | %10s | %8s |\n' "bandwidth, 1 MiB async messages" "ours MiB/s" "raw MiB/s" "ours/raw"
 printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "------------" "------------" "----------"

@@ -487,3 +487,40 @@ pub(crate) fn idle(n: usize, flood: usize) -> Result<(), Fail> {
     echo.close();
     Ok(())
 }
+
+/// `chirp bench-sink`: counts `count` messages (asynchronous mode, released at once) and
+/// prints "N messages in S s: R/s" from the first message to the last.
+pub(crate) fn sink(mut c: Config, count: u64, signals: Receiver<()>) -> Result<(), Fail> {
+    c.synchronous = false;
+    let (tx, done) = crossbeam_channel::bounded(1);
+    let first = std::sync::Mutex::new(None::<Instant>);
+    let got = AtomicU64::new(0);
+    let node = std::sync::Arc::new(Node::start(c, move |m| {
+        drop(m);
+        let n = got.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 1 {
+            *first.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        }
+        if n == count {
+            let start = first.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
+            let _ = tx.send(start.elapsed());
+        }
+    })?);
+    crate::watch_signals(&node, signals);
+    crate::announce(&node);
+    let r = loop {
+        match done.recv_timeout(Duration::from_millis(200)) {
+            Ok(elapsed) => break Ok(elapsed),
+            Err(_) if node.is_closed() => break Err(Fail("interrupted".into())),
+            Err(_) => {}
+        }
+    };
+    node.close();
+    let elapsed = r?;
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "{count} messages in {secs:.3} s: {:.0}/s",
+        count.saturating_sub(1) as f64 / secs
+    );
+    Ok(())
+}

@@ -175,6 +175,15 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         flood: usize,
     },
+    /// One-way throughput sink: an asynchronous node that only counts received messages
+    /// (released at once); after COUNT it prints the rate from the first to the last.
+    BenchSink {
+        /// Messages to wait for.
+        #[arg(long)]
+        count: u64,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Measurement helper for bench-idle: opens COUNT connections to ADDR (handshaken, or
     /// silent with --silent), prints "ready OPENED", holds them until stdin closes.
     #[command(hide = true)]
@@ -313,6 +322,7 @@ fn run(cli: Cli, signals: Receiver<()>) -> Result<(), Fail> {
             common,
         } => bench::bench(&common, window.max(1), size, count, tls, stream, signals),
         Command::BenchIdle { peers, flood } => bench::idle(peers, flood),
+        Command::BenchSink { count, common } => bench::sink(config(&common, 0)?, count, signals),
         Command::BenchPeers {
             addr,
             count,
