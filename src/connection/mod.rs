@@ -40,6 +40,10 @@ pub(crate) const WRITER_STACK: usize = 96 * 1024;
 /// What one parked message costs beyond its header and data, for the park's bound.
 pub(crate) const PARK_OVERHEAD: usize = 128;
 
+/// A send this soon after the connection's previous write counts as streaming (see
+/// `Conn::streaming`).
+const STREAM_GAP: Duration = Duration::from_micros(20);
+
 /// A writer thread with nothing to do for this long ends; the next write that would block
 /// starts another. Idle connections so cost one thread (the reader), not two.
 const WRITER_LINGER: Duration = Duration::from_secs(2);
@@ -181,6 +185,8 @@ struct ConnState {
     reader_waiting: bool,
     /// Last successful write or received frame.
     active: Instant,
+    /// End of the last successful write.
+    last_write: Instant,
     /// Threads of this connection still running.
     threads: u8,
     /// The writer thread runs (it is started on demand and ends when idle).
@@ -271,6 +277,7 @@ impl Conn {
                 slots_used: 0,
                 reader_waiting: false,
                 active: Instant::now(),
+                last_write: Instant::now(),
                 threads: 1,
                 writer_running: false,
                 parked: VecDeque::new(),
@@ -410,11 +417,20 @@ impl Conn {
         let mut st = self.lock();
         st.writing = false;
         if wrote {
-            st.active = Instant::now();
+            let now = Instant::now();
+            st.active = now;
+            st.last_write = now;
         }
         let again = st.kick_pending && !st.closing;
         st.kick_pending = false;
         again
+    }
+
+    /// Whether this connection is streaming: its last write ended less than `STREAM_GAP`
+    /// ago. A sender that writes again that soon is better served by the writer thread,
+    /// which takes everything that queued meanwhile into one system call.
+    fn streaming(&self) -> bool {
+        self.lock().last_write.elapsed() < STREAM_GAP
     }
 
     /// Leaves the write side to the writer thread (which is woken, or started).

@@ -137,6 +137,7 @@ impl Drop for Scratch {
 pub(crate) fn kick(conn: Arc<Conn>) {
     enum Then {
         Write(Arc<Conn>),
+        Defer(Arc<Conn>),
         Flush(Vec<Arc<Conn>>),
         Hold,
     }
@@ -162,11 +163,15 @@ pub(crate) fn kick(conn: Arc<Conn>) {
                 }
             }
         }
+        // Not corked (an application thread): write at once, unless this thread is
+        // streaming sends, then the writer thread batches them.
+        None if conn.streaming() => Then::Defer(conn),
         None => Then::Write(conn),
     });
     // Writes happen outside the borrow: a write can queue (and kick) more frames.
     match then {
         Then::Write(conn) => direct_write(&conn),
+        Then::Defer(conn) => conn.defer_to_writer(),
         Then::Flush(conns) => {
             for conn in conns {
                 direct_write(&conn);
