@@ -502,7 +502,10 @@ pub(crate) fn sink(mut c: Config, count: u64, signals: Receiver<()>) -> Result<(
             *first.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         }
         if n == count {
-            let start = first.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
+            let start = first
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(Instant::now);
             let _ = tx.send(start.elapsed());
         }
     })?);

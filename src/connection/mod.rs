@@ -277,7 +277,9 @@ impl Conn {
                 slots_used: 0,
                 reader_waiting: false,
                 active: Instant::now(),
-                last_write: Instant::now(),
+                last_write: Instant::now()
+                    .checked_sub(Duration::from_secs(1))
+                    .unwrap_or_else(Instant::now),
                 threads: 1,
                 writer_running: false,
                 parked: VecDeque::new(),
@@ -645,8 +647,8 @@ pub(crate) fn run(conn: Arc<Conn>) {
                     ""
                 }
             );
-            // Frames queued while the connection was set up go out now.
-            conn.kick();
+            // (Frames queued while the connection was set up went out when the owner
+            // attached it: `connected` kicks it.)
             reader::run(&conn, &mut source)
         }
         Err(e) => {
