@@ -343,3 +343,37 @@ fn with_few_frames_buffered_each_reply_is_written_at_once() {
         "the first reply was held back while the handler dispatched the second of 3 frames"
     );
 }
+
+/// A frame that arrives in pieces leaves the reader's mid-frame timeout set; when the
+/// connection then goes idle for longer than the timeout, that is idleness, not a stalled
+/// frame: the connection stays open and the next frame is delivered.
+#[test]
+fn an_idle_connection_outlives_the_mid_frame_timeout() {
+    use std::io::Write;
+    let mut c = config(false);
+    c.timeout = Duration::from_millis(200);
+    let (node, rx) = inbox_node(c);
+    let mut raw = Raw::connect(v4(&node), 4002);
+    // One frame in two writes: the reader sees a partial frame first.
+    let mut frame = libchirp::wire::Preamble {
+        identity: Identity::random(),
+        serial: 1,
+        data_len: 5,
+        header_len: 0,
+        kind_bits: 0,
+    }
+    .encode()
+    .to_vec();
+    frame.extend_from_slice(b"first");
+    raw.stream.write_all(&frame[..20]).unwrap();
+    raw.stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // a separate segment
+    raw.stream.write_all(&frame[20..]).unwrap();
+    assert_eq!(recv(&rx, "first").data(), b"first");
+    // Idle for three timeouts (the scenario), then another frame on the same connection.
+    std::thread::sleep(Duration::from_millis(600));
+    raw.send_frame(Identity::random(), 2, 0, b"", b"second");
+    assert_eq!(recv(&rx, "second").data(), b"second");
+    assert_eq!(node.stats().closed(), 0, "{:?}", node.stats());
+    node.close();
+}

@@ -27,6 +27,10 @@ pub(crate) struct Source<'a> {
     cipher: Vec<u8>,
     /// The socket read timeout currently set (to avoid a system call when unchanged).
     read_timeout: Option<Duration>,
+    /// Between frames: a read timeout that fires now only means the connection is idle.
+    /// (The timeout is cleared lazily, when that happens, instead of after every read that
+    /// ends on a frame boundary: a busy stream would pay a system call every other read.)
+    between_frames: bool,
 }
 
 impl<'a> Source<'a> {
@@ -36,6 +40,7 @@ impl<'a> Source<'a> {
             buf: ReadBuf::new(conn.settings.buffer_size),
             cipher: Vec::new(),
             read_timeout: None,
+            between_frames: false,
         }
     }
 
@@ -117,6 +122,8 @@ impl<'a> Source<'a> {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => match deadline {
                 Some(d) if Instant::now() < d => Ok(()),
                 Some(_) => Err(Error::timeout("waiting for the peer")),
+                // Idle between frames: from now on wait without a timeout.
+                None if self.between_frames => self.set_timeout(None),
                 None => Err(Error::timeout(format!(
                     "peer sent part of a frame and then nothing for {:?}",
                     self.conn.settings.timeout
@@ -140,6 +147,7 @@ impl<'a> Source<'a> {
         });
         v.extend_from_slice(&self.buf.data()[..have]);
         self.buf.consume(have);
+        self.between_frames = false;
         while v.len() < len {
             let missing = len - v.len();
             self.set_timeout(Some(self.conn.settings.timeout))?;
@@ -232,13 +240,12 @@ fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
             }
         }
         // Mid-frame, the rest must come within the timeout; between frames, wait freely
-        // (idle connections are garbage-collected, which shuts the socket down).
-        let t = if src.buf.len() > 0 {
-            Some(settings.timeout)
-        } else {
-            None
-        };
-        src.set_timeout(t)?;
+        // (idle connections are garbage-collected, which shuts the socket down). A timeout
+        // left set from mid-frame is cleared only if it fires while idle.
+        src.between_frames = src.buf.len() == 0;
+        if !src.between_frames {
+            src.set_timeout(Some(settings.timeout))?;
+        }
         src.fill(None)?;
     }
 }
