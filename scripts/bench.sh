@@ -158,6 +158,19 @@ c_pair() { # KEY sync|async window count
   else stop_echo; add "$1" 0; fi
 }
 
+# TLS on loopback for both implementations (always-encrypt), with one throwaway PKI.
+read -r TLS_CHAIN TLS_DH < <($B bench-pki "$tmp/pki")
+ours_tls() { # KEY window count   (asynchronous)
+  local tls=(--cert-chain "$TLS_CHAIN" --dh-params "$TLS_DH" --always-encrypt)
+  if start_echo "$tmp/techo.out" $B echo --port 0 --async "${tls[@]}"; then
+    local port; port=$(sed -n 's/listening on //p' "$tmp/techo.out")
+    measure "$1" "$3" $B send "127.0.0.1:$port" --async "${tls[@]}" --echo --window "$2" --count "$3"
+  else stop_echo; add "$1" 0; fi
+}
+c_tls() { # KEY window count   (asynchronous)
+  CHIRP_CERT_CHAIN="$TLS_CHAIN" CHIRP_DH_PARAMS="$TLS_DH" c_pair "$1" async "$2" "$3"
+}
+
 zmq_pair() { # KEY window count   (DEALER keeping WINDOW outstanding, ROUTER echo)
   [ -n "$Z" ] || { add "$1" n/a; return; }
   local port; port=$(free_port)
@@ -324,6 +337,8 @@ for i in $(seq 1 "$runs"); do
   ours win_ours async 16 $n_win;    c_pair win_c async 16 $n_win
   raw_pair raw $n_async
   zmq_pair async_z 1 $n_async; zmq_pair win_z 16 $n_win
+  ours_tls tls1_ours 1 $n_async; c_tls tls1_c 1 $n_async
+  ours_tls tls16_ours 16 $n_win; c_tls tls16_c 16 $n_win
   oneway ow16_ours ours 16 $((n_win * 5)); oneway ow16_z zmq 16 $((n_win * 5))
   oneway ow1k_ours ours 1024 $n_win; oneway ow1k_z zmq 1024 $n_win
   add raw_threads "$($B bench-raw --count $n_async | rate)"
@@ -364,6 +379,13 @@ if [ -n "$RAWC" ]; then
 else
   echo "raw TCP: between two threads of one process (Rust); gcc was not available for the two-process C ping-pong"
 fi
+echo
+printf '| %-38s | %10s | %10s | %8s |\n' "TLS, two processes (asynchronous)" "ours" "C libchirp" "ours/C"
+printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "------------" "------------" "----------"
+for m in tls1:"1 outstanding" tls16:"16 outstanding"; do
+  k=${m%%:*}; label=${m#*:}
+  printf '| %-38s | %10s | %10s | %8s |\n' "$label" "$(med ${k}_ours)" "$(med ${k}_c)" "$(ratio "$(med ${k}_ours)" "$(med ${k}_c)")"
+done
 echo
 printf '| %-38s | %10s | %10s | %8s |\n' "against ZeroMQ (asynchronous)" "ours" "ZeroMQ" "ours/ZMQ"
 printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "------------" "------------" "----------"

@@ -98,8 +98,18 @@ int main(int argc, char **argv) {
     ch_config_t config;
     ch_libchirp_init();
     ch_chirp_config_init(&config);
-    config.DISABLE_ENCRYPTION = 1;
     config.DISABLE_SIGNALS = 1;
+    /* TLS on every connection (loopback too) when CHIRP_CERT_CHAIN and CHIRP_DH_PARAMS name
+     * the PEM files; plaintext otherwise. */
+    const char *chain = getenv("CHIRP_CERT_CHAIN"), *dh = getenv("CHIRP_DH_PARAMS");
+    if (chain && dh) {
+        config.CERT_CHAIN_PEM = (char *)chain;
+        config.DH_PARAMS_PEM = (char *)dh;
+        config.DISABLE_ENCRYPTION = 0;
+        ch_chirp_set_always_encrypt();
+    } else {
+        config.DISABLE_ENCRYPTION = 1;
+    }
     ch_loop_init(&loop);
     if (is_echo) {
         echo_port = atoi(argv[2]);

@@ -184,6 +184,10 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Measurement helper: writes a throwaway PKI (libchirp::pki::TestPki) into DIR and
+    /// prints the paths of the node chain (X.509 v1 leaf) and the DH parameters.
+    #[command(hide = true)]
+    BenchPki { dir: PathBuf },
     /// Measurement helper for bench-idle: opens COUNT connections to ADDR (handshaken, or
     /// silent with --silent), prints "ready OPENED", holds them until stdin closes.
     #[command(hide = true)]
@@ -322,6 +326,11 @@ fn run(cli: Cli, signals: Receiver<()>) -> Result<(), Fail> {
             common,
         } => bench::bench(&common, window.max(1), size, count, tls, stream, signals),
         Command::BenchIdle { peers, flood } => bench::idle(peers, flood),
+        Command::BenchPki { dir } => {
+            let pki = libchirp::pki::TestPki::generate(&dir)?;
+            println!("{} {}", pki.node_v1.display(), pki.dh_params.display());
+            Ok(())
+        }
         Command::BenchSink { count, common } => bench::sink(config(&common, 0)?, count, signals),
         Command::BenchPeers {
             addr,
