@@ -28,6 +28,16 @@ fn node_args(extra: &[&str]) -> Vec<String> {
     a
 }
 
+/// `chirp send ADDR:PORT --report --count COUNT EXTRA…` on host `from`: one line per
+/// message outcome.
+fn reporter(net: &Net, from: usize, to: std::net::Ipv4Addr, count: u64, extra: &[&str]) -> Proc {
+    let to = format!("{to}:{PORT}");
+    let count = count.to_string();
+    let mut args = vec!["send", to.as_str(), "--report", "--count", count.as_str()];
+    args.extend_from_slice(extra);
+    spawn(net, from, &node_args(&args))
+}
+
 fn spawn(net: &Net, host: usize, args: &[String]) -> Proc {
     let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     net.spawn(host, &refs)
@@ -72,17 +82,7 @@ fn cut_and_heal_twice_every_send_completes_once_or_fails_and_sending_resumes() {
     let b = net.hosts[1].addr;
     let listener = spawn(&net, 1, &node_args(&["listen", "--port", PORT]));
     listener.listening();
-    let sender = spawn(
-        &net,
-        0,
-        &node_args(&[
-            "send",
-            &format!("{b}:{PORT}"),
-            "--report",
-            "--count",
-            "10000",
-        ]),
-    );
+    let sender = reporter(&net, 0, b, 10000, &[]);
     let mut all = Vec::new();
     let mut heals = Vec::new();
     for _ in 0..2 {
@@ -149,20 +149,11 @@ fn a_one_way_cut_fails_sends_in_bounded_time_and_both_ends_reconnect_after_the_h
         &node_args(&["listen", "--port", PORT, "--stats", "0.5"]),
     );
     listener.listening();
-    let to = format!("{b}:{PORT}");
-    let first = spawn(
-        &net,
-        0,
-        &node_args(&["send", &to, "--report", "--count", "20"]),
-    );
+    let first = reporter(&net, 0, b, 20, &[]);
     let o = outcomes(&first, |o| o.len() == 20);
     assert!(o.iter().all(|o| o.ok), "{o:?}");
     // Host A can no longer reach B; B can still reach A. A long-running sender notices.
-    let sender = spawn(
-        &net,
-        0,
-        &node_args(&["send", &to, "--report", "--count", "100000"]),
-    );
+    let sender = reporter(&net, 0, b, 100_000, &[]);
     outcomes(&sender, |o| o.iter().filter(|o| o.ok).count() >= 100);
     net.blackhole(0, 1);
     let cut_at = unix_ms();
@@ -223,18 +214,7 @@ fn a_restarted_host_with_a_new_identity_is_noticed_and_nothing_is_answered_twice
     let echo_args = node_args(&["echo", "--port", PORT]);
     let mut echo = spawn(&net, 1, &echo_args);
     echo.listening();
-    let sender = spawn(
-        &net,
-        0,
-        &node_args(&[
-            "send",
-            &format!("{b}:{PORT}"),
-            "--report",
-            "--echo",
-            "--count",
-            "3000",
-        ]),
-    );
+    let sender = reporter(&net, 0, b, 100_000, &["--echo"]);
     // `echo I T IDENTITY` lines: (index, completion time, identity of the answering node).
     type Answer = (u64, u128, String);
     let echoes = |lines: &[String]| -> Vec<Answer> {
@@ -355,18 +335,7 @@ fn strangers_on_the_network_are_refused_by_both_nodes_which_keep_serving_each_ot
         assert!(err.starts_with("chirp:"), "{err}");
     }
     // A and B still serve each other (TLS with the shared CA).
-    let sender = spawn(
-        &net,
-        0,
-        &node_args(&[
-            "send",
-            &format!("{b}:{PORT}"),
-            "--report",
-            "--echo",
-            "--count",
-            "100",
-        ]),
-    );
+    let sender = reporter(&net, 0, b, 100, &["--echo"]);
     let o = outcomes(&sender, |o| o.len() == 100);
     assert!(o.iter().all(|o| o.ok), "{o:?}");
     // Both counted the two strangers as refused.
@@ -396,20 +365,7 @@ fn asynchronous_mode_under_cuts_the_cost_is_measured_and_bounded() {
     let listener = spawn(&net, 1, &node_args(&["listen", "--port", PORT, "--async"]));
     listener.listening();
     // A steady pace of about one message per millisecond.
-    let sender = spawn(
-        &net,
-        0,
-        &node_args(&[
-            "send",
-            &format!("{b}:{PORT}"),
-            "--async",
-            "--report",
-            "--count",
-            "20000",
-            "--interval",
-            "1",
-        ]),
-    );
+    let sender = reporter(&net, 0, b, 20_000, &["--async", "--interval", "1"]);
     // 1. A short cut (0.5 s, well below the 2 s dead-peer bound) that heals: TCP
     // retransmits, nothing is lost.
     let mut all = outcomes(&sender, |o| o.len() >= 1000);
