@@ -172,21 +172,20 @@ pub(crate) fn read_until(
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_PROBES: u32 = 3;
 
-/// TCP_NODELAY and keep-alive with a 60 s idle delay, as libchirp sets on every connection;
-/// then two bounds libchirp leaves to TCP's defaults, invisible on the wire: keep-alive
-/// probes every 10 s (three unanswered end the connection), and `dead_after`: data the peer
-/// has not acknowledged for that long ends the connection (TCP_USER_TIMEOUT; TCP's own
-/// retransmissions would go on for about 15 minutes to a vanished host).
-pub(crate) fn configure_stream(stream: &TcpStream, dead_after: Duration) -> io::Result<()> {
+/// TCP_NODELAY and keep-alive with a 60 s idle delay, as libchirp sets on every connection,
+/// with probes every 10 s (three unanswered end the connection) where libchirp leaves
+/// TCP's defaults (75 s × 9). Invisible on the wire. (A write that makes no progress is
+/// bounded by the write timeout; data left unacknowledged with nothing more to write, by
+/// garbage collection. A TCP_USER_TIMEOUT was tried: it raced with the write timeout and
+/// turned "the peer stopped reading" into "broken pipe".)
+pub(crate) fn configure_stream(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let sock = SockRef::from(stream);
-    sock.set_tcp_keepalive(
+    SockRef::from(stream).set_tcp_keepalive(
         &TcpKeepalive::new()
             .with_time(KEEPALIVE_IDLE)
             .with_interval(KEEPALIVE_INTERVAL)
             .with_retries(KEEPALIVE_PROBES),
-    )?;
-    sock.set_tcp_user_timeout(Some(dead_after))
+    )
 }
 
 /// One vectored send. With `blocking` false it never blocks, whatever the socket's mode
@@ -228,16 +227,12 @@ mod tests {
     fn keepalive_and_nodelay_are_set() {
         let l = listen("127.0.0.1:0".parse().unwrap(), 10).unwrap();
         let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        configure_stream(&s, Duration::from_secs(7)).unwrap();
+        configure_stream(&s).unwrap();
         let sock = SockRef::from(&s);
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
         assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
         assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
-        assert_eq!(
-            sock.tcp_user_timeout().unwrap(),
-            Some(Duration::from_secs(7))
-        );
         assert!(s.nodelay().unwrap());
     }
 

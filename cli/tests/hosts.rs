@@ -366,8 +366,8 @@ fn asynchronous_mode_under_cuts_the_cost_is_measured_and_bounded() {
     listener.listening();
     // A steady pace of about one message per millisecond.
     let sender = reporter(&net, 0, b, 20_000, &["--async", "--interval", "1"]);
-    // 1. A short cut (0.5 s, well below the 2 s dead-peer bound) that heals: TCP
-    // retransmits, nothing is lost.
+    // 1. A short cut (0.5 s, below the 1 s write timeout) that heals: TCP retransmits,
+    // nothing is lost.
     let mut all = outcomes(&sender, |o| o.len() >= 1000);
     net.cut(1);
     std::thread::sleep(Duration::from_millis(500)); // the link stays down 0.5 s (scenario)
@@ -381,8 +381,8 @@ fn asynchronous_mode_under_cuts_the_cost_is_measured_and_bounded() {
         .count();
     assert_eq!(healed_lost, 0, "a cut that heals loses nothing");
     // 2. The host vanishes for good: what was written into the dead connection is lost.
-    // The loss is bounded: data unacknowledged for 2 s (the connect budget) ends the
-    // connection, and then every send fails instead of "completing".
+    // The loss is bounded: once the socket buffer is full, a write that makes no progress
+    // for the timeout ends the connection, and then every send fails.
     let before = all.len();
     net.cut(1);
     let cut_at = unix_ms();

@@ -147,7 +147,8 @@ pub(crate) trait Owner: Send + Sync {
     fn written(&self, conn: &Arc<Conn>, frames: &mut Vec<(Frame, u32)>, result: Result<(), Error>);
     /// An ACK for `identity` arrived.
     fn ack(&self, conn: &Arc<Conn>, identity: Identity);
-    /// A NOOP arrived (the peer is alive).
+    /// Data arrived (a read that brought frames, or a NOOP): the peer is alive. Called
+    /// once per socket read, not per message.
     fn activity(&self, conn: &Arc<Conn>);
     /// A data message arrived; it holds one of the connection's slots.
     fn deliver(&self, conn: &Arc<Conn>, msg: Message);
@@ -483,20 +484,21 @@ impl Conn {
         }
     }
 
-    /// Ends the wait of a slot-blocked reader, if it waits.
-    fn slot_freed(&self) -> bool {
+    /// A slot is free again: ends the wait of a slot-blocked reader, if it waits. Returns
+    /// (the connection is open, messages are parked).
+    fn slot_freed(&self) -> (bool, bool) {
         let mut st = self.lock();
         st.slots_used = st.slots_used.saturating_sub(1);
         if st.reader_waiting {
             self.reader_cv.notify_all();
         }
-        !st.closing
+        (!st.closing, !st.parked.is_empty())
     }
 }
 
 impl SlotOwner for Conn {
     fn release_slot(self: Arc<Self>, req_ack: bool, done: ReleaseDone) {
-        let open = self.slot_freed();
+        let (open, parked) = self.slot_freed();
         if req_ack && open {
             // The ACK goes through the owner: it is written on the remote's current
             // connection, which need not be this one.
@@ -504,7 +506,9 @@ impl SlotOwner for Conn {
         } else {
             done.finish();
         }
-        self.drain_parked();
+        if parked {
+            self.drain_parked();
+        }
     }
 }
 
@@ -680,9 +684,7 @@ fn establish(
             },
         )?;
     }
-    // Data unacknowledged for the connect budget (2 × timeout, at most 60 s) means the
-    // peer is gone: the connection ends instead of retransmitting for minutes.
-    crate::sys::configure_stream(&conn.stream, conn.settings.connect_timeout)?;
+    crate::sys::configure_stream(&conn.stream)?;
     if conn.encrypt {
         let ctx = conn
             .settings

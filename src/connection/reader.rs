@@ -184,6 +184,9 @@ fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
     let owner = &conn.owner;
     loop {
         super::writer::cork(frames_buffered(src.buf.data(), super::writer::CORK_COUNT));
+        // Data and NOOP frames (not ACKs) refresh the activity time stamps: once per read
+        // buffer, not per message.
+        let mut alive = false;
         while let Some(pre) = peek_preamble(src.buf.data()) {
             let kind = pre.validate(max).map_err(|e| match e {
                 crate::wire::PreambleError::TooLarge { size, max } => {
@@ -199,10 +202,10 @@ fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
                 }
                 FrameKind::Noop => {
                     src.buf.consume(PREAMBLE_SIZE);
-                    conn.lock().active = Instant::now();
-                    owner.activity(conn);
+                    alive = true;
                 }
                 FrameKind::Data { req_ack } => {
+                    alive = true;
                     let len = usize::from(pre.header_len).saturating_add(pre.data_len as usize);
                     let admit = admit(conn, len)?;
                     src.buf.consume(PREAMBLE_SIZE);
@@ -238,6 +241,10 @@ fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
                     }
                 }
             }
+        }
+        if alive {
+            conn.lock().active = Instant::now();
+            owner.activity(conn);
         }
         // Mid-frame, the rest must come within the timeout; between frames, wait freely
         // (idle connections are garbage-collected, which shuts the socket down). A timeout
@@ -294,7 +301,6 @@ fn admit(conn: &Arc<Conn>, len: usize) -> Result<Admit, Error> {
         if st.closing {
             return Err(st.close_reason.clone().unwrap_or(Error::Shutdown));
         }
-        st.active = Instant::now();
         let queued = !st.parked.is_empty() || st.draining;
         if !queued && st.slots_used < max {
             st.slots_used += 1;

@@ -143,9 +143,6 @@ impl Owner for Link {
         let Some(node) = self.node.upgrade() else {
             return; // dropping the message releases its slot
         };
-        if let Some(remote) = self.remote.get() {
-            remote.touch();
-        }
         match node.requests.take_answered(&msg.identity) {
             Some(done) => {
                 bump(&node.counters.requests_answered);
