@@ -40,8 +40,9 @@ pub(crate) const WRITER_STACK: usize = 96 * 1024;
 /// What one parked message costs beyond its header and data, for the park's bound.
 pub(crate) const PARK_OVERHEAD: usize = 128;
 
-/// A send this soon after the connection's previous write counts as streaming (see
-/// `Conn::streaming`).
+/// A send this soon after the connection's previous write counts as streaming: a sender
+/// that writes again that soon is better served by the writer thread, which takes
+/// everything that queued meanwhile into one system call (see `Conn::kick`).
 const STREAM_GAP: Duration = Duration::from_micros(20);
 
 /// A writer thread with nothing to do for this long ends; the next write that would block
@@ -336,7 +337,7 @@ impl Conn {
     /// Frames are waiting for this connection: write them now from this thread (or when
     /// the thread's cork allows), or let the active writer pick them up.
     pub(crate) fn kick(self: &Arc<Self>) {
-        {
+        let streaming = {
             let mut st = self.lock();
             if !st.handshaken || st.closing {
                 return;
@@ -345,8 +346,11 @@ impl Conn {
                 st.kick_pending = true;
                 return;
             }
-        }
-        writer::kick(self.clone());
+            // Read under this lock: whether the last write ended so recently that this
+            // sender is streaming (see `STREAM_GAP`).
+            st.last_write.elapsed() < STREAM_GAP
+        };
+        writer::kick(self.clone(), streaming);
     }
 
     /// Shuts the connection down with `reason` (the first reason wins; later calls do
@@ -427,13 +431,6 @@ impl Conn {
         let again = st.kick_pending && !st.closing;
         st.kick_pending = false;
         again
-    }
-
-    /// Whether this connection is streaming: its last write ended less than `STREAM_GAP`
-    /// ago. A sender that writes again that soon is better served by the writer thread,
-    /// which takes everything that queued meanwhile into one system call.
-    fn streaming(&self) -> bool {
-        self.lock().last_write.elapsed() < STREAM_GAP
     }
 
     /// Leaves the write side to the writer thread (which is woken, or started).

@@ -136,7 +136,7 @@ impl Drop for Scratch {
 
 /// Frames are queued on an idle connection: write them now, or later if corked (but no
 /// later than the cork's frame limit allows).
-pub(crate) fn kick(conn: Arc<Conn>) {
+pub(crate) fn kick(conn: Arc<Conn>, streaming: bool) {
     enum Then {
         Write(Arc<Conn>),
         Defer(Arc<Conn>),
@@ -167,7 +167,7 @@ pub(crate) fn kick(conn: Arc<Conn>) {
         }
         // Not corked (an application thread): write at once, unless this thread is
         // streaming sends, then the writer thread batches them.
-        None if conn.streaming() => Then::Defer(conn),
+        None if streaming => Then::Defer(conn),
         None => Then::Write(conn),
     });
     // Writes happen outside the borrow: a write can queue (and kick) more frames.
