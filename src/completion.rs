@@ -134,9 +134,14 @@ impl<T> Completion<T> {
 
     /// Waits at most `timeout`; on time-out the completion is handed back to wait again.
     pub fn wait_timeout(self, timeout: Duration) -> Result<T, Completion<T>> {
+        // Ready already (the common case of a pipelining sender): no clock read.
+        let me = match self.try_wait() {
+            Ok(v) => return Ok(v),
+            Err(me) => me,
+        };
         match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.wait_deadline(deadline),
-            None => Ok(self.wait()),
+            Some(deadline) => me.wait_deadline(deadline),
+            None => Ok(me.wait()),
         }
     }
 

@@ -11,6 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use smallvec::SmallVec;
+
 use crate::connection::Conn;
 use crate::error::Error;
 use crate::frame::{Control, Frame, Pending};
@@ -49,13 +51,19 @@ pub(crate) enum Deferred {
     Timer(Instant, Event),
 }
 
-/// A list of [`Deferred`] actions.
+/// A list of [`Deferred`] actions. The first lives inline: a send's usual outcome is one
+/// kick, and it should not cost an allocation.
 #[derive(Default)]
-pub(crate) struct After(pub(crate) Vec<Deferred>);
+pub(crate) struct After(pub(crate) SmallVec<[Deferred; 1]>);
 
 impl After {
     pub(crate) fn push(&mut self, d: Deferred) {
         self.0.push(d);
+    }
+
+    /// Room for `n` more actions at once (a written batch completes each of its messages).
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
     }
 }
 
@@ -262,6 +270,7 @@ impl Remote {
         after: &mut After,
     ) {
         let now = Instant::now();
+        after.reserve(frames.len());
         let mut st = self.lock();
         let st = &mut *st;
         match result {

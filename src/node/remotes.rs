@@ -6,7 +6,7 @@
 //! A shard's write lock is taken only to add or remove a remote.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
@@ -15,21 +15,26 @@ use super::remote::{key_of, Remote, RemoteKey};
 const SHARDS: usize = 16;
 
 pub(crate) struct Remotes {
-    /// Keys are chosen by peers (address and advertised port): a keyed hash keeps them
-    /// from steering every remote into one shard or one bucket.
-    hasher: RandomState,
-    pub(super) shards: [RwLock<HashMap<RemoteKey, Arc<Remote>>>; SHARDS],
+    /// Keys are chosen by peers (address and advertised port): a hash keyed with a random
+    /// seed per table keeps them from steering every remote into one shard or one bucket.
+    /// (foldhash, not the standard SipHash: a send looks its remote up, and SipHash over an
+    /// address cost about a fifth of a small message's send.)
+    hasher: Hasher,
+    pub(super) shards: [RwLock<Shard>; SHARDS],
 }
+
+type Hasher = foldhash::fast::RandomState;
+type Shard = HashMap<RemoteKey, Arc<Remote>, Hasher>;
 
 impl Remotes {
     pub(crate) fn new() -> Remotes {
         Remotes {
-            hasher: RandomState::new(),
-            shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+            hasher: Hasher::default(),
+            shards: std::array::from_fn(|_| RwLock::new(HashMap::with_hasher(Hasher::default()))),
         }
     }
 
-    pub(super) fn shard(&self, key: &RemoteKey) -> &RwLock<HashMap<RemoteKey, Arc<Remote>>> {
+    pub(super) fn shard(&self, key: &RemoteKey) -> &RwLock<Shard> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
