@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks: our node, C libchirp 1.2.1 and raw TCP on loopback.
 #
-#   scripts/bench.sh [--quick] [--runs N] [--windows | --star] [--baseline BIN]
+#   scripts/bench.sh [--quick] [--runs N] [--windows [--tls] | --star] [--baseline BIN]
 #
 # --windows: instead of the full set, asynchronous round trips at 1, 4, 8, 16, 64 and 256
-# messages outstanding, ours beside C libchirp, as a table with a bar chart.
+# messages outstanding, ours beside C libchirp, as a table with a bar chart. With --tls,
+# every window is also measured over TLS, ours beside C libchirp over TLS (a second table,
+# with our TLS rate against our plaintext rate).
 # Every mode also measures ZeroMQ (scripts/zmq_bench.c, libzmq3-dev) where it applies:
 # round trips with W outstanding (DEALER/ROUTER; ZeroMQ has no ACK, so against our
 # asynchronous mode) and one-way throughput (PUSH/PULL against `chirp bench-sink`).
@@ -29,14 +31,16 @@ quick=0
 windows=0
 star=0
 baseline=""
+tls_sweep=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; runs=3 ;;
     --runs) runs="$2"; shift ;;
     --windows) windows=1 ;;
     --star) star=1 ;;
+    --tls) tls_sweep=1 ;;
     --baseline) baseline="$2"; shift ;;
-    *) echo "usage: $0 [--quick] [--runs N] [--windows | --star] [--baseline BIN]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--runs N] [--windows [--tls] | --star] [--baseline BIN]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -290,9 +294,13 @@ if [ "$windows" = 1 ]; then
   ws="1 4 8 16 64 256"
   for i in $(seq 1 "$runs"); do
     for w in $ws; do
-      n=$((w < 16 ? 2500 * w : 40000 + 1000 * w))
+      n=$((w < 16 ? 10000 * w : 40000 + 1000 * w))
       ours "w${w}_ours" async "$w" "$n"; c_pair "w${w}_c" async "$w" "$n"; zmq_pair "w${w}_z" "$w" "$n"
       [ -n "$baseline" ] && ours "w${w}_base" async "$w" "$n" "$baseline"
+      if [ "$tls_sweep" = 1 ]; then
+        nt=$((w < 16 ? 5000 * w : 20000 + 500 * w))
+        ours_tls "t${w}_ours" "$w" "$nt"; c_tls "t${w}_c" "$w" "$nt"
+      fi
     done
     if [ -n "$baseline" ]; then
       ours sync_ours sync 1 $n_sync; ours sync_base sync 1 $n_sync "$baseline"
@@ -322,6 +330,18 @@ if [ "$windows" = 1 ]; then
     printf '| %11s | %9s | %9s | %9s | %6s | %8s |\n' "$w" "$(med "w${w}_ours")" "$(med "w${w}_c")" "$(med "w${w}_z")" \
       "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_c")")" "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_z")")"
   done
+  if [ "$tls_sweep" = 1 ]; then
+    echo
+    echo "TLS (always-encrypt, the same throwaway PKI for both), asynchronous round trips per second;"
+    echo "TLS/plain: our TLS rate against our plaintext rate above."
+    echo
+    printf '| %11s | %9s | %9s | %6s | %9s |\n' outstanding "ours TLS" "C TLS" "ours/C" "TLS/plain"
+    printf '|%s|%s|%s|%s|%s|\n' "-------------" "-----------" "-----------" "--------" "-----------"
+    for w in $ws; do
+      printf '| %11s | %9s | %9s | %6s | %9s |\n' "$w" "$(med "t${w}_ours")" "$(med "t${w}_c")" \
+        "$(ratio "$(med "t${w}_ours")" "$(med "t${w}_c")")" "$(ratio "$(med "t${w}_ours")" "$(med "w${w}_ours")")"
+    done
+  fi
   echo
   bar() { awk -v v="$1" -v t="$top" 'BEGIN { n = (v + 0) * 50 / t; s = ""; for (i = 0; i < n; i++) s = s "#"; print s }'; }
   for w in $ws; do
