@@ -118,6 +118,7 @@ impl Owner for Link {
             Some((node, remote)) => {
                 let mut after = After::default();
                 remote.written(&node.lim, conn, frames, result, &mut after);
+                super::remote::finish_written(frames);
                 node.run_after(&mut after);
             }
             // The node is gone: dropping the frames fails their waiters.

@@ -293,7 +293,8 @@ impl Inner {
         };
         if let Some((limit, value, counter)) = refused {
             drop(registry);
-            drop(stream);
+            // Counted (and announced) before the socket closes: whoever sees it closed
+            // also sees the refusal in the statistics.
             bump(counter);
             self.events.emit(|| Event::Refused {
                 address: peer,
@@ -305,6 +306,7 @@ impl Inner {
                     more(n)
                 );
             }
+            drop(stream);
             return;
         }
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
