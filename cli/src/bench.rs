@@ -60,7 +60,11 @@ fn round_trips(
     count: u64,
     signals: Receiver<()>,
 ) -> Result<(), Fail> {
-    let echo = Node::start_inline(c.clone(), |node, msg| drop(node.send(msg)))?;
+    // Released before it is answered, as `chirp echo` does (the safe pattern).
+    let echo = Node::start_inline(c.clone(), |node, mut msg| {
+        let _ = msg.release();
+        drop(node.send(msg));
+    })?;
     let opts = Opts {
         to: SocketAddr::from(([127, 0, 0, 1], echo.port())),
         payload: pattern(size),
