@@ -298,7 +298,7 @@ if [ "$windows" = 1 ]; then
       ours "w${w}_ours" async "$w" "$n"; c_pair "w${w}_c" async "$w" "$n"; zmq_pair "w${w}_z" "$w" "$n"
       [ -n "$baseline" ] && ours "w${w}_base" async "$w" "$n" "$baseline"
       if [ "$tls_sweep" = 1 ]; then
-        nt=$((w < 16 ? 5000 * w : 20000 + 500 * w))
+        nt=$((w < 16 ? 8000 * w : 20000 + 500 * w))
         ours_tls "t${w}_ours" "$w" "$nt"; c_tls "t${w}_c" "$w" "$nt"
       fi
     done
@@ -359,8 +359,8 @@ for i in $(seq 1 "$runs"); do
   zmq_pair async_z 1 $n_async; zmq_pair win_z 16 $n_win
   ours_tls tls1_ours 1 $n_async; c_tls tls1_c 1 $n_async
   ours_tls tls16_ours 16 $n_win; c_tls tls16_c 16 $n_win
-  oneway ow16_ours ours 16 $((n_win * 5)); oneway ow16_z zmq 16 $((n_win * 5))
-  oneway ow1k_ours ours 1024 $n_win; oneway ow1k_z zmq 1024 $n_win
+  oneway ow16_ours ours 16 $((n_win * 20)); oneway ow16_z zmq 16 $((n_win * 20))
+  oneway ow1k_ours ours 1024 $((n_win * 4)); oneway ow1k_z zmq 1024 $((n_win * 4))
   add raw_threads "$($B bench-raw --count $n_async | rate)"
   add big_ours "$($B bench --stream --size 1048576 --count $n_big 2>/dev/null | rate)"
   add big_raw "$($B bench-raw --stream --size 1048576 --count $n_big | rate)"
