@@ -129,6 +129,9 @@ impl Drop for Scratch {
         if self.staging.capacity() > STAGING_KEEP {
             self.staging = Vec::new();
         }
+        if self.frames.capacity() > FRAMES_KEEP {
+            self.frames = Vec::new();
+        }
         let batch = (
             std::mem::take(&mut self.frames),
             std::mem::take(&mut self.staging),
@@ -257,8 +260,12 @@ fn gather<'a>(
     parts
 }
 
-/// Staging buffers larger than this are not kept between batches.
-const STAGING_KEEP: usize = 1 << 20;
+/// Staging buffers larger than this are not kept between batches: every thread that writes
+/// keeps its own (a reader thread per connection among them), so an idle connection must
+/// not hold on to the buffer of its largest batch.
+const STAGING_KEEP: usize = 64 * 1024;
+/// The same for the batch's frame list (a frame is about 200 bytes).
+const FRAMES_KEEP: usize = 256;
 
 fn req_ack_bits(conn: &Conn) -> u8 {
     if conn.settings.synchronous {
