@@ -151,13 +151,39 @@ struct DriverState {
     sent: u64,
     back: u64,
     sends: VecDeque<Completion<Result<Message, SendError>>>,
+    /// The first send that failed.
+    failed: Option<SendError>,
+}
+
+impl DriverState {
+    /// Takes finished sends off the front (keeping the first failure); returns how many
+    /// are still pending.
+    fn reap(&mut self) -> usize {
+        while let Some(front) = self.sends.pop_front() {
+            match front.try_wait() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    self.failed.get_or_insert(e);
+                }
+                Err(pending) => {
+                    self.sends.push_front(pending);
+                    break;
+                }
+            }
+        }
+        self.sends.len()
+    }
 }
 
 impl Driver {
-    /// Sends while fewer than `window` are outstanding.
+    /// Sends while fewer than `window` are outstanding, after taking the finished sends
+    /// off the front. (Done here, on the thread that sent them, and a few at a time: the
+    /// main thread taking tens of thousands at once held this lock against the reader
+    /// thread and freed memory another thread had allocated.)
     fn fill(&self, node: &Node) {
         let o = &self.opts;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.reap();
         while st.sent < o.count && st.sent - st.back < o.window {
             st.sent += 1;
             let c = node.send(Message::to(o.to, o.payload.clone()));
@@ -182,18 +208,11 @@ impl Driver {
     /// Takes finished sends off the front; the first failure is returned.
     fn reap(&self) -> Result<usize, Fail> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(front) = st.sends.pop_front() {
-            match front.try_wait() {
-                Ok(r) => {
-                    r?;
-                }
-                Err(pending) => {
-                    st.sends.push_front(pending);
-                    break;
-                }
-            }
+        let pending = st.reap();
+        match st.failed.take() {
+            Some(e) => Err(Fail::from(e)),
+            None => Ok(pending),
         }
-        Ok(st.sends.len())
     }
 
     fn back(&self) -> u64 {
