@@ -191,8 +191,8 @@ pub(crate) fn kick(conn: Arc<Conn>, streaming: bool) {
 
 /// Payloads up to this size are copied next to their preamble into one contiguous buffer;
 /// larger ones are written from where they are (a slice of their own in the gather write).
-/// The kernel pays per slice: a batch of 16-byte messages as one buffer instead of two
-/// slices per message cost markedly less system time (PERFORMANCE.md).
+/// The kernel pays per slice, so a batch of 16-byte messages goes out as one slice
+/// instead of two per message.
 const COPY_MAX: usize = 512;
 
 /// Encodes the batch for one gather write: preambles and small payloads go into `staging`,
