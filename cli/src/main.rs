@@ -36,7 +36,7 @@ use libchirp::{Config, Error, Node, SendError, Stats};
 #[derive(Parser, Debug)]
 #[command(
     name = "chirp",
-    version,
+    version = version(),
     about = "libchirp message passing from the command line"
 )]
 struct Cli {
@@ -81,6 +81,27 @@ pub(crate) struct Common {
     /// --max-connections, at least 16).
     #[arg(long, value_name = "N")]
     max_handshaking: Option<usize>,
+}
+
+/// `chirp --version`: the tool's version and the OpenSSL it runs on (the library it loaded,
+/// which is what TLS behaviour depends on, not the headers it was built against).
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            openssl::version::version()
+        )
+    })
+}
+
+/// Shells `chirp completions` writes a completion script for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,6 +219,18 @@ enum Command {
         #[arg(long)]
         silent: bool,
     },
+    /// Print a shell completion script to stdout, e.g.
+    /// `chirp completions bash > /etc/bash_completion.d/chirp`.
+    Completions {
+        /// The shell: bash, zsh or fish.
+        shell: Shell,
+    },
+    /// Write the manual pages, chirp(1) and one per subcommand (chirp-echo(1), …), into
+    /// DIR, e.g. `chirp manpage /usr/local/share/man/man1`, then `man chirp`.
+    Manpage {
+        /// The directory to write the pages into (created if missing).
+        dir: PathBuf,
+    },
     /// Baseline: raw TCP on loopback, no libchirp. Ping-pong of SIZE-byte messages (one
     /// outstanding) or, with --stream, one-way bandwidth.
     BenchRaw {
@@ -243,6 +276,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Documentation commands need no node, no logger and no signal handling.
+    match cli.command {
+        Command::Completions { shell } => return completions(shell),
+        Command::Manpage { dir } => return manpage(&dir),
+        _ => {}
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let signals = match stop_signals() {
         Ok(s) => s,
@@ -255,6 +294,74 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(msg)) => {
             eprintln!("chirp: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `chirp completions SHELL`: the completion script clap_complete derives from the same
+/// argument definitions as `--help`.
+fn completions(shell: Shell) -> ExitCode {
+    use clap::CommandFactory;
+    use clap_complete::{generate, shells};
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    match shell {
+        Shell::Bash => generate(shells::Bash, &mut cmd, "chirp", &mut out),
+        Shell::Zsh => generate(shells::Zsh, &mut cmd, "chirp", &mut out),
+        Shell::Fish => generate(shells::Fish, &mut cmd, "chirp", &mut out),
+    }
+    finish_stdout(out.flush())
+}
+
+/// `chirp manpage DIR`: writes chirp(1) and one page per subcommand (chirp-echo(1), …, the
+/// pages chirp(1) refers to) into DIR, rendered by clap_mangen from the argument
+/// definitions, and prints each path written.
+fn manpage(dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut pages = vec![("chirp".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("chirp-{}", sub.get_name());
+        let sub = sub
+            .clone()
+            .name(name.clone())
+            .bin_name(format!("chirp {}", sub.get_name()))
+            .version(version());
+        pages.push((name, sub));
+    }
+    let write = |name: &str, page: clap::Command| -> std::io::Result<std::path::PathBuf> {
+        let mut roff = Vec::new();
+        clap_mangen::Man::new(page)
+            .title(name.to_string())
+            .render(&mut roff)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, roff)?;
+        Ok(path)
+    };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("chirp: cannot create {}: {e}", dir.display());
+        return ExitCode::from(1);
+    }
+    for (name, page) in pages {
+        match write(&name, page) {
+            Ok(path) => println!("{}", path.display()),
+            Err(e) => {
+                eprintln!("chirp: cannot write {name}.1 into {}: {e}", dir.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Exit status of a command that only writes to stdout (a closed pipe is not an error).
+fn finish_stdout(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chirp: cannot write to stdout: {e}");
             ExitCode::from(1)
         }
     }
@@ -342,6 +449,8 @@ fn run(cli: Cli, signals: Receiver<()>) -> Result<(), Fail> {
             count,
             stream,
         } => bench::raw(size, count, stream),
+        // Handled in main before the node machinery starts.
+        Command::Completions { .. } | Command::Manpage { .. } => Ok(()),
     }
 }
 
