@@ -93,7 +93,7 @@ fn the_statistics_reach_a_metrics_recorder_by_name() {
     };
     assert_eq!(v("chirp_messages_sent_total"), stats.msgs_out as f64);
     assert_eq!(v("chirp_messages_sent_total"), 5.0);
-    assert_eq!(v("chirp_bytes_sent_total"), 50.0);
+    assert_eq!(v("chirp_sent_bytes_total"), 50.0);
     assert_eq!(v("chirp_messages_received_total"), 5.0);
     assert_eq!(v("chirp_acks_received_total"), 5.0);
     assert_eq!(v("chirp_connections_dialed_total"), stats.dialed as f64);

@@ -2,12 +2,124 @@
 //! that any exporter (Prometheus and others) picks them up. Counters are set to their
 //! absolute value (they only grow); gauges are set.
 
-use metrics::{counter, gauge};
+use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 
 use super::Stats;
 
+/// Every metric with its unit and help text, so an exporter can print `# HELP` and `# TYPE`
+/// lines. Cheap enough to run on every publication (once a second), which also reaches a
+/// recorder installed after the node started.
+fn describe() {
+    for (name, unit, help) in [
+        (
+            "chirp_connections",
+            Unit::Count,
+            "Open connections, handshaken or not.",
+        ),
+        (
+            "chirp_connections_handshaking",
+            Unit::Count,
+            "Accepted connections still in their TLS or chirp handshake.",
+        ),
+        (
+            "chirp_messages_queued",
+            Unit::Count,
+            "Messages waiting to be written, over all remotes.",
+        ),
+        (
+            "chirp_messages_in_flight",
+            Unit::Count,
+            "Synchronous messages written and waiting for their ACK.",
+        ),
+        (
+            "chirp_slots_in_use",
+            Unit::Count,
+            "Received messages not yet released.",
+        ),
+        (
+            "chirp_threads",
+            Unit::Count,
+            "Threads the node runs (readers, writers, accept, timer).",
+        ),
+    ] {
+        describe_gauge!(name, unit, help);
+    }
+    for (name, unit, help) in [
+        (
+            "chirp_connections_accepted_total",
+            Unit::Count,
+            "Connections accepted.",
+        ),
+        (
+            "chirp_connections_dialed_total",
+            Unit::Count,
+            "Connections this node dialed.",
+        ),
+        (
+            "chirp_connections_refused_total",
+            Unit::Count,
+            "Connections refused, by reason.",
+        ),
+        (
+            "chirp_connections_closed_total",
+            Unit::Count,
+            "Connections closed, by reason.",
+        ),
+        (
+            "chirp_accept_errors_total",
+            Unit::Count,
+            "Failed accept() calls (e.g. out of descriptors).",
+        ),
+        (
+            "chirp_messages_received_total",
+            Unit::Count,
+            "Messages received.",
+        ),
+        (
+            "chirp_messages_sent_total",
+            Unit::Count,
+            "Messages written.",
+        ),
+        (
+            "chirp_received_bytes_total",
+            Unit::Bytes,
+            "Message bytes received (header and data; framing not counted).",
+        ),
+        (
+            "chirp_sent_bytes_total",
+            Unit::Bytes,
+            "Message bytes written (header and data; framing not counted).",
+        ),
+        ("chirp_acks_received_total", Unit::Count, "ACKs received."),
+        ("chirp_acks_sent_total", Unit::Count, "ACKs written."),
+        (
+            "chirp_sends_failed_total",
+            Unit::Count,
+            "Sends that completed with an error, by kind.",
+        ),
+        (
+            "chirp_requests_answered_total",
+            Unit::Count,
+            "Requests whose answer arrived.",
+        ),
+        (
+            "chirp_requests_timed_out_total",
+            Unit::Count,
+            "Requests that timed out.",
+        ),
+        (
+            "chirp_events_dropped_total",
+            Unit::Count,
+            "Events dropped because the events channel was full.",
+        ),
+    ] {
+        describe_counter!(name, unit, help);
+    }
+}
+
 /// Publishes `s` to the installed `metrics` recorder (a no-op without one).
 pub(crate) fn publish(s: &Stats) {
+    describe();
     gauge!("chirp_connections").set(s.connections as f64);
     gauge!("chirp_connections_handshaking").set(s.handshaking as f64);
     gauge!("chirp_messages_queued").set(s.queued as f64);
@@ -40,8 +152,8 @@ pub(crate) fn publish(s: &Stats) {
     counter!("chirp_accept_errors_total").absolute(s.accept_errors);
     counter!("chirp_messages_received_total").absolute(s.msgs_in);
     counter!("chirp_messages_sent_total").absolute(s.msgs_out);
-    counter!("chirp_bytes_received_total").absolute(s.bytes_in);
-    counter!("chirp_bytes_sent_total").absolute(s.bytes_out);
+    counter!("chirp_received_bytes_total").absolute(s.bytes_in);
+    counter!("chirp_sent_bytes_total").absolute(s.bytes_out);
     counter!("chirp_acks_received_total").absolute(s.acks_in);
     counter!("chirp_acks_sent_total").absolute(s.acks_out);
     for (kind, v) in [
