@@ -28,7 +28,12 @@ impl Drop for Example {
 fn example_path() -> PathBuf {
     // target/<profile>/deps/prometheus-<hash> -> target/<profile>/examples/prometheus
     let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("examples/prometheus");
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/prometheus");
     assert!(
         path.exists(),
         "{} is missing: build it with `cargo build --features metrics --examples`",

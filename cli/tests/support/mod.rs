@@ -147,14 +147,22 @@ impl Net {
 
     /// Starts `chirp ARGS` on host `i`.
     pub fn spawn(&self, i: usize, args: &[&str]) -> Proc {
+        self.spawn_program(i, env!("CARGO_BIN_EXE_chirp").as_ref(), args, &[])
+    }
+
+    /// Starts `PROGRAM ARGS` on host `i` with `env` added to the environment.
+    pub fn spawn_program(
+        &self,
+        i: usize,
+        program: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.hosts[i].ns,
-                env!("CARGO_BIN_EXE_chirp"),
-            ])
+            .args(["netns", "exec", &self.hosts[i].ns])
+            .arg(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
