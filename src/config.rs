@@ -98,6 +98,11 @@ pub struct Config {
     /// at once with [`Error::LimitReached`] and hands the message back; wait for one of your
     /// earlier sends to that peer to complete, then send again.
     pub max_queued: usize,
+    /// A node certificate that expires within this long is accepted at start (and by
+    /// [`Node::reload_tls`](crate::Node::reload_tls)) with a logged warning naming the
+    /// date. Default 30 days; `Duration::ZERO` never warns. An expired or not yet valid
+    /// certificate is always refused.
+    pub cert_expiry_warning: Duration,
 }
 
 impl Default for Config {
@@ -123,6 +128,7 @@ impl Default for Config {
             max_connections: 0,
             max_handshaking: 0,
             max_queued: 0,
+            cert_expiry_warning: Duration::from_secs(30 * 86_400),
         }
     }
 }

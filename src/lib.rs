@@ -293,6 +293,7 @@ pub use config::{Config, Effective};
 pub use error::{Error, Result, SendError};
 pub use message::{Identity, Message};
 pub use node::{Event, Node, RemoteInfo, Stats};
+pub use tls::Certificate;
 
 /// The README's example, compiled and run as a doctest so that it stays true.
 #[cfg(doctest)]

@@ -70,7 +70,8 @@ impl Shared {
 }
 
 /// A node whose received messages are handled on a thread pool. Dereferences to [`Node`]
-/// for `send`, `request`, `port`, `identity` and `close`.
+/// for `send`, `request`, `port`, `identity`, `stats`,
+/// `reload_tls` (a new certificate without a restart) and `close`.
 pub struct Chirp {
     node: Node,
     shared: Arc<Shared>,

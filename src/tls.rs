@@ -11,8 +11,8 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openssl::dh::Dh;
 use openssl::pkey::PKey;
@@ -20,7 +20,10 @@ use openssl::ssl::{
     ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslStream,
     SslVerifyMode, SslVersion,
 };
-use openssl::x509::X509;
+use openssl::asn1::{Asn1Time, Asn1TimeRef};
+use openssl::stack::Stack;
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::{X509NameRef, X509Ref, X509StoreContext, X509};
 
 use crate::error::Error;
 
@@ -28,20 +31,231 @@ use crate::error::Error;
 pub(crate) const CIPHER_LIST: &str =
     "-ALL:DHE-DSS-AES256-GCM-SHA384:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES256-SHA256:DHE-DSS-AES256-SHA256:";
 
+/// A certificate's subject, issuer and validity: this node's own
+/// ([`Stats::certificate`](crate::Stats::certificate)) or a peer's
+/// ([`RemoteInfo::peer_certificate`](crate::RemoteInfo::peer_certificate)).
+///
+/// ```
+/// use std::time::Duration;
+/// let dir = std::env::temp_dir().join(format!("chirp-cert-doc-{}", std::process::id()));
+/// let pki = libchirp::pki::TestPki::generate(&dir)?;
+/// let mut config = libchirp::Config::default();
+/// config.port = 0;
+/// config.cert_chain = Some(pki.node_v3.clone());
+/// config.dh_params = Some(pki.dh_params.clone());
+/// let node = libchirp::Node::start(config, drop)?;
+/// let cert = node.stats().certificate.expect("a TLS node has a certificate");
+/// assert_eq!(cert.subject, "CN=node-v3.libchirp.test");
+/// assert!(cert.remaining().unwrap() > Duration::from_secs(365 * 86_400));
+/// println!("{cert}"); // CN=node-v3.libchirp.test (issued by CN=libchirp test CA), valid … to …
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), libchirp::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Certificate {
+    /// The subject's distinguished name, e.g. `CN=node-1.example, O=Example`.
+    pub subject: String,
+    /// The issuer's distinguished name (the CA that signed it).
+    pub issuer: String,
+    /// Valid from.
+    pub not_before: SystemTime,
+    /// Valid until: after this, peers refuse it.
+    pub not_after: SystemTime,
+}
+
+impl Certificate {
+    pub(crate) fn of(cert: &X509Ref) -> Certificate {
+        Certificate {
+            subject: name_text(cert.subject_name()),
+            issuer: name_text(cert.issuer_name()),
+            not_before: system_time(cert.not_before()),
+            not_after: system_time(cert.not_after()),
+        }
+    }
+
+    /// Time left until it expires; `None` once it has.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.not_after.duration_since(SystemTime::now()).ok()
+    }
+}
+
+impl std::fmt::Display for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (issued by {}), valid {} to {}",
+            self.subject,
+            self.issuer,
+            utc(self.not_before),
+            utc(self.not_after)
+        )
+    }
+}
+
+/// `CN=a, O=b`: the name's entries in order, short names where OpenSSL has them.
+fn name_text(name: &X509NameRef) -> String {
+    name.entries()
+        .map(|e| {
+            let key = e.object().nid().short_name().unwrap_or("?");
+            let value = e.data().to_string().unwrap_or_else(|_| "?".into());
+            format!("{key}={value}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn system_time(t: &Asn1TimeRef) -> SystemTime {
+    let diff = Asn1Time::from_unix(0).and_then(|epoch| epoch.diff(t));
+    match diff {
+        Ok(d) => {
+            let secs = i64::from(d.days) * 86_400 + i64::from(d.secs);
+            if secs >= 0 {
+                UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+            } else {
+                UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            }
+        }
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+/// `2027-12-01 04:00:00 UTC`.
+pub(crate) fn utc(t: SystemTime) -> String {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// The per-node TLS context.
 #[derive(Clone)]
 pub(crate) struct TlsContext {
     ctx: SslContext,
+    /// The node certificate it presents.
+    pub(crate) cert: Certificate,
+}
+
+/// The context new connections use, replaceable while the node runs
+/// ([`Node::reload_tls`](crate::Node::reload_tls)). A connection takes a copy (a reference
+/// count) when its TLS handshake starts and keeps it; replacing it touches no connection.
+pub(crate) struct TlsCurrent(RwLock<TlsContext>);
+
+impl TlsCurrent {
+    pub(crate) fn new(ctx: TlsContext) -> TlsCurrent {
+        TlsCurrent(RwLock::new(ctx))
+    }
+
+    /// The context for a connection starting now.
+    pub(crate) fn get(&self) -> TlsContext {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Makes `ctx` the one for new connections.
+    pub(crate) fn replace(&self, ctx: TlsContext) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = ctx;
+    }
 }
 
 fn file_error(path: &Path, what: &str, reason: impl std::fmt::Display) -> Error {
     Error::tls(format!("{} ({what}): {reason}", path.display()))
 }
 
+/// Checks the node certificate (`certs[0]`) before the node uses it: valid now, and issued
+/// by a CA in the same file (the CAs the node trusts, so the ones its peers must trust too).
+/// Logs a warning when it expires within `warn_within`.
+fn check_own_certificate(
+    path: &Path,
+    certs: &[X509],
+    warn_within: Duration,
+) -> Result<Certificate, Error> {
+    let fail = |reason: String| file_error(path, "certificate chain", reason);
+    let cert = Certificate::of(&certs[0]);
+    let now = SystemTime::now();
+    if now < cert.not_before {
+        return Err(fail(format!(
+            "the node certificate ({}) is not valid yet: valid from {} to {}; use one that is valid now, or check this machine's clock",
+            cert.subject,
+            utc(cert.not_before),
+            utc(cert.not_after)
+        )));
+    }
+    if now > cert.not_after {
+        return Err(fail(format!(
+            "the node certificate ({}) expired on {} (valid from {}); peers refuse an expired certificate: renew it",
+            cert.subject,
+            utc(cert.not_after),
+            utc(cert.not_before)
+        )));
+    }
+    // Verify as a peer would: every certificate in the file is trusted (as the TLS context
+    // trusts them), the ones after the node certificate also form its chain.
+    let ssl_err = |e: openssl::error::ErrorStack| fail(format!("checking the chain: {e}"));
+    let mut store = X509StoreBuilder::new().map_err(ssl_err)?;
+    for c in certs {
+        store.add_cert(c.clone()).map_err(ssl_err)?;
+    }
+    let store = store.build();
+    let mut chain = Stack::new().map_err(ssl_err)?;
+    for c in &certs[1..] {
+        chain.push(c.clone()).map_err(ssl_err)?;
+    }
+    let mut ctx = X509StoreContext::new().map_err(ssl_err)?;
+    let (verified, error, at) = ctx
+        .init(&store, &certs[0], &chain, |c| {
+            let ok = c.verify_cert()?;
+            let at = c.current_cert().map(|x| name_text(x.subject_name()));
+            Ok((ok, c.error(), at))
+        })
+        .map_err(ssl_err)?;
+    if !verified {
+        return Err(fail(format!(
+            "the node certificate ({}, issued by {}) does not verify against the CA certificates in this file: {} (at {}); peers trusting these CAs would refuse it",
+            cert.subject,
+            cert.issuer,
+            error.error_string(),
+            at.unwrap_or_else(|| "?".into())
+        )));
+    }
+    if let Some(left) = cert.remaining().filter(|left| *left < warn_within) {
+        log::warn!(
+            "{}: the node certificate ({}) expires on {}, in {} days: renew it and reload it (Node::reload_tls, or SIGHUP to the chirp tool)",
+            path.display(),
+            cert.subject,
+            utc(cert.not_after),
+            left.as_secs() / 86_400
+        );
+    }
+    Ok(cert)
+}
+
 impl TlsContext {
     /// Builds the context from the certificate-chain file (key, certificate, CA) and the
-    /// DH-parameters file. Each failure names the file and the reason.
-    pub(crate) fn new(cert_chain: &Path, dh_params: &Path) -> Result<TlsContext, Error> {
+    /// DH-parameters file. Each failure names the file and the reason. The node certificate
+    /// must be valid now and verify against the CAs in the file; one that expires within
+    /// `warn_within` is accepted with a logged warning.
+    pub(crate) fn new(
+        cert_chain: &Path,
+        dh_params: &Path,
+        warn_within: Duration,
+    ) -> Result<TlsContext, Error> {
         let chain_pem =
             fs::read(cert_chain).map_err(|e| file_error(cert_chain, "certificate chain", e))?;
         let dh_pem = fs::read(dh_params).map_err(|e| file_error(dh_params, "DH parameters", e))?;
@@ -64,6 +278,7 @@ impl TlsContext {
         })?;
         let dh = Dh::params_from_pem(&dh_pem)
             .map_err(|e| file_error(dh_params, "DH parameters", format!("bad PEM: {e}")))?;
+        let cert = check_own_certificate(cert_chain, &certs, warn_within)?;
 
         let ctx_err = |e: openssl::error::ErrorStack| Error::tls(format!("TLS context: {e}"));
         let mut b = SslContextBuilder::new(SslMethod::tls()).map_err(ctx_err)?;
@@ -99,7 +314,10 @@ impl TlsContext {
         b.set_tmp_dh(&dh)
             .map_err(|e| file_error(dh_params, "DH parameters", e))?;
         b.set_cipher_list(CIPHER_LIST).map_err(ctx_err)?;
-        Ok(TlsContext { ctx: b.build() })
+        Ok(TlsContext {
+            ctx: b.build(),
+            cert,
+        })
     }
 }
 
@@ -180,6 +398,8 @@ impl Write for MemBio {
 /// One connection's TLS session.
 pub(crate) struct TlsSession {
     stream: Mutex<SslStream<MemBio>>,
+    /// The certificate the peer presented.
+    peer: Option<Certificate>,
 }
 
 fn ssl_error(e: openssl::ssl::Error) -> Error {
@@ -248,9 +468,16 @@ impl TlsSession {
                 }
             }
         }
+        let peer = stream.ssl().peer_certificate().map(|c| Certificate::of(&c));
         Ok(TlsSession {
             stream: Mutex::new(stream),
+            peer,
         })
+    }
+
+    /// The certificate the peer presented in the handshake.
+    pub(crate) fn peer_certificate(&self) -> Option<&Certificate> {
+        self.peer.as_ref()
     }
 
     /// Encrypts all of `parts` and appends the resulting ciphertext (plus any ciphertext
@@ -368,7 +595,7 @@ mod tests {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("chirp-tls-unit-{}-{n}", std::process::id()));
         let pki = crate::pki::TestPki::generate(&dir).unwrap();
-        let ctx = TlsContext::new(&pki.node_v1, &pki.dh_params).unwrap();
+        let ctx = TlsContext::new(&pki.node_v1, &pki.dh_params, Duration::ZERO).unwrap();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -409,6 +636,19 @@ mod tests {
             got += d.plain;
         }
         plain
+    }
+
+    #[test]
+    fn utc_dates_are_civil_dates() {
+        let at = |s: u64| utc(UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(at(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(at(1_796_097_599), "2026-12-01 03:59:59 UTC");
+        assert_eq!(at(4_107_542_400), "2100-03-01 00:00:00 UTC");
+        assert_eq!(
+            utc(UNIX_EPOCH - Duration::from_secs(1)),
+            "1969-12-31 23:59:59 UTC"
+        );
     }
 
     #[test]

@@ -7,11 +7,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use libchirp::{Config, Identity, Node};
 
 use crate::send::{echo_round_trips, plain_sends, Opts};
-use crate::{pattern, print_rate, Common, Fail};
+use crate::{pattern, print_rate, Common, Fail, Signals};
 
 /// `chirp bench`: an echo node and a sender node in this process, on loopback.
 pub(crate) fn bench(
@@ -21,7 +20,7 @@ pub(crate) fn bench(
     count: u64,
     tls: bool,
     stream: bool,
-    signals: Receiver<()>,
+    signals: Signals,
 ) -> Result<(), Fail> {
     let mut c = Config::default();
     c.port = 0;
@@ -58,7 +57,7 @@ fn round_trips(
     window: u64,
     size: usize,
     count: u64,
-    signals: Receiver<()>,
+    signals: Signals,
 ) -> Result<(), Fail> {
     // Released before it is answered, as `chirp echo` does (the safe pattern).
     let echo = Node::start_inline(c.clone(), |node, mut msg| {
@@ -494,7 +493,7 @@ pub(crate) fn idle(n: usize, flood: usize) -> Result<(), Fail> {
 
 /// `chirp bench-sink`: counts `count` messages (asynchronous mode, released at once) and
 /// prints "N messages in S s: R/s" from the first message to the last.
-pub(crate) fn sink(mut c: Config, count: u64, signals: Receiver<()>) -> Result<(), Fail> {
+pub(crate) fn sink(mut c: Config, count: u64, signals: Signals) -> Result<(), Fail> {
     c.synchronous = false;
     let (tx, done) = crossbeam_channel::bounded(1);
     let first = std::sync::Mutex::new(None::<Instant>);

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Exit status 0 on success; 1 with one line on stderr on failure. Ctrl-C and SIGTERM close
-//! the node cleanly. `RUST_LOG=debug` shows the library's log.
+//! the node cleanly; SIGHUP reloads the certificate chain and DH parameters from their
+//! files for new connections. `RUST_LOG=debug` shows the library's log.
 //!
 //! One module per group of subcommands: `serve` (echo, listen), `send` (send, request, and
 //! the event-driven sender they share with the benchmarks) and `bench` (measurements only).
@@ -74,6 +75,11 @@ pub(crate) struct Common {
     /// Encrypt loopback connections too.
     #[arg(long)]
     always_encrypt: bool,
+    /// Warn at start (and on reload) when the node certificate expires within DAYS days
+    /// (default 30; 0 never warns). SIGHUP reloads --cert-chain and --dh-params for new
+    /// connections without a restart.
+    #[arg(long, value_name = "DAYS")]
+    cert_expiry_warning: Option<u32>,
     /// Most connections at once (default: derived from the process's limits).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -367,24 +373,59 @@ fn finish_stdout(result: std::io::Result<()>) -> ExitCode {
     }
 }
 
-/// A channel that receives one message when SIGINT or SIGTERM arrives (signal-hook's
-/// self-pipe iterator, read by a small named thread).
-fn stop_signals() -> std::io::Result<Receiver<()>> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    let (tx, rx) = crossbeam_channel::bounded(1);
+/// What the process was asked by signals: `stop` gets one message on SIGINT or SIGTERM,
+/// `reload` one per SIGHUP (coalesced while one is pending).
+pub(crate) struct Signals {
+    stop: Receiver<()>,
+    reload: Receiver<()>,
+}
+
+/// Signal-hook's self-pipe iterator, read by a small named thread.
+fn stop_signals() -> std::io::Result<Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let (stop_tx, stop) = crossbeam_channel::bounded(1);
+    let (reload_tx, reload) = crossbeam_channel::bounded(1);
     std::thread::Builder::new()
         .name("chirp-signals".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            if signals.forever().next().is_some() {
-                let _ = tx.send(());
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    let _ = reload_tx.try_send(());
+                } else {
+                    let _ = stop_tx.send(());
+                    return;
+                }
             }
         })?;
-    Ok(rx)
+    Ok(Signals { stop, reload })
 }
 
-fn run(cli: Cli, signals: Receiver<()>) -> Result<(), Fail> {
+/// SIGHUP: reads the node's certificate chain and DH parameters again from the files it was
+/// started with and uses them for new connections (`Node::reload_tls`); says so on stderr.
+pub(crate) fn reload_tls(node: &Node) {
+    let c = node.config().config();
+    let (Some(chain), Some(dh), false) = (&c.cert_chain, &c.dh_params, c.disable_encryption)
+    else {
+        eprintln!("chirp: SIGHUP: nothing to reload (this node does not encrypt)");
+        return;
+    };
+    match node.reload_tls(chain, dh) {
+        Ok(()) => {
+            let cert = node.stats().certificate.map(|c| c.to_string());
+            eprintln!(
+                "chirp: SIGHUP: reloaded {} and {}; new connections present {}",
+                chain.display(),
+                dh.display(),
+                cert.unwrap_or_default()
+            );
+        }
+        Err(e) => eprintln!("chirp: SIGHUP: reload failed, still using the previous certificate: {e}"),
+    }
+}
+
+fn run(cli: Cli, signals: Signals) -> Result<(), Fail> {
     match cli.command {
         Command::Echo { stats, common } => {
             serve::echo(config(&common, 2998)?, period(stats)?, signals)
@@ -466,8 +507,9 @@ fn period(secs: Option<f64>) -> Result<Option<Duration>, Fail> {
 }
 
 /// One line of statistics: `connections=N handshaking=N accepted=N refused=N closed=N
-/// msgs_in=N msgs_out=N bytes_in=N bytes_out=N acks_in=N acks_out=N errors=N`, then, given
-/// the previous snapshot and the time since, the rates per second.
+/// msgs_in=N msgs_out=N bytes_in=N bytes_out=N acks_in=N acks_out=N errors=N`, with TLS
+/// `cert_expires_in_days=N`, then, given the previous snapshot and the time since, the
+/// rates per second.
 pub(crate) fn stats_line(s: &Stats, before: Option<(&Stats, Duration)>) -> String {
     let mut line = format!(
         "connections={} handshaking={} accepted={} refused={} closed={} msgs_in={} msgs_out={} bytes_in={} bytes_out={} acks_in={} acks_out={} errors={}",
@@ -484,6 +526,14 @@ pub(crate) fn stats_line(s: &Stats, before: Option<(&Stats, Duration)>) -> Strin
         s.acks_out,
         s.sends_failed,
     );
+    if let Some(cert) = &s.certificate {
+        // Whole days until the node certificate expires (negative once it has).
+        let days = match cert.not_after.duration_since(std::time::SystemTime::now()) {
+            Ok(left) => (left.as_secs() / 86_400) as i64,
+            Err(past) => -((past.duration().as_secs() / 86_400) as i64) - 1,
+        };
+        line.push_str(&format!(" cert_expires_in_days={days}"));
+    }
     if let Some((b, dt)) = before {
         let rate =
             |now: u64, then: u64| now.saturating_sub(then) as f64 / dt.as_secs_f64().max(1e-9);
@@ -498,16 +548,19 @@ pub(crate) fn stats_line(s: &Stats, before: Option<(&Stats, Duration)>) -> Strin
     line
 }
 
-/// Serves until a signal, printing a statistics line to stderr every `period`.
-pub(crate) fn serve_until_signal(node: &Node, period: Option<Duration>, signals: &Receiver<()>) {
-    let Some(period) = period else {
-        let _ = signals.recv();
-        return;
-    };
+/// Serves until SIGINT or SIGTERM, reloading the certificate on SIGHUP and printing a
+/// statistics line to stderr every `period`.
+pub(crate) fn serve_until_signal(node: &Node, period: Option<Duration>, signals: &Signals) {
     let mut before = (node.stats(), std::time::Instant::now());
     loop {
-        match signals.recv_timeout(period) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+        let tick = match period {
+            Some(p) => crossbeam_channel::after(p),
+            None => crossbeam_channel::never(),
+        };
+        crossbeam_channel::select! {
+            recv(signals.stop) -> _ => return,
+            recv(signals.reload) -> _ => reload_tls(node),
+            recv(tick) -> _ => {
                 let now = (node.stats(), std::time::Instant::now());
                 eprintln!(
                     "{}",
@@ -515,7 +568,6 @@ pub(crate) fn serve_until_signal(node: &Node, period: Option<Duration>, signals:
                 );
                 before = now;
             }
-            _ => return,
         }
     }
 }
@@ -548,6 +600,9 @@ fn config(common: &Common, default_port: u16) -> Result<Config, Fail> {
     c.cert_chain = common.cert_chain.clone();
     c.dh_params = common.dh_params.clone();
     c.always_encrypt = common.always_encrypt;
+    if let Some(days) = common.cert_expiry_warning {
+        c.cert_expiry_warning = Duration::from_secs(u64::from(days) * 86_400);
+    }
     c.max_connections = common.max_connections.unwrap_or(0);
     c.max_handshaking = common.max_handshaking.unwrap_or(0);
     if !c.disable_encryption && (c.cert_chain.is_none() || c.dh_params.is_none()) {
@@ -585,17 +640,25 @@ pub(crate) fn print_rate(count: u64, elapsed: Duration) {
     println!("{count} round trips in {secs:.3} s: {rate:.0}/s");
 }
 
-/// Closes the node when a signal arrives, which fails whatever is pending.
-pub(crate) fn watch_signals(node: &Arc<Node>, signals: Receiver<()>) {
+/// Closes the node when SIGINT or SIGTERM arrives, which fails whatever is pending;
+/// reloads its certificate on SIGHUP.
+pub(crate) fn watch_signals(node: &Arc<Node>, signals: Signals) {
     let node = Arc::downgrade(node);
     let _ = std::thread::Builder::new()
         .name("chirp-signal-close".into())
         .stack_size(64 * 1024)
-        .spawn(move || {
-            if signals.recv().is_ok() {
-                if let Some(n) = node.upgrade() {
-                    n.close();
+        .spawn(move || loop {
+            crossbeam_channel::select! {
+                recv(signals.stop) -> r => {
+                    if let (Ok(()), Some(n)) = (r, node.upgrade()) {
+                        n.close();
+                    }
+                    return;
                 }
+                recv(signals.reload) -> r => match (r, node.upgrade()) {
+                    (Ok(()), Some(n)) => reload_tls(&n),
+                    _ => return,
+                },
             }
         });
 }

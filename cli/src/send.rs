@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use libchirp::{Completion, Config, Message, Node, SendError};
 
-use crate::{print_rate, stats_line, watch_signals, Fail};
+use crate::{print_rate, stats_line, watch_signals, Fail, Signals};
 
 /// What to send, where, and how many at once.
 pub(crate) struct Opts {
@@ -26,7 +26,7 @@ pub(crate) fn send(
     config: Config,
     opts: Opts,
     echo: bool,
-    signals: Receiver<()>,
+    signals: Signals,
 ) -> Result<(), Fail> {
     if echo {
         let count = opts.count;
@@ -49,7 +49,7 @@ pub(crate) fn request(
     config: Config,
     to: SocketAddr,
     data: String,
-    signals: Receiver<()>,
+    signals: Signals,
 ) -> Result<(), Fail> {
     let node = Arc::new(Node::start(config, drop)?);
     watch_signals(&node, signals);
@@ -75,7 +75,7 @@ pub(crate) fn report(
     count: u64,
     echo: bool,
     pace: Duration,
-    signals: Receiver<()>,
+    signals: Signals,
 ) -> Result<(), Fail> {
     use std::io::Write;
     let timeout = config.timeout;
@@ -225,7 +225,7 @@ impl Driver {
 pub(crate) fn echo_round_trips(
     config: Config,
     opts: Opts,
-    signals: Receiver<()>,
+    signals: Signals,
 ) -> Result<Duration, Fail> {
     let (to, count) = (opts.to, opts.count);
     let (done_tx, done) = crossbeam_channel::bounded(1);

@@ -3,10 +3,10 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
+
 use libchirp::{Config, Node};
 
-use crate::{announce, serve_until_signal, Fail};
+use crate::{announce, serve_until_signal, Fail, Signals};
 
 /// Sends every received message back to its sender. The request is released first, then
 /// answered: a synchronous sender that waits for its send before reading the answer is
@@ -14,7 +14,7 @@ use crate::{announce, serve_until_signal, Fail};
 pub(crate) fn echo(
     config: Config,
     stats: Option<Duration>,
-    signals: Receiver<()>,
+    signals: Signals,
 ) -> Result<(), Fail> {
     let node = Node::start_inline(config, |node, mut msg| {
         let _ = msg.release();
@@ -30,7 +30,7 @@ pub(crate) fn echo(
 pub(crate) fn listen(
     config: Config,
     stats: Option<Duration>,
-    signals: Receiver<()>,
+    signals: Signals,
 ) -> Result<(), Fail> {
     let node = Node::start(config, |msg| {
         let line = format!(

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::frame::Frame;
 use crate::message::{Identity, Message, ReleaseDone, Slot, SlotOwner};
-use crate::tls::{TlsContext, TlsSession};
+use crate::tls::{Certificate, TlsCurrent, TlsSession};
 use crate::wire::{Handshake, HANDSHAKE_SIZE};
 
 /// Stack sizes, chosen deliberately: idle connections must stay small (only touched pages
@@ -62,8 +62,9 @@ pub(crate) struct Settings {
     pub(crate) max_msg_size: u32,
     /// Data frames ask for an ACK (synchronous mode).
     pub(crate) synchronous: bool,
-    /// The TLS context, unless encryption is disabled.
-    pub(crate) tls: Option<TlsContext>,
+    /// The TLS context for new connections, unless encryption is disabled (replaceable:
+    /// a connection keeps the one its handshake started with).
+    pub(crate) tls: Option<TlsCurrent>,
 }
 
 /// Traffic of one connection: relaxed atomics bumped by its own threads as frames go
@@ -317,6 +318,11 @@ impl Conn {
     /// Whether the connection is encrypted.
     pub(crate) fn is_encrypted(&self) -> bool {
         self.encrypt
+    }
+
+    /// The certificate the peer presented (encrypted connections, after the TLS handshake).
+    pub(crate) fn peer_certificate(&self) -> Option<Certificate> {
+        self.tls.get().and_then(|t| t.peer_certificate()).cloned()
     }
 
     /// When the handshake completed (None before).
@@ -687,8 +693,9 @@ fn establish(
             .settings
             .tls
             .as_ref()
-            .ok_or_else(|| Error::tls("encryption is required but no TLS context exists"))?;
-        let session = TlsSession::handshake(ctx, &conn.stream, conn.outgoing, deadline)?;
+            .ok_or_else(|| Error::tls("encryption is required but no TLS context exists"))?
+            .get();
+        let session = TlsSession::handshake(&ctx, &conn.stream, conn.outgoing, deadline)?;
         let _ = conn.tls.set(session);
     }
     // Our handshake: one write, or one TLS record.

@@ -126,6 +126,13 @@ pub(crate) fn publish(s: &Stats) {
     gauge!("chirp_messages_in_flight").set(s.in_flight as f64);
     gauge!("chirp_slots_in_use").set(s.slots_in_use as f64);
     gauge!("chirp_threads").set(s.threads as f64);
+    if let Some(cert) = &s.certificate {
+        let left = match cert.not_after.duration_since(std::time::SystemTime::now()) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        gauge!("chirp_tls_certificate_expiry_seconds").set(left.round());
+    }
     counter!("chirp_connections_accepted_total").absolute(s.accepted);
     counter!("chirp_connections_dialed_total").absolute(s.dialed);
     for (reason, v) in [

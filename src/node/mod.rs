@@ -31,7 +31,7 @@ use crate::connection::{self, Conn, Settings, Traffic, READER_STACK};
 use crate::error::{Error, SendError};
 use crate::frame::{Done, Pending};
 use crate::message::{Identity, Message};
-use crate::tls::TlsContext;
+use crate::tls::{TlsContext, TlsCurrent};
 use crate::wire::Handshake;
 
 use crate::burst::{more, Burst};
@@ -507,6 +507,7 @@ impl Inner {
         s.handshaking = self.handshaking.load(Ordering::Relaxed) as u64;
         s.threads = *self.threads.lock().unwrap_or_else(|e| e.into_inner()) as u64;
         s.events_dropped = get(&self.events.dropped);
+        s.certificate = self.settings.tls.as_ref().map(|t| t.get().cert);
         s
     }
 
@@ -692,7 +693,8 @@ impl Node {
         } else {
             let chain = cfg.config.cert_chain.as_deref().expect("validated");
             let dh = cfg.config.dh_params.as_deref().expect("validated");
-            Some(TlsContext::new(chain, dh)?)
+            let warn = cfg.config.cert_expiry_warning;
+            Some(TlsCurrent::new(TlsContext::new(chain, dh, warn)?))
         };
         let (listeners, port) = bind(&cfg)?;
         let lim = Limits {
@@ -980,6 +982,65 @@ impl Node {
         metrics::publish(&self.inner.stats());
     }
 
+    /// Replaces the certificate chain and DH parameters for **new** connections, without a
+    /// restart: the node keeps its identity, its port and every queued and in-flight
+    /// message, and existing connections carry on with the certificate they started with
+    /// until they close (garbage collection ends idle ones after `reuse_time`).
+    ///
+    /// The files are checked first, as at start: readable PEM, a private key matching the
+    /// node certificate, that certificate valid now and issued by a CA in the file. A bad
+    /// file is an error ([`Error::Tls`] naming the file and what is wrong) and changes
+    /// nothing. One that expires within `cert_expiry_warning` is used, with a warning.
+    ///
+    /// Every certificate in the chain file is trusted, so a CA is rolled without downtime
+    /// in two reloads: first every node gets a file that trusts the old and the new CA (its
+    /// certificate still from the old one), then every node gets its certificate from the
+    /// new CA (still trusting both); the old CA can be dropped in a third round.
+    ///
+    /// Fails with [`Error::InvalidValue`] on a node started without encryption.
+    ///
+    /// ```
+    /// let dir = std::env::temp_dir().join(format!("chirp-reload-doc-{}", std::process::id()));
+    /// let pki = libchirp::pki::TestPki::generate(&dir)?;
+    /// let mut config = libchirp::Config::default();
+    /// config.port = 0;
+    /// config.cert_chain = Some(pki.node_v1.clone());
+    /// config.dh_params = Some(pki.dh_params.clone());
+    /// let node = libchirp::Node::start(config, drop)?;
+    /// let before = node.identity();
+    /// node.reload_tls(&pki.node_v3, &pki.dh_params)?;
+    /// assert_eq!(node.stats().certificate.unwrap().subject, "CN=node-v3.libchirp.test");
+    /// assert_eq!(node.identity(), before);
+    /// // A file that is not a certificate chain is refused, and the node keeps the last one.
+    /// assert!(node.reload_tls(&pki.dh_params, &pki.dh_params).is_err());
+    /// assert_eq!(node.stats().certificate.unwrap().subject, "CN=node-v3.libchirp.test");
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// # Ok::<(), libchirp::Error>(())
+    /// ```
+    pub fn reload_tls(
+        &self,
+        cert_chain: impl AsRef<std::path::Path>,
+        dh_params: impl AsRef<std::path::Path>,
+    ) -> Result<(), Error> {
+        let Some(current) = self.inner.settings.tls.as_ref() else {
+            return Err(Error::invalid(
+                "disable_encryption",
+                true,
+                "a node started with encryption (cert_chain and dh_params) to reload its certificate",
+            ));
+        };
+        let (chain, dh) = (cert_chain.as_ref(), dh_params.as_ref());
+        let ctx = TlsContext::new(chain, dh, self.inner.cfg.config.cert_expiry_warning)?;
+        log::info!(
+            "node {}: new connections now present {} ({})",
+            self.inner.identity,
+            ctx.cert,
+            chain.display()
+        );
+        current.replace(ctx);
+        Ok(())
+    }
+
     /// Every peer the node knows, with its connection's state and traffic (see
     /// [`RemoteInfo`]).
     pub fn remotes(&self) -> Vec<RemoteInfo> {
@@ -997,6 +1058,7 @@ impl Node {
                     address: SocketAddr::new(r.key.0, r.key.1),
                     identity: live.and_then(|c| c.peer_info()).map(|i| i.identity),
                     encrypted: live.is_some_and(|c| c.is_encrypted()),
+                    peer_certificate: live.and_then(|c| c.peer_certificate()),
                     connected_since: live.and_then(|c| c.connected_since()).map(at),
                     last_activity: at(last),
                     queued: queued as u64,

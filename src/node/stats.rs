@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::error::Error;
 use crate::message::Identity;
+use crate::tls::Certificate;
 
 /// A snapshot of a node's counters (since it started) and gauges (now).
 ///
@@ -111,6 +112,9 @@ pub struct Stats {
     pub threads: u64,
     /// Events that did not fit the events channel (nobody read them in time).
     pub events_dropped: u64,
+    /// The certificate new connections present (None without encryption): watch
+    /// `not_after`, and renew and [reload](crate::Node::reload_tls) before it passes.
+    pub certificate: Option<Certificate>,
 }
 
 /// One peer as the node sees it, from [`Node::remotes`](crate::Node::remotes).
@@ -123,6 +127,9 @@ pub struct RemoteInfo {
     pub identity: Option<Identity>,
     /// Whether the current connection is encrypted.
     pub encrypted: bool,
+    /// The certificate the peer presented on the current connection (encrypted
+    /// connections only): its subject and expiry.
+    pub peer_certificate: Option<Certificate>,
     /// When the current connection completed its handshake (None while not connected).
     pub connected_since: Option<SystemTime>,
     /// Last use: a frame written, or data or a NOOP received.
