@@ -143,7 +143,11 @@
 //! unless `disable_encryption` is set; `always_encrypt` encrypts loopback too. Give every
 //! node `cert_chain` — one PEM file with its private key, its certificate and the CA
 //! certificate(s), every certificate in it trusted — and `dh_params`. A peer without a
-//! certificate from a trusted CA is refused. [`pki::TestPki`] makes a throwaway PKI for tests:
+//! certificate from a trusted CA is refused. At start the node refuses its own certificate
+//! when it is expired, not yet valid or not issued by a CA in the file, and warns when it
+//! expires within [`Config::cert_expiry_warning`]; [`Stats::certificate`] shows its expiry
+//! and [`Node::reload_tls`] puts a renewed one in place without a restart.
+//! [`pki::TestPki`] makes a throwaway PKI for tests:
 //!
 //! ```
 //! use libchirp::{pki::TestPki, queue::Chirp, Config, Message};

@@ -19,6 +19,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -26,7 +27,9 @@ use openssl::dh::Dh;
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
-use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectKeyIdentifier};
+use openssl::x509::extension::{
+    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, SubjectKeyIdentifier,
+};
 use openssl::x509::{X509Name, X509};
 
 use crate::error::Error;
@@ -52,11 +55,12 @@ pub struct TestPki {
     pub node_v3: PathBuf,
     /// A node whose certificate (and CA) belong to a different, foreign CA.
     pub foreign: PathBuf,
-    /// A node certificate signed by the CA, but the file's CA is the foreign one, so the
-    /// node presents a valid certificate yet trusts nobody of ours.
+    /// The CA certificate alone (PEM), e.g. for `openssl s_client -CAfile`.
     pub ca_cert: PathBuf,
     /// DH parameters (RFC 7919 ffdhe2048).
     pub dh_params: PathBuf,
+    /// The CA's private key, for [`TestPki::issue_node`].
+    pub ca_key: PathBuf,
 }
 
 fn e(what: &str) -> impl Fn(openssl::error::ErrorStack) -> Error + '_ {
@@ -125,6 +129,28 @@ fn node(
     ca_key: &PKey<Private>,
     ca: &X509,
 ) -> Result<(PKey<Private>, X509), Error> {
+    let now = SystemTime::now();
+    node_valid(cn, v1, ca_key, ca, now, now + 3650 * DAY)
+}
+
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+fn asn1_time(t: SystemTime) -> Result<Asn1Time, Error> {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    Asn1Time::from_unix(secs as _).map_err(e("validity time"))
+}
+
+fn node_valid(
+    cn: &str,
+    v1: bool,
+    ca_key: &PKey<Private>,
+    ca: &X509,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<(PKey<Private>, X509), Error> {
     let k = key()?;
     let mut b = X509::builder().map_err(e("node certificate"))?;
     b.set_version(if v1 { 0 } else { 2 })
@@ -136,9 +162,9 @@ fn node(
     b.set_issuer_name(ca.subject_name())
         .map_err(e("node certificate"))?;
     b.set_pubkey(&k).map_err(e("node certificate"))?;
-    b.set_not_before(&*Asn1Time::days_from_now(0).map_err(e("node certificate"))?)
+    b.set_not_before(&*asn1_time(not_before)?)
         .map_err(e("node certificate"))?;
-    b.set_not_after(&*Asn1Time::days_from_now(3650).map_err(e("node certificate"))?)
+    b.set_not_after(&*asn1_time(not_after)?)
         .map_err(e("node certificate"))?;
     if !v1 {
         b.append_extension(
@@ -147,6 +173,13 @@ fn node(
                 .map_err(e("node certificate"))?,
         )
         .map_err(e("node certificate"))?;
+        // Names the CA's key, so a verifier picks the right CA among several of the same
+        // name (two generations of a CA while it is rolled).
+        let akid = AuthorityKeyIdentifier::new()
+            .keyid(true)
+            .build(&b.x509v3_context(Some(ca), None))
+            .map_err(e("node certificate"))?;
+        b.append_extension(akid).map_err(e("node certificate"))?;
     }
     b.sign(ca_key, MessageDigest::sha256())
         .map_err(e("node certificate"))?;
@@ -185,7 +218,12 @@ impl TestPki {
             foreign: dir.join("foreign.pem"),
             ca_cert: dir.join("ca.pem"),
             dh_params: dir.join("dh.pem"),
+            ca_key: dir.join("ca_key.pem"),
         };
+        write(
+            &pki.ca_key,
+            &ca_key.private_key_to_pem_pkcs8().map_err(e("PEM"))?,
+        )?;
         write(&pki.node_v1, &chain_pem(&k1, &c1, &ca_cert)?)?;
         write(&pki.node_v3, &chain_pem(&k3, &c3, &ca_cert)?)?;
         write(&pki.foreign, &chain_pem(&kf, &cf, &fca_cert)?)?;
@@ -199,5 +237,48 @@ impl TestPki {
         };
         write(&pki.dh_params, &dh)?;
         Ok(pki)
+    }
+
+    /// Issues another node certificate from this PKI's CA, valid from `not_before` to
+    /// `not_after` (either may lie in the past or the future: expired and not yet valid
+    /// certificates for tests), and writes it as a chain file `NAME.pem` (key, certificate,
+    /// CA certificate) beside the others. Returns its path.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// let dir = std::env::temp_dir().join(format!("chirp-pki-issue-doc-{}", std::process::id()));
+    /// let pki = libchirp::pki::TestPki::generate(&dir)?;
+    /// let day = Duration::from_secs(86_400);
+    /// let now = SystemTime::now();
+    /// let expired = pki.issue_node("expired", now - 10 * day, now - day)?;
+    /// let mut config = libchirp::Config::default();
+    /// config.port = 0;
+    /// config.cert_chain = Some(expired);
+    /// config.dh_params = Some(pki.dh_params.clone());
+    /// let err = libchirp::Node::start(config, drop).unwrap_err();
+    /// assert!(err.to_string().contains("expired on"), "{err}");
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// # Ok::<(), libchirp::Error>(())
+    /// ```
+    pub fn issue_node(
+        &self,
+        name: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<PathBuf, Error> {
+        let read = |p: &Path| {
+            fs::read(p).map_err(|err| Error::Io {
+                kind: err.kind(),
+                reason: format!("reading {}: {err}", p.display()),
+            })
+        };
+        let ca_key = PKey::private_key_from_pem(&read(&self.ca_key)?).map_err(e("CA key"))?;
+        let ca_cert = X509::from_pem(&read(&self.ca_cert)?).map_err(e("CA certificate"))?;
+        let cn = format!("{name}.libchirp.test");
+        let (k, c) = node_valid(&cn, false, &ca_key, &ca_cert, not_before, not_after)?;
+        let dir = self.ca_cert.parent().unwrap_or(Path::new("."));
+        let path = dir.join(format!("{name}.pem"));
+        write(&path, &chain_pem(&k, &c, &ca_cert)?)?;
+        Ok(path)
     }
 }

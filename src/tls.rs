@@ -14,13 +14,13 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::dh::Dh;
 use openssl::pkey::PKey;
 use openssl::ssl::{
     ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslStream,
     SslVerifyMode, SslVersion,
 };
-use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509NameRef, X509Ref, X509StoreContext, X509};
@@ -62,6 +62,10 @@ pub struct Certificate {
     pub not_before: SystemTime,
     /// Valid until: after this, peers refuse it.
     pub not_after: SystemTime,
+    /// SHA-256 fingerprint of the certificate, upper-case hex pairs joined by `:` (as
+    /// `openssl x509 -noout -fingerprint -sha256` prints it): tells two certificates
+    /// with the same subject apart.
+    pub sha256: String,
 }
 
 impl Certificate {
@@ -71,6 +75,15 @@ impl Certificate {
             issuer: name_text(cert.issuer_name()),
             not_before: system_time(cert.not_before()),
             not_after: system_time(cert.not_after()),
+            sha256: cert
+                .digest(openssl::hash::MessageDigest::sha256())
+                .map(|d| {
+                    d.iter()
+                        .map(|b| format!("{b:02X}"))
+                        .collect::<Vec<_>>()
+                        .join(":")
+                })
+                .unwrap_or_default(),
         }
     }
 

@@ -116,3 +116,55 @@ fn the_statistics_reach_a_metrics_recorder_by_name() {
     node.close();
     echo.close();
 }
+
+/// A TLS node publishes the seconds until its certificate expires, and a reload moves it.
+#[test]
+fn the_certificate_expiry_is_a_gauge_in_seconds_that_follows_a_reload() {
+    use std::time::{Duration, SystemTime};
+    let dir = std::env::temp_dir().join(format!("chirp-metrics-pki-{}", std::process::id()));
+    let pki = libchirp::pki::TestPki::generate(&dir).unwrap();
+    let mut c = config(true);
+    c.disable_encryption = false;
+    c.cert_chain = Some(pki.node_v3.clone());
+    c.dh_params = Some(pki.dh_params.clone());
+    let node = libchirp::Node::start(c, drop).unwrap();
+    let gauge = |node: &libchirp::Node| {
+        let last = Last::default();
+        metrics::with_local_recorder(&last, || node.publish_metrics());
+        let got = last.0.lock().unwrap().clone();
+        *got.get("chirp_tls_certificate_expiry_seconds")
+            .unwrap_or_else(|| panic!("no expiry gauge: {got:#?}"))
+    };
+    let expect = |until: SystemTime| {
+        until
+            .duration_since(SystemTime::now())
+            .unwrap()
+            .as_secs_f64()
+    };
+    let ten_years = expect(node.stats().certificate.unwrap().not_after);
+    let g = gauge(&node);
+    assert!(
+        (g - ten_years).abs() < 60.0,
+        "gauge {g} s, certificate {ten_years} s"
+    );
+    let soon = SystemTime::now() + Duration::from_secs(5 * 86_400);
+    let short = pki
+        .issue_node("short", SystemTime::now() - Duration::from_secs(60), soon)
+        .unwrap();
+    node.reload_tls(&short, &pki.dh_params).unwrap();
+    let g = gauge(&node);
+    assert!(
+        (g - expect(soon)).abs() < 60.0,
+        "after the reload: gauge {g} s, want ~5 days"
+    );
+    // Without TLS there is no such gauge.
+    let plain = libchirp::Node::start(config(true), drop).unwrap();
+    let last = Last::default();
+    metrics::with_local_recorder(&last, || plain.publish_metrics());
+    assert!(!last
+        .0
+        .lock()
+        .unwrap()
+        .contains_key("chirp_tls_certificate_expiry_seconds"));
+    let _ = std::fs::remove_dir_all(dir);
+}

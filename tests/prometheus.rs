@@ -58,7 +58,7 @@ fn start() -> Example {
             }
         }
     });
-    let mut line = || {
+    let line = || {
         rx.recv_timeout(Duration::from_secs(20))
             .expect("the example prints its two lines within 20 s")
     };

@@ -406,8 +406,7 @@ fn stop_signals() -> std::io::Result<Signals> {
 /// started with and uses them for new connections (`Node::reload_tls`); says so on stderr.
 pub(crate) fn reload_tls(node: &Node) {
     let c = node.config().config();
-    let (Some(chain), Some(dh), false) = (&c.cert_chain, &c.dh_params, c.disable_encryption)
-    else {
+    let (Some(chain), Some(dh), false) = (&c.cert_chain, &c.dh_params, c.disable_encryption) else {
         eprintln!("chirp: SIGHUP: nothing to reload (this node does not encrypt)");
         return;
     };
@@ -421,7 +420,9 @@ pub(crate) fn reload_tls(node: &Node) {
                 cert.unwrap_or_default()
             );
         }
-        Err(e) => eprintln!("chirp: SIGHUP: reload failed, still using the previous certificate: {e}"),
+        Err(e) => {
+            eprintln!("chirp: SIGHUP: reload failed, still using the previous certificate: {e}")
+        }
     }
 }
 

@@ -22,12 +22,7 @@ pub(crate) struct Opts {
 
 /// `chirp send`: `count` messages, `window` outstanding; with `echo`, waits for every
 /// message to come back and prints the rate.
-pub(crate) fn send(
-    config: Config,
-    opts: Opts,
-    echo: bool,
-    signals: Signals,
-) -> Result<(), Fail> {
+pub(crate) fn send(config: Config, opts: Opts, echo: bool, signals: Signals) -> Result<(), Fail> {
     if echo {
         let count = opts.count;
         let elapsed = echo_round_trips(config, opts, signals)?;

@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::time::Duration;
 
-
 use libchirp::{Config, Node};
 
 use crate::{announce, serve_until_signal, Fail, Signals};
@@ -11,11 +10,7 @@ use crate::{announce, serve_until_signal, Fail, Signals};
 /// Sends every received message back to its sender. The request is released first, then
 /// answered: a synchronous sender that waits for its send before reading the answer is
 /// not left waiting on us while we wait on it.
-pub(crate) fn echo(
-    config: Config,
-    stats: Option<Duration>,
-    signals: Signals,
-) -> Result<(), Fail> {
+pub(crate) fn echo(config: Config, stats: Option<Duration>, signals: Signals) -> Result<(), Fail> {
     let node = Node::start_inline(config, |node, mut msg| {
         let _ = msg.release();
         drop(node.send(msg));

@@ -158,16 +158,24 @@ impl Net {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Proc {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.hosts[i].ns])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.hosts[i].ns])
             .arg(program)
             .args(args)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Proc::spawn(cmd)
+    }
+}
+
+impl Proc {
+    /// Starts `cmd` with its stdout and stderr read line by line (stdin closed).
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start chirp in a namespace");
+            .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
         let (tx, lines) = mpsc::channel();
         let out = child.stdout.take().expect("piped");
         let err = child.stderr.take().expect("piped");
@@ -270,6 +278,15 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A second PKI with a CA of its own (a CA being rolled to).
+pub fn other_pki() -> &'static libchirp::pki::TestPki {
+    static PKI: std::sync::OnceLock<libchirp::pki::TestPki> = std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("chirp-hosts-pki2-{}", std::process::id()));
+        libchirp::pki::TestPki::generate(&dir).expect("PKI")
+    })
 }
 
 /// A throwaway PKI for the hosts (one CA; a stranger's CA too).
