@@ -10,6 +10,8 @@
 # Every mode also measures ZeroMQ (scripts/zmq_bench.c, libzmq3-dev) where it applies:
 # round trips with W outstanding (DEALER/ROUTER; ZeroMQ has no ACK, so against our
 # asynchronous mode) and one-way throughput (PUSH/PULL against `chirp bench-sink`).
+# --oneway: one-way throughput only, 16 B and 1 KiB: our plain send(), our streaming path
+# (send_batch), ZeroMQ PUSH/PULL with high-water marks off and with its defaults.
 # --star: star topology: one asynchronous echo node, 16 and then 64 sender processes with 16
 # messages outstanding each; total round trips per second, ours beside C libchirp.
 # --baseline BIN: with --star or --windows, also measure another build of the chirp tool
@@ -32,6 +34,7 @@ windows=0
 star=0
 baseline=""
 tls_sweep=0
+oneway_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; runs=3 ;;
@@ -39,8 +42,9 @@ while [ $# -gt 0 ]; do
     --windows) windows=1 ;;
     --star) star=1 ;;
     --tls) tls_sweep=1 ;;
+    --oneway) oneway_only=1 ;;
     --baseline) baseline="$2"; shift ;;
-    *) echo "usage: $0 [--quick] [--runs N] [--windows [--tls] | --star] [--baseline BIN]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--runs N] [--windows [--tls] | --star | --oneway] [--baseline BIN]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -184,30 +188,60 @@ zmq_pair() { # KEY window count   (DEALER keeping WINDOW outstanding, ROUTER ech
 }
 
 # One-way throughput: a sink that only counts (its rate, first to last message) and a
-# sender of COUNT messages of SIZE bytes. Ours keeps up to 1,000 sends outstanding (under
-# the default max_queued of 1,024); ZeroMQ's PUSH, with its high-water mark off, any
-# number.
-oneway() { # KEY ours|zmq SIZE COUNT
+# sender of COUNT messages of SIZE bytes. KIND: `ours` keeps up to 1,000 plain sends
+# outstanding (under the default max_queued of 1,024); `batch` is the streaming path
+# (`chirp send --batch 256`: Peer::send_batch, three batches of 256 in flight); `zmq` is
+# ZeroMQ's PUSH/PULL with the high-water marks off, `zmqd` with its defaults (1,000), as
+# its users run it. CPU time (user + system) of both processes per message is recorded
+# under KEY_cpu (in ns).
+oneway() { # KEY ours|batch|zmq|zmqd SIZE COUNT
   local key=$1 kind=$2 size=$3 count=$4 r
-  : > "$tmp/sink.out"
-  if [ "$kind" = ours ]; then
-    $B bench-sink --count "$count" --no-encryption --port 0 > "$tmp/sink.out" 2>/dev/null &
-  else
-    [ -n "$Z" ] || { add "$key" n/a; return; }
-    local port; port=$(free_port)
-    $Z sink "$port" "$count" > "$tmp/sink.out" 2>/dev/null &
-  fi
+  : > "$tmp/sink.out"; rm -f "$tmp/sink.time" "$tmp/send.time"
+  local T=(); [ -n "$TIME" ] && T=($TIME -f "rusage %U %S %w" -o "$tmp/sink.time")
+  local TS=(); [ -n "$TIME" ] && TS=($TIME -f "rusage %U %S %w" -o "$tmp/send.time")
+  local hwm=""; [ "$kind" = zmqd ] && hwm=1
+  case $kind in
+    ours|batch) "${T[@]}" $B bench-sink --count "$count" --no-encryption --port 0 > "$tmp/sink.out" 2>/dev/null & ;;
+    *)
+      [ -n "$Z" ] || { add "$key" n/a; return; }
+      local port; port=$(free_port)
+      ZMQ_BENCH_DEFAULT_HWM=$hwm "${T[@]}" $Z sink "$port" "$count" > "$tmp/sink.out" 2>/dev/null & ;;
+  esac
   local spid=$!; pids+=("$spid")
   wait_line "$tmp/sink.out" || { kill "$spid" 2>/dev/null; add "$key" 0; return; }
   local port; port=$(sed -n 's/listening on //p' "$tmp/sink.out")
-  if [ "$kind" = ours ]; then
-    timeout 120 $B send "127.0.0.1:$port" --no-encryption --async --count "$count" --size "$size" --window 1000 >/dev/null 2>&1 || true
-  else
-    timeout 120 $Z push "$port" "$size" "$count" >/dev/null 2>&1 || true
-  fi
-  timeout 60 tail --pid="$spid" -f /dev/null 2>/dev/null || kill "$spid" 2>/dev/null || true
+  case $kind in
+    ours) timeout 120 "${TS[@]}" $B send "127.0.0.1:$port" --no-encryption --async --count "$count" --size "$size" --window 1000 >/dev/null 2>&1 || true ;;
+    batch) timeout 120 "${TS[@]}" $B send "127.0.0.1:$port" --no-encryption --async --count "$count" --size "$size" --window 1000 --batch 256 >/dev/null 2>&1 || true ;;
+    *) ZMQ_BENCH_DEFAULT_HWM=$hwm timeout 120 "${TS[@]}" $Z push "$port" "$size" "$count" >/dev/null 2>&1 || true ;;
+  esac
+  wait "$spid" 2>/dev/null || true
   r=$(rate < "$tmp/sink.out" || true)
   add "$key" "${r:-0}"
+  if [ -n "$TIME" ] && [ -n "$r" ] && grep -q '^rusage' "$tmp/sink.time" 2>/dev/null \
+       && grep -q '^rusage' "$tmp/send.time" 2>/dev/null; then
+    local su ss eu es
+    read -r _ su ss _ < <(grep '^rusage' "$tmp/send.time")
+    read -r _ eu es _ < <(grep '^rusage' "$tmp/sink.time")
+    add "${key}_cpu" "$(awk -v a="$su" -v b="$ss" -v c="$eu" -v d="$es" -v n="$count" 'BEGIN { printf "%.0f", (a + b + c + d) * 1e9 / n }')"
+  fi
+}
+
+# One-way sweep (--oneway): every kind alternately within each run, 16 B and 1 KiB.
+oneway_table() {
+  echo
+  echo "One way, medians of $runs alternating runs on $(nproc) cores; messages/s at the sink, CPU ns per message (both processes, user + system)."
+  echo
+  printf '| %-30s | %10s | %7s | %10s | %7s |\n' "sender" "16 B /s" "ns/msg" "1 KiB /s" "ns/msg"
+  printf '|%s|%s|%s|%s|%s|\n' "--------------------------------" "------------" "---------" "------------" "---------"
+  for k in ours:"ours, send() x 1,000 in flight" batch:"ours, send_batch(256)" zmq:"ZeroMQ PUSH/PULL, HWM off" zmqd:"ZeroMQ PUSH/PULL, default HWM"; do
+    local key=${k%%:*} label=${k#*:}
+    printf '| %-30s | %10s | %7s | %10s | %7s |\n' "$label" "$(med "o16_$key")" "$(med "o16_${key}_cpu")" "$(med "o1k_$key")" "$(med "o1k_${key}_cpu")"
+  done
+  echo
+  best16=$(awk -v a="$(med o16_zmq)" -v b="$(med o16_zmqd)" 'BEGIN { print (a+0 > b+0) ? a : b }')
+  best1k=$(awk -v a="$(med o1k_zmq)" -v b="$(med o1k_zmqd)" 'BEGIN { print (a+0 > b+0) ? a : b }')
+  echo "against the faster ZeroMQ mode: send_batch 16 B $(ratio "$(med o16_batch)" "$best16")x, send() 16 B $(ratio "$(med o16_ours)" "$best16")x, send_batch 1 KiB $(ratio "$(med o1k_batch)" "$best1k")x, send() 1 KiB $(ratio "$(med o1k_ours)" "$best1k")x"
 }
 
 raw_pair() { # KEY count
@@ -262,6 +296,15 @@ star_run() { # KEY N COUNT ours:BIN|c
   fi
 }
 
+if [ "$oneway_only" = 1 ]; then
+  n=$((n_win * 20))
+  for i in $(seq 1 "$runs"); do
+    for k in ours batch zmq zmqd; do oneway "o16_$k" $k 16 "$n"; done
+    for k in ours batch zmq zmqd; do oneway "o1k_$k" $k 1024 $((n / 5)); done
+  done
+  oneway_table
+  exit 0
+fi
 if [ "$star" = 1 ]; then
   for i in $(seq 1 "$runs"); do
     for n in 16 64; do
@@ -361,8 +404,8 @@ for i in $(seq 1 "$runs"); do
   zmq_pair async_z 1 $n_async; zmq_pair win_z 16 $n_win
   ours_tls tls1_ours 1 $n_async; c_tls tls1_c 1 $n_async
   ours_tls tls16_ours 16 $n_win; c_tls tls16_c 16 $n_win
-  oneway ow16_ours ours 16 $((n_win * 20)); oneway ow16_z zmq 16 $((n_win * 20))
-  oneway ow1k_ours ours 1024 $((n_win * 4)); oneway ow1k_z zmq 1024 $((n_win * 4))
+  for k in ours batch zmq zmqd; do oneway "o16_$k" $k 16 $((n_win * 20)); done
+  for k in ours batch zmq zmqd; do oneway "o1k_$k" $k 1024 $((n_win * 4)); done
   add raw_threads "$($B bench-raw --count $n_async | rate)"
   add big_ours "$($B bench --stream --size 1048576 --count $n_big 2>/dev/null | rate)"
   add big_raw "$($B bench-raw --stream --size 1048576 --count $n_big | rate)"
@@ -415,8 +458,8 @@ zrow() { printf '| %-38s | %10s | %10s | %8s |\n' "$1" "$(med "$2_ours")" "$(med
 R[async_ours]=${R[async_ours]:-}; R[win_ours]=${R[win_ours]:-}
 zrow "round trips, 1 outstanding" async
 zrow "round trips, 16 outstanding" win
-zrow "one way, 16 B messages/s" ow16
-zrow "one way, 1 KiB messages/s" ow1k
+echo
+oneway_table
 echo
 printf '| %-38s | %10s | %10s | %8s |\n' "bandwidth, 1 MiB async messages" "ours MiB/s" "raw MiB/s" "ours/raw"
 printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "------------" "------------" "----------"

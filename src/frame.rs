@@ -4,8 +4,11 @@
 //! A frame that is dropped unfinished fails its waiter with [`Error::Shutdown`], so no
 //! completion is ever left pending, whichever path loses it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
 use crate::completion::Completer;
-use crate::error::{Error, SendError};
+use crate::error::{BatchError, Error, SendError};
 use crate::message::{Identity, Message, ReleaseDone};
 
 /// What a user send completes with.
@@ -18,6 +21,101 @@ pub(crate) enum Done {
     /// The message is the outgoing half of a request (its number and identity): a failure
     /// fails the request, success just drops the message.
     Request(u64, Identity),
+    /// Message number `.1` of a batch: its outcome is counted there, and the batch's one
+    /// completion fires with the last.
+    Batch(Arc<Batch>, usize),
+}
+
+/// What a batch send completes with: how many were delivered, or the ones that were not.
+pub(crate) type BatchResult = Result<usize, BatchError>;
+
+/// The shared outcome of a batch send. Each message's outcome costs one atomic decrement
+/// (and, for a failure, a short lock); the last one completes the batch.
+///
+/// `remaining` starts at 1, held by the code that builds the batch: it adds the queued
+/// messages' count before queueing them ([`Batch::add`]) and lets go of its own with
+/// [`Batch::built`], so no outcome can complete the batch early.
+pub(crate) struct Batch {
+    total: AtomicUsize,
+    remaining: AtomicUsize,
+    failed: Mutex<Vec<(usize, SendError)>>,
+    done: Mutex<Option<Completer<BatchResult>>>,
+}
+
+impl Batch {
+    /// An empty batch completing `done`, held by its builder.
+    pub(crate) fn new(done: Completer<BatchResult>) -> Arc<Batch> {
+        Arc::new(Batch {
+            total: AtomicUsize::new(0),
+            remaining: AtomicUsize::new(1),
+            failed: Mutex::new(Vec::new()),
+            done: Mutex::new(Some(done)),
+        })
+    }
+
+    /// Message `index` failed before it was queued (the builder still holds the batch).
+    pub(crate) fn failed_early(&self, index: usize, msg: Message, error: Error) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.lock_failed().push((
+            index,
+            SendError {
+                error,
+                message: msg,
+            },
+        ));
+    }
+
+    /// `n` messages are about to be queued.
+    pub(crate) fn add(&self, n: usize) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+        self.remaining.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The builder is done: the batch completes with its last outcome.
+    pub(crate) fn built(&self) {
+        self.count_down();
+    }
+
+    fn lock_failed(&self) -> std::sync::MutexGuard<'_, Vec<(usize, SendError)>> {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a queued message's failure.
+    pub(crate) fn fail(&self, index: usize, msg: Message, error: Error) {
+        self.lock_failed().push((
+            index,
+            SendError {
+                error,
+                message: msg,
+            },
+        ));
+        self.count_down();
+    }
+
+    /// Records a queued message's success (the caller has dropped the message).
+    pub(crate) fn succeed(&self) {
+        self.count_down();
+    }
+
+    fn count_down(&self) {
+        // AcqRel: the last decrement sees every failure pushed before the others'.
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let mut failed = std::mem::take(&mut *self.lock_failed());
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(done) = done else { return };
+        let total = self.total.load(Ordering::Relaxed);
+        if failed.is_empty() {
+            done.complete(Ok(total));
+        } else {
+            failed.sort_by_key(|(i, _)| *i);
+            done.complete(Err(BatchError {
+                delivered: total - failed.len(),
+                failures: failed.into_iter().map(|(_, f)| f).collect(),
+            }));
+        }
+    }
 }
 
 /// An outgoing user message and its completion.
@@ -43,6 +141,13 @@ impl Pending {
     /// Completes with the outcome. Must run without any lock held: the waiter may run code
     /// that sends. Returns the request to fail, if the message was one's outgoing half.
     pub(crate) fn finish(mut self, result: Result<(), Error>) -> Option<(u64, Identity, Error)> {
+        if let (Some(Done::Batch(batch, _)), Ok(())) = (&self.done, &result) {
+            // The common streaming case: drop the message where it is (no move of it).
+            self.msg = None;
+            batch.succeed();
+            self.done = None;
+            return None;
+        }
         let msg = self.msg.take();
         let done = self.done.take();
         match (done, msg) {
@@ -60,6 +165,16 @@ impl Pending {
                 drop(msg);
                 result.err().map(|e| (id, identity, e))
             }
+            (Some(Done::Batch(batch, index)), Some(msg)) => {
+                match result {
+                    Ok(()) => {
+                        drop(msg);
+                        batch.succeed();
+                    }
+                    Err(e) => batch.fail(index, msg, e),
+                }
+                None
+            }
             _ => None,
         }
     }
@@ -67,11 +182,15 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let (Some(Done::Wait(c)), Some(msg)) = (self.done.take(), self.msg.take()) {
-            c.complete(Err(SendError {
+        match (self.done.take(), self.msg.take()) {
+            (Some(Done::Wait(c)), Some(msg)) => c.complete(Err(SendError {
                 error: Error::Shutdown,
                 message: msg,
-            }));
+            })),
+            (Some(Done::Batch(batch, index)), Some(msg)) => {
+                batch.fail(index, msg, Error::Shutdown);
+            }
+            _ => {}
         }
     }
 }

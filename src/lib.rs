@@ -294,9 +294,9 @@ pub mod wire;
 
 pub use completion::{Completer, Completion};
 pub use config::{Config, Effective};
-pub use error::{Error, Result, SendError};
+pub use error::{BatchError, Error, Result, SendError};
 pub use message::{Identity, Message};
-pub use node::{Event, Node, RemoteInfo, Stats};
+pub use node::{Event, Node, Peer, RemoteInfo, Stats};
 pub use tls::Certificate;
 
 /// The README's example, compiled and run as a doctest so that it stays true.

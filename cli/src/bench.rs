@@ -69,6 +69,7 @@ fn round_trips(
         payload: pattern(size),
         count,
         window,
+        batch: 0,
     };
     let r = echo_round_trips(c, opts, signals);
     echo.close();
@@ -94,6 +95,7 @@ fn one_way(mut c: Config, size: usize, count: u64) -> Result<(), Fail> {
         payload: pattern(size),
         count,
         window: 16,
+        batch: 0,
     };
     let start = Instant::now();
     let r = plain_sends(&sender, &opts).and_then(|()| {

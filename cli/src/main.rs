@@ -144,6 +144,12 @@ enum Command {
         /// Messages outstanding at once.
         #[arg(long, default_value_t = 1)]
         window: u64,
+        /// The streaming path: send in batches of N messages through one peer handle
+        /// (libchirp's Peer::send_batch, one completion per batch); --window then counts
+        /// messages outstanding in whole batches (at least one). Fastest for one-way
+        /// streams, e.g. --async --batch 256 --window 1000.
+        #[arg(long, value_name = "N", conflicts_with_all = ["echo", "report"])]
+        batch: Option<u64>,
         /// Wait for every message to come back from an echo node and print the rate.
         #[arg(long)]
         echo: bool,
@@ -440,6 +446,7 @@ fn run(cli: Cli, signals: Signals) -> Result<(), Fail> {
             size,
             count,
             window,
+            batch,
             echo,
             report,
             interval,
@@ -460,7 +467,11 @@ fn run(cli: Cli, signals: Signals) -> Result<(), Fail> {
                 payload,
                 count,
                 window: window.max(1),
+                batch: batch.unwrap_or(0),
             };
+            if opts.batch == 0 && batch.is_some() {
+                return Err(Fail("--batch must be at least 1".into()));
+            }
             send::send(config(&common, 0)?, opts, echo, signals)
         }
         Command::Request { addr, data, common } => {

@@ -18,6 +18,8 @@ pub(crate) struct Opts {
     pub(crate) payload: Vec<u8>,
     pub(crate) count: u64,
     pub(crate) window: u64,
+    /// Send in batches of this many through one `Peer` (0: one `send` per message).
+    pub(crate) batch: u64,
 }
 
 /// `chirp send`: `count` messages, `window` outstanding; with `echo`, waits for every
@@ -292,6 +294,9 @@ pub(crate) fn echo_round_trips(
 /// Sends `opts.count` messages with at most `opts.window` sends outstanding (no echo
 /// expected).
 pub(crate) fn plain_sends(node: &Node, opts: &Opts) -> Result<(), Fail> {
+    if opts.batch > 0 {
+        return batch_sends(node, opts);
+    }
     let to = opts.to;
     let patience = node.config().timeout() * 3 + Duration::from_secs(1);
     let mut sends: VecDeque<Completion<Result<Message, SendError>>> = VecDeque::new();
@@ -305,6 +310,46 @@ pub(crate) fn plain_sends(node: &Node, opts: &Opts) -> Result<(), Fail> {
         wait_send(s, to, patience)?;
     }
     Ok(())
+}
+
+/// The streaming path: batches of `opts.batch` messages through one [`libchirp::Peer`],
+/// with as many whole batches outstanding as fit in `opts.window` messages (at least one).
+fn batch_sends(node: &Node, opts: &Opts) -> Result<(), Fail> {
+    let to = opts.to;
+    let patience = node.config().timeout() * 3 + Duration::from_secs(1);
+    let peer = node.peer(to)?;
+    let in_flight = (opts.window / opts.batch).max(1) as usize;
+    let mut batches: VecDeque<Completion<Result<usize, libchirp::BatchError>>> =
+        VecDeque::with_capacity(in_flight);
+    let mut left = opts.count;
+    while left > 0 {
+        if batches.len() >= in_flight {
+            wait_batch(batches.pop_front().expect("non-empty"), to, patience)?;
+        }
+        let n = left.min(opts.batch);
+        left -= n;
+        let msgs = (0..n).map(|_| Message::new(opts.payload.clone()));
+        batches.push_back(peer.send_batch(msgs));
+    }
+    for b in batches {
+        wait_batch(b, to, patience)?;
+    }
+    Ok(())
+}
+
+fn wait_batch(
+    c: Completion<Result<usize, libchirp::BatchError>>,
+    to: SocketAddr,
+    patience: Duration,
+) -> Result<(), Fail> {
+    match c.wait_timeout(patience) {
+        Ok(r) => r
+            .map(drop)
+            .map_err(|e| Fail(format!("sending to {to}: {e}"))),
+        Err(_) => Err(Fail(format!(
+            "a batch to {to} did not complete within {patience:?}"
+        ))),
+    }
 }
 
 fn wait_send(

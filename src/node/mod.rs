@@ -7,12 +7,14 @@
 mod link;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod peer;
 mod remote;
 mod remotes;
 mod requests;
 mod stats;
 pub(crate) mod timer;
 
+pub use peer::Peer;
 pub use stats::{Event, RemoteInfo, Stats};
 
 use std::cell::Cell;
@@ -407,6 +409,44 @@ impl Inner {
         };
         // The remote was found or made before this check: either close() removes it, or
         // we see that the node closes and remove it ourselves.
+        if self.is_closed() {
+            self.remove_remote(&remote, &mut after);
+        }
+        self.run_after(&mut after);
+    }
+
+    /// Queues `batch` for the remote at `addr`, starting from the remote in `cache` (updated
+    /// when that one was garbage-collected meanwhile): one remote lock and one kick for
+    /// the whole batch. What does not fit under `max_queued` fails with `LimitReached`.
+    /// `batch` is left empty (its capacity is the caller's to reuse).
+    fn enqueue_batch(
+        self: &Arc<Self>,
+        cache: &Mutex<Arc<Remote>>,
+        addr: SocketAddr,
+        batch: &mut Vec<Pending>,
+    ) {
+        let mut after = After::default();
+        let dial = |r: &Arc<Remote>| self.dial_conn(r);
+        let mut remote = cache.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        while remote
+            .enqueue_batch(&self.lim, batch, &dial, &mut after)
+            .is_err()
+        {
+            // Garbage-collected meanwhile: look again (a new remote is made).
+            remote = self.remotes.get_or_create(addr);
+            *cache.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone();
+        }
+        if !batch.is_empty() {
+            bump(&self.counters.queue_full);
+            let e = Error::LimitReached {
+                limit: "max_queued",
+                value: self.lim.max_queued,
+            };
+            for p in batch.drain(..) {
+                self.counters.send_failed(&e);
+                let _ = p.finish(Err(e.clone()));
+            }
+        }
         if self.is_closed() {
             self.remove_remote(&remote, &mut after);
         }

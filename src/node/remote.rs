@@ -170,6 +170,35 @@ impl Remote {
         Enqueued::Queued
     }
 
+    /// Queues a batch of user messages under one lock and gets them moving (one kick).
+    /// Takes what it queued out of `batch`; left there are all of them if the remote was
+    /// removed meanwhile (`Err`, look it up again), or those beyond `max_queued` (`Ok`).
+    pub(crate) fn enqueue_batch(
+        self: &Arc<Self>,
+        lim: &Limits,
+        batch: &mut Vec<Pending>,
+        dial: Dialer,
+        after: &mut After,
+    ) -> Result<(), ()> {
+        let mut st = self.lock();
+        if st.removed {
+            return Err(());
+        }
+        let room = lim.max_queued.saturating_sub(st.user.len());
+        if room == 0 {
+            return Ok(());
+        }
+        let probe_after = lim.reuse_time / 4 * 3;
+        if st.conn.is_some() && !st.noop_queued && st.timestamp.elapsed() > probe_after {
+            st.control.push_back(Control::Noop);
+            st.noop_queued = true;
+        }
+        let n = room.min(batch.len());
+        st.user.extend(batch.drain(..n));
+        self.process(&mut st, dial, after);
+        Ok(())
+    }
+
     /// Makes progress on the queues: dial if needed, or kick the current connection.
     fn process(self: &Arc<Self>, st: &mut RemoteState, dial: Dialer, after: &mut After) {
         if let Some(c) = &st.conn {
