@@ -9,8 +9,9 @@
 //! a *slot* until released. Every send, request and release returns a one-shot
 //! [`Completion`] that you `wait()` on (or `wait_timeout`, `wait_deadline`, `try_wait`).
 //!
-//! This page is a guide in seven steps: [receiving](#three-ways-to-receive),
-//! [modes](#synchronous-and-asynchronous-mode), [slots](#slots-and-backpressure),
+//! This page is a guide in eight steps: [receiving](#three-ways-to-receive),
+//! [modes](#synchronous-and-asynchronous-mode), [streams](#streams-many-messages-to-one-peer),
+//! [slots](#slots-and-backpressure),
 //! [TLS](#tls), [errors](#errors), [threads](#threads-and-what-a-handler-may-do) and
 //! [observing a node](#observing-a-node).
 //! The wire protocol, the connection rules and where this crate deliberately differs from
@@ -107,6 +108,37 @@
 //! }
 //! let got: Vec<u8> = inbox.iter().take(16).map(|m| m.data()[0]).collect();
 //! assert_eq!(got, (0..16).collect::<Vec<u8>>()); // in order
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Streams: many messages to one peer
+//!
+//! Every [`Node::send`] finds the peer and returns its own completion. For a stream of
+//! messages to the same node, take a [`Peer`] handle once with [`Node::peer`] and send
+//! batches with [`Peer::send_batch`]: the messages are queued together and the whole batch
+//! has **one** completion, `Ok(n)` or a [`BatchError`] handing back, in order, exactly the
+//! messages that were not delivered. Same guarantees, same wire protocol; one-way streams
+//! of small messages run about three times as fast as with `send()`. Use `send()` when
+//! messages go to many peers or each outcome matters on its own.
+//!
+//! ```
+//! use libchirp::{queue::Chirp, Config, Message};
+//!
+//! let mut config = Config::default();
+//! config.port = 0;
+//! config.disable_encryption = true;
+//! config.synchronous = false;
+//! let inbox = Chirp::new(config.clone())?;
+//! let node = Chirp::new(config)?;
+//! let peer = node.peer(format!("127.0.0.1:{}", inbox.port()).parse()?)?;
+//! for chunk in 0..4u8 {
+//!     let batch = (0..250u8).map(|i| Message::new(vec![chunk, i]));
+//!     match peer.send_batch(batch).wait() {
+//!         Ok(n) => assert_eq!(n, 250),
+//!         Err(failed) => eprintln!("{failed}; {} to retry", failed.failures().len()),
+//!     }
+//! }
+//! assert_eq!(inbox.iter().take(1000).count(), 1000);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
