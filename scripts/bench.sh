@@ -12,6 +12,10 @@
 # asynchronous mode) and one-way throughput (PUSH/PULL against `chirp bench-sink`).
 # --oneway: one-way throughput only, 16 B and 1 KiB: our plain send(), our streaming path
 # (send_batch), ZeroMQ PUSH/PULL with high-water marks off and with its defaults.
+# --latency: open-loop latency (`chirp bench-latency`, `c_bench latency`, `zmq_bench
+# latency`): offered 1k, 10k, 50k, 100k messages/s and 50 % and 80 % of each one's own
+# saturation rate; p50, p90, p99, p99.9 and max from the scheduled send time. Asynchronous
+# for all three, synchronous ours against C's synchronous mode.
 # --star: star topology: one asynchronous echo node, 16 and then 64 sender processes with 16
 # messages outstanding each; total round trips per second, ours beside C libchirp.
 # --baseline BIN: with --star or --windows, also measure another build of the chirp tool
@@ -35,6 +39,7 @@ star=0
 baseline=""
 tls_sweep=0
 oneway_only=0
+latency_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; runs=3 ;;
@@ -43,8 +48,9 @@ while [ $# -gt 0 ]; do
     --star) star=1 ;;
     --tls) tls_sweep=1 ;;
     --oneway) oneway_only=1 ;;
+    --latency) latency_only=1 ;;
     --baseline) baseline="$2"; shift ;;
-    *) echo "usage: $0 [--quick] [--runs N] [--windows [--tls] | --star | --oneway] [--baseline BIN]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--runs N] [--windows [--tls] | --star | --oneway | --latency] [--baseline BIN]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -71,7 +77,7 @@ if [ -x "$PY" ] && "$PY" -c 'import _libchirp_cffi' 2>/dev/null; then
   libdir=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
   pyver=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("LDVERSION"))')
   if gcc -O2 -I"$src/libchirp-1.2.1b3" scripts/c_bench.c "$so" -L"$libdir" -lpython"$pyver" \
-       -Wl,-rpath,"$(dirname "$so")" -Wl,-rpath,"$libdir" -luv -lssl -lcrypto -o target/c_bench 2>"$tmp/cc.log"; then
+       -Wl,-rpath,"$(dirname "$so")" -Wl,-rpath,"$libdir" -luv -lssl -lcrypto -lpthread -o target/c_bench 2>"$tmp/cc.log"; then
     C=target/c_bench
   else
     echo "(C baseline not built: $(head -1 "$tmp/cc.log"))"
@@ -227,6 +233,93 @@ oneway() { # KEY ours|batch|zmq|zmqd SIZE COUNT
   fi
 }
 
+# Open-loop latency (--latency): one point = an echo and a client offering RATE messages/s
+# (0: as fast as it goes, at most 1,000 outstanding: the saturation rate), COUNT messages
+# of 16 bytes, each latency from its scheduled send time. IMPL: ours|c|zmq; MODE:
+# async|sync (ZeroMQ has no synchronous mode). Records p50 p90 p99 p999 max (µs) and the
+# achieved rate under KEY_*.
+latency_point() { # KEY IMPL MODE RATE COUNT
+  local key=$1 impl=$2 mode=$3 rate=$4 count=$5 line="" port
+  case $impl in
+    ours)
+      local flag=""; [ "$mode" = async ] && flag=--async
+      if start_echo "$tmp/lecho.out" $B echo --port 0 --no-encryption $flag; then
+        port=$(sed -n 's/listening on //p' "$tmp/lecho.out")
+        line=$(timeout 120 $B bench-latency "127.0.0.1:$port" --no-encryption $flag --rate "$rate" --count "$count" 2>/dev/null || true)
+      fi ;;
+    c)
+      [ -n "$C" ] || { add "${key}_p50" n/a; return; }
+      local s=1; [ "$mode" = async ] && s=0
+      port=$(free_port); local own; own=$(free_port)
+      if start_echo "$tmp/lecho.out" $C echo "$port" "$s"; then
+        local secs; secs=$(timeout 120 $C latency "$port" "$own" "$s" "$rate" "$count" 16 "$tmp/lat.txt" 2>/dev/null | sed -n 's/^secs //p' || true)
+        [ -n "$secs" ] && line=$($B bench-histogram "$tmp/lat.txt" "$rate" "$secs" 2>/dev/null || true)
+      fi ;;
+    zmq)
+      [ -n "$Z" ] || { add "${key}_p50" n/a; return; }
+      port=$(free_port)
+      if start_echo "$tmp/lecho.out" $Z echo "$port"; then
+        local secs; secs=$(timeout 120 $Z latency "$port" "$rate" "$count" 16 "$tmp/lat.txt" 2>/dev/null | sed -n 's/^secs //p' || true)
+        [ -n "$secs" ] && line=$($B bench-histogram "$tmp/lat.txt" "$rate" "$secs" 2>/dev/null || true)
+      fi ;;
+  esac
+  stop_echo
+  local f
+  for f in p50 p90 p99 p999 max achieved; do
+    add "${key}_$f" "$(echo "$line" | sed -n "s/.* $f=\([0-9.]*\).*/\1/p")"
+  done
+}
+
+# Saturation first (rate 0), then 1k, 10k, 50k, 100k/s and 50 % and 80 % of each
+# implementation's own saturation rate, every implementation alternately within each run.
+latency_sweep() {
+  local impls="ours:async c:async zmq:async ours:sync c:sync"
+  local r i m impl mode n sat
+  for i in $(seq 1 "$runs"); do
+    for m in $impls; do
+      impl=${m%%:*}; mode=${m#*:}
+      n=100000; [ "$mode" = sync ] && n=20000; [ "$quick" = 1 ] && n=$((n / 2))
+      latency_point "L_${impl}_${mode}_sat" "$impl" "$mode" 0 "$n"
+    done
+  done
+  for i in $(seq 1 "$runs"); do
+    for r in 1000 10000 50000 100000 50 80; do
+      for m in $impls; do
+        impl=${m%%:*}; mode=${m#*:}
+        sat=$(med "L_${impl}_${mode}_sat_achieved" | cut -d. -f1)
+        [ "$sat" = n/a ] && sat=0
+        local rate=$r
+        if [ "$r" -le 100 ]; then rate=$((sat * r / 100)); [ "$rate" -gt 0 ] || continue; fi
+        # About a second at the offered rate, or at saturation when offered more.
+        n=$rate; [ -n "$sat" ] && [ "$sat" -gt 0 ] && [ "$n" -gt "$sat" ] && n=$sat
+        [ "$quick" = 1 ] && n=$((n / 2))
+        [ "$n" -lt 1000 ] && n=1000
+        latency_point "L_${impl}_${mode}_$r" "$impl" "$mode" "$rate" "$n"
+      done
+    done
+  done
+  echo
+  echo "Open-loop latency, 16-byte messages, two processes; medians of $runs alternating runs on $(nproc) cores."
+  echo "Latency from each message's scheduled send time to its echo's arrival, µs (HDR histogram)."
+  echo
+  printf '| %-16s | %-22s | %10s | %8s | %8s | %8s | %8s | %8s |\n' offered implementation achieved p50 p90 p99 p99.9 max
+  printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "------------------" "------------------------" "------------" "----------" "----------" "----------" "----------" "----------"
+  local label
+  for m in $impls; do
+    impl=${m%%:*}; mode=${m#*:}
+    printf '| %-16s | %-22s | %10s | %8s | %8s | %8s | %8s | %8s |\n' "saturation" "$impl $mode" "$(med "L_${impl}_${mode}_sat_achieved")" "" "" "" "" ""
+  done
+  for r in 1000 10000 50000 100000 50 80; do
+    for m in $impls; do
+      impl=${m%%:*}; mode=${m#*:}
+      local k="L_${impl}_${mode}_$r"
+      if [ "$r" -le 100 ]; then label="$r % of own sat."; else label="$r/s"; fi
+      printf '| %-16s | %-22s | %10s | %8s | %8s | %8s | %8s | %8s |\n' "$label" "$impl $mode" \
+        "$(med "${k}_achieved")" "$(med "${k}_p50")" "$(med "${k}_p90")" "$(med "${k}_p99")" "$(med "${k}_p999")" "$(med "${k}_max")"
+    done
+  done
+}
+
 # One-way sweep (--oneway): every kind alternately within each run, 16 B and 1 KiB.
 oneway_table() {
   echo
@@ -296,6 +389,10 @@ star_run() { # KEY N COUNT ours:BIN|c
   fi
 }
 
+if [ "$latency_only" = 1 ]; then
+  latency_sweep
+  exit 0
+fi
 if [ "$oneway_only" = 1 ]; then
   n=$((n_win * 20))
   for i in $(seq 1 "$runs"); do

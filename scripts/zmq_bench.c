@@ -7,10 +7,21 @@
  *   zmq_bench sink PORT COUNT               PULL that counts COUNT messages; prints the
  *                                           rate from the first to the last
  *   zmq_bench push PORT SIZE COUNT          PUSH of COUNT messages of SIZE bytes
+ *   zmq_bench latency PORT RATE COUNT SIZE OUTFILE
+ *                                           open loop, like `chirp bench-latency`: message
+ *                                           i is due at i / RATE s (at most 1,000
+ *                                           outstanding, as ours); each echo's latency runs
+ *                                           from its due time. Latencies (ns, one per line)
+ *                                           go to OUTFILE for `chirp bench-histogram`;
+ *                                           prints "secs S".
  *
  * ZeroMQ has no acknowledgement, so it compares with our asynchronous mode. Output lines
  * match chirp's ("N round trips in S s: R/s", "N messages in S s: R/s").
  */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +50,14 @@ static void *sock(void *ctx, int type) {
 static void die(const char *what) {
     fprintf(stderr, "zmq_bench: %s: %s\n", what, zmq_strerror(zmq_errno()));
     exit(1);
+}
+
+static struct timespec t0_;
+
+static uint64_t since0(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)(t.tv_sec - t0_.tv_sec) * 1000000000ull + (uint64_t)(t.tv_nsec - t0_.tv_nsec);
 }
 
 int main(int argc, char **argv) {
@@ -107,6 +126,61 @@ int main(int argc, char **argv) {
         /* linger 0 would drop queued messages: wait for them to leave */
         int forever = -1;
         zmq_setsockopt(s, ZMQ_LINGER, &forever, sizeof forever);
+        zmq_close(s);
+    } else if (strcmp(argv[1], "latency") == 0 && argc >= 7) {
+        /* One thread, one DEALER against the ROUTER echo: send what is due, take what
+         * came back, then sleep in ppoll() on the socket's ZMQ_FD until the next message
+         * is due (nanosecond timeout) or an echo arrives. */
+        double rate = atof(argv[3]);
+        long count = atol(argv[4]), size = atol(argv[5]);
+        if (size < 8) size = 8;
+        uint64_t *sched = calloc(count, sizeof *sched), *lat = calloc(count, sizeof *lat);
+        void *s = sock(ctx, ZMQ_DEALER);
+        if (zmq_connect(s, ep) != 0) die("connect");
+        int fd;
+        size_t fdlen = sizeof fd;
+        zmq_getsockopt(s, ZMQ_FD, &fd, &fdlen);
+        char *payload = calloc(1, size), buf[65536];
+        long sent = 0, back = 0;
+        clock_gettime(CLOCK_MONOTONIC, &t0_);
+        while (back < count) {
+            uint64_t now_ns = since0();
+            while (sent < count && sent - back < 1000) {
+                uint64_t due = rate > 0 ? (uint64_t)(sent / rate * 1e9) : 0;
+                if (due > now_ns) break;
+                sched[sent] = due;
+                memcpy(payload, &sent, sizeof sent);
+                if (zmq_send(s, payload, size, 0) < 0) die("send");
+                sent++;
+            }
+            int n;
+            while ((n = zmq_recv(s, buf, sizeof buf, ZMQ_DONTWAIT)) >= 0) {
+                uint64_t i;
+                memcpy(&i, buf, sizeof i);
+                if (i < (uint64_t)count) lat[i] = since0() - sched[i];
+                back++;
+            }
+            if (zmq_errno() != EAGAIN) die("recv");
+            if (back >= count) break;
+            struct pollfd p = {fd, POLLIN, 0};
+            struct timespec wait, *tw = NULL;
+            if (sent < count && sent - back < 1000) {
+                uint64_t due = rate > 0 ? (uint64_t)(sent / rate * 1e9) : 0, t = since0();
+                uint64_t left = due > t ? due - t : 0;
+                wait.tv_sec = left / 1000000000ull;
+                wait.tv_nsec = left % 1000000000ull;
+                tw = &wait;
+            }
+            int events = 0;
+            size_t elen = sizeof events;
+            zmq_getsockopt(s, ZMQ_EVENTS, &events, &elen);
+            if (!(events & ZMQ_POLLIN)) ppoll(&p, 1, tw, NULL);
+        }
+        double secs = since0() / 1e9;
+        FILE *f = fopen(argv[6], "w");
+        for (long k = 0; f && k < count; k++) fprintf(f, "%llu\n", (unsigned long long)lat[k]);
+        if (f) fclose(f);
+        printf("secs %.3f\n", secs);
         zmq_close(s);
     } else {
         fprintf(stderr, "zmq_bench: bad arguments\n");

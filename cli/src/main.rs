@@ -20,6 +20,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod bench;
+mod latency;
 mod send;
 mod serve;
 
@@ -230,6 +231,35 @@ enum Command {
         count: usize,
         #[arg(long)]
         silent: bool,
+    },
+    /// Open-loop latency against an echo node: message i is scheduled at i / RATE seconds
+    /// and its latency runs from that time to its echo's arrival (a stalled sender is
+    /// charged). Prints percentiles from an HDR histogram, in microseconds.
+    BenchLatency {
+        /// The echo node, e.g. 127.0.0.1:2998.
+        addr: String,
+        /// Messages per second offered (0: as fast as the node takes them, at most 1,000
+        /// outstanding: the saturation rate).
+        #[arg(long)]
+        rate: f64,
+        /// Number of messages.
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Message size in bytes (at least 8: the message number).
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Measurement helper for bench.sh: the bench-latency summary of latencies recorded
+    /// by another program (FILE: nanoseconds, one per line).
+    #[command(hide = true)]
+    BenchHistogram {
+        file: PathBuf,
+        /// The offered rate, for the summary line.
+        offered: f64,
+        /// The run's duration in seconds, for the achieved rate.
+        secs: f64,
     },
     /// Print a shell completion script to stdout, e.g.
     /// `chirp completions bash > /etc/bash_completion.d/chirp`.
@@ -502,6 +532,18 @@ fn run(cli: Cli, signals: Signals) -> Result<(), Fail> {
             count,
             stream,
         } => bench::raw(size, count, stream),
+        Command::BenchLatency {
+            addr,
+            rate,
+            count,
+            size,
+            common,
+        } => latency::run(config(&common, 0)?, parse_addr(&addr)?, rate, count, size),
+        Command::BenchHistogram {
+            file,
+            offered,
+            secs,
+        } => latency::summarize(&file, offered, secs),
         // Handled in main before the node machinery starts.
         Command::Completions { .. } | Command::Manpage { .. } => Ok(()),
     }
