@@ -24,7 +24,7 @@ fn text(b: &[u8]) -> String {
 }
 
 /// The user-facing subcommands (the hidden measurement helpers are left out of docs).
-const SUBCOMMANDS: [&str; 10] = [
+const SUBCOMMANDS: [&str; 11] = [
     "echo",
     "listen",
     "send",
@@ -33,6 +33,7 @@ const SUBCOMMANDS: [&str; 10] = [
     "bench-idle",
     "bench-sink",
     "bench-raw",
+    "bench-latency",
     "completions",
     "manpage",
 ];
