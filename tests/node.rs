@@ -386,3 +386,63 @@ fn config_default_matches_libchirp() {
         (Duration::from_secs(5), Duration::from_secs(30), 2998)
     );
 }
+
+/// Resident memory of this process, in KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Peers that connect under a new advertised port each time (each handshakes, sends one
+/// message and closes) leave no remote behind: the table and the memory stay bounded
+/// long before garbage collection (30 s here) could act.
+#[test]
+fn peers_that_come_and_go_under_new_ports_leave_no_remote_behind() {
+    let mut c = config(false);
+    c.reuse_time = Duration::from_secs(30);
+    let (node, rx) = inbox_node(c);
+    let warm = |from: u16, n: u16| {
+        for port in from..from + n {
+            let mut raw = support::raw::Raw::connect(v4(&node), port);
+            raw.send_frame(Identity::random(), 1, 0, b"", b"x");
+            drop(recv(&rx, "the message"));
+            drop(raw);
+        }
+    };
+    warm(10_000, 300); // allocator and thread caches settle
+    assert!(
+        eventually(Duration::from_secs(10), || node.remotes().is_empty()),
+        "after the warm-up: {} remotes",
+        node.remotes().len()
+    );
+    let before = rss_kib();
+    let mut most = 0;
+    for round in 0..10u16 {
+        warm(20_000 + round * 300, 300);
+        most = most.max(node.remotes().len());
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || node.remotes().is_empty()),
+        "{} remotes left after 3,000 peers came and went",
+        node.remotes().len()
+    );
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        most <= 50,
+        "at most a few remotes at a time (connections still closing), saw {most}"
+    );
+    // ~1.7 KiB per leftover remote before: 3,000 would be ~5 MiB.
+    assert!(grown < 2048, "memory grew by {grown} KiB over 3,000 peers");
+    assert!(
+        node.stats().remotes_released >= 3_300,
+        "counted: {}",
+        node.stats().remotes_released
+    );
+    node.close();
+}

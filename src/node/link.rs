@@ -171,6 +171,13 @@ impl Owner for Link {
         if let Some((node, remote)) = self.both() {
             let mut after = After::default();
             remote.conn_closed(conn, reason, in_flight, node.is_closed(), &mut after);
+            // A peer that connected to us and left, with nothing pending either way, needs
+            // no remote until it comes back (a dialed remote stays: it keeps the reconnect
+            // debounce of a failing peer).
+            if !conn.outgoing && remote.release_if_vacant() {
+                node.remotes.remove(remote);
+                bump(&node.counters.remotes_released);
+            }
             node.run_after(&mut after);
         }
     }

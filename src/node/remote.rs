@@ -463,6 +463,23 @@ impl Remote {
         }
     }
 
+    /// After an accepted connection closed: a remote left with no connection and nothing
+    /// queued, awaiting an ACK or to be acknowledged is marked removed (the caller takes it
+    /// out of the table) instead of waiting for garbage collection, so peers that come
+    /// and go under new advertised ports do not pile up. True if it was.
+    pub(crate) fn release_if_vacant(&self) -> bool {
+        let mut st = self.lock();
+        let vacant = !st.removed
+            && st.conn.is_none()
+            && st.user.is_empty()
+            && st.control.is_empty()
+            && st.wait_ack.is_none();
+        if vacant {
+            st.removed = true;
+        }
+        vacant
+    }
+
     /// The debounce timer fired: reconnect if anything is queued.
     pub(crate) fn unblock(self: &Arc<Self>, dial: Dialer, after: &mut After) {
         let mut st = self.lock();

@@ -98,6 +98,9 @@ pub struct Stats {
     pub sends_failed_other: u64,
     /// Sends refused because the remote's queue held `max_queued` messages.
     pub queue_full: u64,
+    /// Remotes dropped as soon as the peer's (accepted) connection closed with nothing
+    /// pending, instead of waiting for garbage collection.
+    pub remotes_released: u64,
     /// Requests whose answer arrived.
     pub requests_answered: u64,
     /// Requests that timed out.
@@ -209,6 +212,7 @@ pub(crate) struct Counters {
     pub(crate) sends_failed_limit: AtomicU64,
     pub(crate) sends_failed_other: AtomicU64,
     pub(crate) queue_full: AtomicU64,
+    pub(crate) remotes_released: AtomicU64,
     pub(crate) requests_answered: AtomicU64,
     pub(crate) requests_timed_out: AtomicU64,
 }
@@ -305,6 +309,7 @@ impl Counters {
             sends_failed_limit: get(&self.sends_failed_limit),
             sends_failed_other: get(&self.sends_failed_other),
             queue_full: get(&self.queue_full),
+            remotes_released: get(&self.remotes_released),
             requests_answered: get(&self.requests_answered),
             requests_timed_out: get(&self.requests_timed_out),
             ..Stats::default()
