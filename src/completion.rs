@@ -9,8 +9,9 @@
 //! when time runs out so you can wait again, and [`Completion::try_wait`] never blocks.
 
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 enum Slot<T> {
     Pending,
@@ -235,5 +236,114 @@ mod tests {
         let t = std::thread::spawn(move || done.complete(7));
         assert_eq!(c.wait(), 7);
         t.join().unwrap();
+    }
+}
+
+/// Loom models (`scripts/loom.sh`): every interleaving of a completer and a waiter, with
+/// the production code above built on loom's `Mutex`, `Condvar` and `Arc`.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::thread;
+
+    /// A value that counts its drops, to check it is dropped exactly once wherever it ends.
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn loom_complete_races_wait() {
+        loom::model(|| {
+            let (c, done) = Completion::<u32>::pair();
+            let t = thread::spawn(move || done.complete(7));
+            assert_eq!(c.wait(), 7);
+            t.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_complete_races_try_wait_then_wait() {
+        loom::model(|| {
+            let (c, done) = Completion::<u32>::pair();
+            let t = thread::spawn(move || done.complete(7));
+            let v = match c.try_wait() {
+                Ok(v) => v,
+                Err(c) => {
+                    let _ = c.is_ready();
+                    c.wait()
+                }
+            };
+            assert_eq!(v, 7);
+            t.join().unwrap();
+        });
+    }
+
+    /// A deadline that has passed: the waiter either takes the value or is handed the
+    /// completion back, and then always gets the value; never both, never neither.
+    #[test]
+    fn loom_complete_races_an_expired_wait_deadline() {
+        loom::model(|| {
+            let (c, done) = Completion::<u32>::pair();
+            let t = thread::spawn(move || done.complete(7));
+            let v = match c.wait_deadline(Instant::now()) {
+                Ok(v) => v,
+                Err(c) => c.wait(),
+            };
+            assert_eq!(v, 7);
+            t.join().unwrap();
+        });
+    }
+
+    /// loom's timed wait never times out, so this checks the waiting branch of
+    /// `wait_timeout`: it ends with the value however the completion interleaves.
+    #[test]
+    fn loom_complete_races_wait_timeout() {
+        loom::model(|| {
+            let (c, done) = Completion::<u32>::pair();
+            let t = thread::spawn(move || done.complete(7));
+            let v = c
+                .wait_timeout(Duration::from_secs(3600))
+                .unwrap_or_else(|c| c.wait());
+            assert_eq!(v, 7);
+            t.join().unwrap();
+        });
+    }
+
+    /// The waiter gives up (drops its completion) while the value arrives: the value is
+    /// dropped exactly once, by whichever side holds it last.
+    #[test]
+    fn loom_dropping_the_completion_races_complete() {
+        loom::model(|| {
+            let drops = Arc::new(AtomicUsize::new(0));
+            let (c, done) = Completion::<Counted>::pair();
+            let value = Counted(drops.clone());
+            let t = thread::spawn(move || done.complete(value));
+            drop(c);
+            t.join().unwrap();
+            assert_eq!(drops.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    /// Two threads waiting on two completions completed from a third: nobody sleeps
+    /// through its wake-up (the `waiting` count and `notify_all` agree).
+    #[test]
+    fn loom_two_waiters_two_completions() {
+        loom::model(|| {
+            let (a, da) = Completion::<u32>::pair();
+            let (b, db) = Completion::<u32>::pair();
+            let t = thread::spawn(move || {
+                da.complete(1);
+                db.complete(2);
+            });
+            let w = thread::spawn(move || b.wait());
+            assert_eq!(a.wait(), 1);
+            assert_eq!(w.join().unwrap(), 2);
+            t.join().unwrap();
+        });
     }
 }

@@ -4,8 +4,7 @@
 //! A frame that is dropped unfinished fails its waiter with [`Error::Shutdown`], so no
 //! completion is ever left pending, whichever path loses it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use crate::sync::{Arc, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 use crate::completion::Completer;
 use crate::error::{BatchError, Error, SendError};
@@ -76,7 +75,7 @@ impl Batch {
         self.count_down();
     }
 
-    fn lock_failed(&self) -> std::sync::MutexGuard<'_, Vec<(usize, SendError)>> {
+    fn lock_failed(&self) -> MutexGuard<'_, Vec<(usize, SendError)>> {
         self.failed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -206,4 +205,61 @@ pub(crate) enum Frame {
     User(Pending),
     Ack(ReleaseDone),
     Noop,
+}
+
+/// Loom models (`scripts/loom.sh`) of a batch's shared outcome: however its messages'
+/// outcomes and its builder interleave, the batch completes exactly once, after every
+/// outcome, with the delivered count and the failed messages in batch order.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::completion::Completion;
+    use loom::thread;
+
+    fn msg(i: u8) -> Message {
+        let mut m = Message::new(vec![i]);
+        m.identity = Identity::from([i; 16]);
+        m
+    }
+
+    #[test]
+    fn loom_batch_outcomes_race_the_builder_and_each_other() {
+        loom::model(|| {
+            let (c, done) = Completion::pair();
+            let batch = Batch::new(done);
+            // Message 0 failed its checks while the batch was built.
+            batch.failed_early(0, msg(0), Error::Shutdown);
+            batch.add(2);
+            let b1 = batch.clone();
+            let t1 = thread::spawn(move || b1.fail(2, msg(2), Error::Shutdown));
+            let b2 = batch.clone();
+            let t2 = thread::spawn(move || b2.succeed());
+            batch.built();
+            t1.join().unwrap();
+            t2.join().unwrap();
+            let e = c.wait().expect_err("two failed");
+            assert_eq!(e.delivered(), 1);
+            let order: Vec<u8> = e.into_messages().iter().map(|m| m.data()[0]).collect();
+            assert_eq!(order, [0, 2], "failures in batch order");
+        });
+    }
+
+    #[test]
+    fn loom_a_batch_completes_only_after_its_last_outcome() {
+        loom::model(|| {
+            let (c, done) = Completion::pair();
+            let batch = Batch::new(done);
+            batch.add(2);
+            let b1 = batch.clone();
+            let t1 = thread::spawn(move || b1.succeed());
+            batch.built();
+            // One outcome is still missing: whatever ran, the batch is not complete.
+            let c = c
+                .try_wait()
+                .expect_err("not complete before the last outcome");
+            batch.succeed();
+            assert_eq!(c.wait().expect("all delivered"), 2);
+            t1.join().unwrap();
+        });
+    }
 }

@@ -320,6 +320,7 @@ pub mod pki;
 pub mod pool;
 pub mod queue;
 mod rand;
+mod sync;
 mod sys;
 mod tls;
 pub mod wire;

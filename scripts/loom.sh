@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Model-checks the hand-rolled synchronisation with loom: the one-shot completion
+# (src/completion.rs) and a batch's shared outcome (src/frame.rs), built with loom's Mutex,
+# Condvar, Arc and atomics in place of std's (src/sync.rs), every interleaving explored up
+# to LOOM_MAX_PREEMPTIONS (default 3).
+#   scripts/loom.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
+RUSTFLAGS="--cfg loom ${RUSTFLAGS:-}" CARGO_TARGET_DIR=target/loom \
+  cargo test --release -q --lib loom_ -- --test-threads=2
