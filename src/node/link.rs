@@ -87,12 +87,26 @@ impl Owner for Link {
         let info = conn.peer_info().ok_or(Error::Shutdown)?;
         // A dialed connection belongs to the remote it was dialed for, whatever port the
         // peer advertises; an accepted one to the peer's address and advertised port.
-        let remote = self.remote.get_or_init(|| {
-            node.remotes
-                .get_or_create(SocketAddr::new(conn.peer.ip(), info.port))
-        });
         let mut after = After::default();
-        let ok = remote.attach(conn, &mut after);
+        let ok = match self.remote.get() {
+            Some(dialed) => dialed.attach(conn, &mut after),
+            None => loop {
+                let remote = node
+                    .remotes
+                    .get_or_create(SocketAddr::new(conn.peer.ip(), info.port));
+                if remote.attach(conn, &mut after) {
+                    let _ = self.remote.set(remote);
+                    break true;
+                }
+                // The remote was dropped between the lookup and the attach (its previous
+                // connection just closed with nothing pending): the next lookup makes a
+                // new one — unless the node is closing.
+                if node.is_closed() {
+                    break false;
+                }
+                std::thread::yield_now();
+            },
+        };
         node.run_after(&mut after);
         if ok && !node.is_closed() {
             node.events.emit(|| Event::Connected {
