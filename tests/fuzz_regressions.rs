@@ -41,14 +41,9 @@ fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// Replays a `reader` input on `node` as the fuzz target does: cut points, then the byte
-/// stream, then a well-formed peer, which must be served.
-fn replay_reader(
-    node: &Node,
-    addr: SocketAddr,
-    events: &crossbeam_channel::Receiver<Event>,
-    input: &[u8],
-) {
+/// Replays a `reader` input on the node at `addr` as the fuzz target does: cut points, then
+/// the byte stream, then a well-formed peer, which must be served.
+fn replay_reader(addr: SocketAddr, events: &crossbeam_channel::Receiver<Event>, input: &[u8]) {
     while events.try_recv().is_ok() {}
     let (&n, rest) = input.split_first().unwrap_or((&0, &[]));
     let n = usize::from(n % 8).min(rest.len());
