@@ -115,12 +115,7 @@ fn reader_a_new_peer_is_not_cut_off_when_its_remote_is_dropped_during_its_handsh
         .encode(),
     );
     for i in 0..1500 {
-        replay_reader(
-            &node,
-            addr,
-            &events,
-            if i % 2 == 0 { input } else { &oversize },
-        );
+        replay_reader(addr, &events, if i % 2 == 0 { input } else { &oversize });
     }
     node.close();
 }

@@ -51,7 +51,9 @@ fuzz_target!(|input: &[u8]| {
     c.max_queued = u32::from_be_bytes(take(&mut d)) as usize;
     c.cert_expiry_warning = millis(take(&mut d));
     if let Ok(e) = c.validate() {
-        assert!(e.timeout() >= Duration::from_millis(100) && e.timeout() <= Duration::from_secs(1200));
+        assert!(
+            e.timeout() >= Duration::from_millis(100) && e.timeout() <= Duration::from_secs(1200)
+        );
         assert!(e.reuse_time() >= e.timeout() * 3);
         assert!(e.max_slots() >= 1 && e.max_slots() <= 32);
         assert!(!c.synchronous || e.max_slots() == 1);

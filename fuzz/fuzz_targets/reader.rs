@@ -37,8 +37,14 @@ fn connect(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect to the node");
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&Handshake { port: 4000, identity: Identity::random() }.encode())
-        .unwrap();
+    s.write_all(
+        &Handshake {
+            port: 4000,
+            identity: Identity::random(),
+        }
+        .encode(),
+    )
+    .unwrap();
     let mut hs = [0u8; 18];
     s.read_exact(&mut hs).expect("the node's handshake");
     s
@@ -65,8 +71,16 @@ fuzz_target!(|data: &[u8]| {
     // The node still serves a well-formed peer: a NOOP-free data frame is read and the
     // connection stays open.
     let mut ok = connect(*addr);
-    let frame = Preamble { identity: Identity::random(), serial: 1, data_len: 2, header_len: 0, kind_bits: 0 };
-    let wrote = ok.write_all(&frame.encode()).and_then(|()| ok.write_all(b"ok"));
+    let frame = Preamble {
+        identity: Identity::random(),
+        serial: 1,
+        data_len: 2,
+        header_len: 0,
+        kind_bits: 0,
+    };
+    let wrote = ok
+        .write_all(&frame.encode())
+        .and_then(|()| ok.write_all(b"ok"));
     if let Err(e) = wrote {
         let seen: Vec<libchirp::Event> = events.try_iter().collect();
         panic!(

@@ -12,7 +12,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Handshake::decode(&bytes).encode(), bytes);
     }
     // The limit from the first four bytes, then every whole preamble that follows.
-    let Some((max, rest)) = data.split_first_chunk::<4>() else { return };
+    let Some((max, rest)) = data.split_first_chunk::<4>() else {
+        return;
+    };
     let max = u64::from(u32::from_be_bytes(*max));
     for chunk in rest.chunks_exact(PREAMBLE_SIZE) {
         let bytes: [u8; PREAMBLE_SIZE] = chunk.try_into().unwrap();
