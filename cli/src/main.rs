@@ -20,6 +20,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod bench;
+mod chaos;
 mod latency;
 mod send;
 mod serve;
@@ -251,6 +252,28 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Test helper for the randomized fault test (cli/tests/chaos.rs): serves, and sends
+    /// to random peers for --send-for seconds, one line per event (see cli/src/chaos.rs).
+    #[command(hide = true)]
+    ChaosNode {
+        /// This node's name in the event lines.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated peers, e.g. 10.0.0.1:7000,10.0.0.2:7000.
+        #[arg(long)]
+        peers: String,
+        /// Sends per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Stop sending after this many seconds (then serve until SIGTERM).
+        #[arg(long, value_name = "SECS")]
+        send_for: f64,
+        /// Seed of the choice of peers and payloads.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Measurement helper for bench.sh: the bench-latency summary of latencies recorded
     /// by another program (FILE: nanoseconds, one per line).
     #[command(hide = true)]
@@ -412,7 +435,7 @@ fn finish_stdout(result: std::io::Result<()>) -> ExitCode {
 /// What the process was asked by signals: `stop` gets one message on SIGINT or SIGTERM,
 /// `reload` one per SIGHUP (coalesced while one is pending).
 pub(crate) struct Signals {
-    stop: Receiver<()>,
+    pub(crate) stop: Receiver<()>,
     reload: Receiver<()>,
 }
 
@@ -539,6 +562,28 @@ fn run(cli: Cli, signals: Signals) -> Result<(), Fail> {
             size,
             common,
         } => latency::run(config(&common, 0)?, parse_addr(&addr)?, rate, count, size),
+        Command::ChaosNode {
+            name,
+            peers,
+            rate,
+            send_for,
+            seed,
+            common,
+        } => {
+            let peers = peers
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(parse_addr)
+                .collect::<Result<Vec<_>, _>>()?;
+            let opts = chaos::Opts {
+                name,
+                peers,
+                rate,
+                send_for: Duration::from_secs_f64(send_for.clamp(0.0, 1e6)),
+                seed,
+            };
+            chaos::run(config(&common, 0)?, opts, signals)
+        }
         Command::BenchHistogram {
             file,
             offered,

@@ -141,6 +141,24 @@ impl Net {
         ]);
     }
 
+    /// Runs `PROGRAM ARGS` on host `i` to completion (e.g. `nft`); Err with what it said.
+    pub fn exec(&self, i: usize, program: &str, args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.hosts[i].ns, program])
+            .args(args)
+            .output()
+            .map_err(|e| format!("{program} on host {i}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{program} {} on host {i}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
     /// Starts `chirp ARGS` on host `i`.
     pub fn spawn(&self, i: usize, args: &[&str]) -> Proc {
         self.spawn_program(i, env!("CARGO_BIN_EXE_chirp").as_ref(), args, &[])
