@@ -68,7 +68,7 @@ pub(crate) struct Opts {
 }
 
 pub(crate) fn run(config: Config, o: Opts, signals: Signals) -> Result<(), Fail> {
-    if o.peers.is_empty() || !(o.rate > 0.0) {
+    if o.peers.is_empty() || !o.rate.is_finite() || o.rate <= 0.0 {
         return Err(Fail(
             "chaos-node needs --peers and a positive --rate".into(),
         ));
