@@ -7,8 +7,9 @@
 use crate::sync::{Arc, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 use crate::completion::Completer;
-use crate::error::{BatchError, Error, SendError};
+use crate::error::Error;
 use crate::message::{Identity, Message, ReleaseDone};
+use crate::outcome::{BatchError, SendError};
 
 /// What a user send completes with.
 pub(crate) type SendResult = Result<Message, SendError>;

@@ -316,6 +316,7 @@ mod error;
 mod frame;
 mod message;
 mod node;
+mod outcome;
 pub mod pki;
 pub mod pool;
 pub mod queue;
@@ -327,9 +328,10 @@ pub mod wire;
 
 pub use completion::{Completer, Completion};
 pub use config::{Config, Effective};
-pub use error::{BatchError, Error, Result, SendError};
+pub use error::{Error, Result};
 pub use message::{Identity, Message};
 pub use node::{Event, Node, Peer, RemoteInfo, Stats};
+pub use outcome::{BatchError, SendError};
 pub use tls::Certificate;
 
 /// The README's example, compiled and run as a doctest so that it stays true.

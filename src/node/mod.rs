@@ -4,6 +4,10 @@
 //! policy (when to encrypt, when to dial, when to collect); each connection reports to it
 //! through its [`Link`](link::Link).
 
+mod admission;
+mod dial;
+mod key;
+mod lifecycle;
 mod link;
 #[cfg(feature = "metrics")]
 mod metrics;
@@ -11,6 +15,7 @@ mod peer;
 mod remote;
 mod remotes;
 mod requests;
+mod send;
 mod stats;
 pub(crate) mod timer;
 
@@ -30,13 +35,15 @@ use std::time::{Duration, Instant};
 use crate::completion::Completion;
 use crate::config::{Config, Effective};
 use crate::connection::{self, Conn, Settings, Traffic, READER_STACK};
-use crate::error::{Error, SendError};
+use crate::error::Error;
 use crate::frame::{Done, Pending};
 use crate::message::{Identity, Message};
+use crate::outcome::SendError;
 use crate::tls::{TlsContext, TlsCurrent};
 use crate::wire::Handshake;
 
 use crate::burst::{more, Burst};
+use admission::{accept_loop, bind};
 use link::Link;
 use remote::{After, Deferred, Enqueued, Limits, Remote};
 use remotes::Remotes;
@@ -131,396 +138,6 @@ impl Inner {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Whether a connection to/from `ip` uses TLS: unless disabled, always except with
-    /// `127.0.0.1` and `::1` (and then too with `always_encrypt`).
-    fn should_encrypt(&self, ip: IpAddr) -> bool {
-        if self.cfg.config.disable_encryption {
-            return false;
-        }
-        if self.cfg.config.always_encrypt {
-            return true;
-        }
-        !(ip == IpAddr::V4(Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(Ipv6Addr::LOCALHOST))
-    }
-
-    /// Spawns a named node thread that is counted for `close()`.
-    pub(crate) fn spawn(
-        self: &Arc<Self>,
-        name: String,
-        stack: usize,
-        f: impl FnOnce(Arc<Inner>) + Send + 'static,
-    ) -> io::Result<()> {
-        #[cfg(test)]
-        if self
-            .fail_spawns
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "Resource temporarily unavailable (injected by a test)",
-            ));
-        }
-        *self.threads.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        let inner = self.clone();
-        let r = thread::Builder::new()
-            .name(name)
-            .stack_size(stack)
-            .spawn(move || {
-                NODE_THREAD.with(|c| c.set(Arc::as_ptr(&inner) as usize));
-                let guard = ThreadGuard(inner.clone());
-                f(inner);
-                drop(guard);
-            });
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                self.thread_done();
-                Err(e)
-            }
-        }
-    }
-
-    fn thread_done(&self) {
-        let mut n = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        *n -= 1;
-        drop(n);
-        self.threads_cv.notify_all();
-    }
-
-    /// A new outgoing connection for `remote`, registered (called with the remote locked),
-    /// unless `max_connections` is reached.
-    fn dial_conn(self: &Arc<Self>, remote: &Arc<Remote>) -> Result<Arc<Conn>, Error> {
-        let addr = remote.dial_addr;
-        let max = self.cfg.max_connections;
-        let mut registry = self.registry();
-        if registry.len() >= max {
-            drop(registry);
-            bump(&self.counters.refused_capacity);
-            if let Some(n) = self.refusals_log.allow() {
-                log::warn!(
-                    "not dialing {addr}: max_connections ({max}) reached{}",
-                    more(n)
-                );
-            }
-            return Err(Error::LimitReached {
-                limit: "max_connections",
-                value: max,
-            });
-        }
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let link = Arc::new(Link::new(Arc::downgrade(self), Some(remote.clone()), false));
-        let conn = Conn::dial(
-            id,
-            addr,
-            self.should_encrypt(addr.ip()),
-            self.settings.clone(),
-            link.clone(),
-        )
-        .map_err(|e| Error::CannotConnect {
-            addr,
-            reason: e.to_string(),
-        })?;
-        let conn = Arc::new(conn);
-        registry.insert(
-            id,
-            Registered {
-                conn: conn.clone(),
-                link,
-            },
-        );
-        bump(&self.counters.dialed);
-        Ok(conn)
-    }
-
-    /// Starts the thread that dials and then reads `conn`.
-    fn start_dial(self: &Arc<Self>, conn: Arc<Conn>) {
-        let addr = conn.peer;
-        self.start_conn(conn, |e| Error::Io {
-            kind: e.kind(),
-            reason: format!("cannot start the thread of the connection to {addr}: {e}"),
-        });
-    }
-
-    /// Starts a connection's first thread (set-up, then reading); if that fails, the
-    /// connection is shut down with the error `fail` makes.
-    fn start_conn(self: &Arc<Self>, conn: Arc<Conn>, fail: impl FnOnce(io::Error) -> Error) {
-        let c = conn.clone();
-        let r = self.spawn(
-            format!("chirp-reader-{}", conn.peer),
-            READER_STACK,
-            move |_| connection::run(c),
-        );
-        if let Err(e) = r {
-            self.resources_failed(&conn, &e);
-            conn.shutdown(fail(e), false);
-            conn.abandon();
-        }
-    }
-
-    /// A thread for `conn` could not be started: count and log (rate-limited); the caller
-    /// refuses that one connection.
-    fn resources_failed(&self, conn: &Conn, e: &io::Error) {
-        // Counted (refused_resources) when the connection is shut down with the Io error.
-        if let Some(n) = self.resources_log.allow() {
-            log::error!(
-                "cannot start a thread for the connection with {}: {e}; that connection is refused, the node goes on{}",
-                conn.peer,
-                more(n)
-            );
-        }
-    }
-
-    /// An accepted socket: refused at once (closed) beyond `max_connections` or
-    /// `max_handshaking`, else registered and started.
-    fn accept(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        if self.is_closed() {
-            return;
-        }
-        let mut registry = self.registry();
-        let refused = if registry.len() >= self.cfg.max_connections {
-            Some((
-                "max_connections",
-                self.cfg.max_connections,
-                &self.counters.refused_capacity,
-            ))
-        } else if self.handshaking.load(Ordering::Relaxed) >= self.cfg.max_handshaking {
-            Some((
-                "max_handshaking",
-                self.cfg.max_handshaking,
-                &self.counters.refused_handshaking,
-            ))
-        } else {
-            None
-        };
-        if let Some((limit, value, counter)) = refused {
-            drop(registry);
-            // Counted (and announced) before the socket closes: whoever sees it closed
-            // also sees the refusal in the statistics.
-            bump(counter);
-            self.events.emit(|| Event::Refused {
-                address: peer,
-                reason: Error::LimitReached { limit, value },
-            });
-            if let Some(n) = self.refusals_log.allow() {
-                log::warn!(
-                    "refused a connection from {peer}: {limit} ({value}) reached{}",
-                    more(n)
-                );
-            }
-            drop(stream);
-            return;
-        }
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.handshaking.fetch_add(1, Ordering::Relaxed);
-        let link = Arc::new(Link::new(Arc::downgrade(self), None, true));
-        let conn = Arc::new(Conn::accepted(
-            id,
-            stream,
-            peer,
-            self.should_encrypt(peer.ip()),
-            self.settings.clone(),
-            link.clone(),
-        ));
-        registry.insert(
-            id,
-            Registered {
-                conn: conn.clone(),
-                link,
-            },
-        );
-        drop(registry);
-        bump(&self.counters.accepted);
-        // Registered before the check: either close() sees it, or we see close().
-        if self.is_closed() {
-            conn.shutdown(Error::Shutdown, false);
-            conn.abandon();
-            return;
-        }
-        self.start_conn(conn, |e| Error::Io {
-            kind: e.kind(),
-            reason: format!("cannot start the connection's thread: {e}"),
-        });
-    }
-
-    /// An accepted connection left its handshake (done or failed).
-    fn handshake_over(&self) {
-        self.handshaking.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// The connection's threads have all ended: its traffic joins the retired totals.
-    fn forget(&self, id: u64) {
-        if let Some(r) = self.registry().remove(&id) {
-            self.retired.add(&r.conn.traffic);
-        }
-    }
-
-    /// A connection was shut down with `reason`: counted, and told to event listeners.
-    fn conn_ended(&self, conn: &Conn, reason: &Error) {
-        let info = conn.peer_info();
-        let handshaken = conn.connected_since().is_some();
-        self.counters
-            .ended(reason, handshaken, !conn.outgoing, self.is_closed());
-        match info {
-            Some(i) if handshaken => self.events.emit(|| Event::Disconnected {
-                address: SocketAddr::new(conn.peer.ip(), i.port),
-                identity: i.identity,
-                reason: reason.clone(),
-            }),
-            _ if !conn.outgoing => self.events.emit(|| Event::Refused {
-                address: conn.peer,
-                reason: reason.clone(),
-            }),
-            _ => {}
-        }
-    }
-
-    /// A snapshot of the registry (the registry is not locked while using it).
-    fn registered(&self) -> Vec<(Arc<Conn>, Arc<Link>)> {
-        self.registry()
-            .values()
-            .map(|r| (r.conn.clone(), r.link.clone()))
-            .collect()
-    }
-
-    /// Queues `p` for `addr` and gets it moving.
-    fn enqueue(self: &Arc<Self>, addr: SocketAddr, mut p: Pending) {
-        let mut after = After::default();
-        let dial = |r: &Arc<Remote>| self.dial_conn(r);
-        let remote = loop {
-            let remote = self.remotes.get_or_create(addr);
-            match remote.enqueue(&self.lim, p, &dial, &mut after) {
-                Enqueued::Queued => break remote,
-                // Garbage-collected meanwhile: look again (a new remote is made).
-                Enqueued::Removed(back) => p = back,
-                Enqueued::Full(back) => {
-                    bump(&self.counters.queue_full);
-                    bump(&self.counters.sends_failed_limit);
-                    let e = Error::LimitReached {
-                        limit: "max_queued",
-                        value: self.lim.max_queued,
-                    };
-                    if let Some((id, identity, e)) = back.finish(Err(e)) {
-                        self.requests.fail(id, identity, e);
-                    }
-                    return;
-                }
-            }
-        };
-        // The remote was found or made before this check: either close() removes it, or
-        // we see that the node closes and remove it ourselves.
-        if self.is_closed() {
-            self.remove_remote(&remote, &mut after);
-        }
-        self.run_after(&mut after);
-    }
-
-    /// Queues `batch` for the remote at `addr`, starting from the remote in `cache` (updated
-    /// when that one was garbage-collected meanwhile): one remote lock and one kick for
-    /// the whole batch. What does not fit under `max_queued` fails with `LimitReached`.
-    /// `batch` is left empty (its capacity is the caller's to reuse).
-    fn enqueue_batch(
-        self: &Arc<Self>,
-        cache: &Mutex<Arc<Remote>>,
-        addr: SocketAddr,
-        batch: &mut Vec<Pending>,
-    ) {
-        let mut after = After::default();
-        let dial = |r: &Arc<Remote>| self.dial_conn(r);
-        let mut remote = cache.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        while remote
-            .enqueue_batch(&self.lim, batch, &dial, &mut after)
-            .is_err()
-        {
-            // Garbage-collected meanwhile: look again (a new remote is made).
-            remote = self.remotes.get_or_create(addr);
-            *cache.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone();
-        }
-        if !batch.is_empty() {
-            bump(&self.counters.queue_full);
-            let e = Error::LimitReached {
-                limit: "max_queued",
-                value: self.lim.max_queued,
-            };
-            for p in batch.drain(..) {
-                self.counters.send_failed(&e);
-                let _ = p.finish(Err(e.clone()));
-            }
-        }
-        if self.is_closed() {
-            self.remove_remote(&remote, &mut after);
-        }
-        self.run_after(&mut after);
-    }
-
-    /// Takes `remote` out of the table, fails what it holds and shuts its connections down.
-    fn remove_remote(&self, remote: &Arc<Remote>, after: &mut After) {
-        self.remotes.remove(remote);
-        remote.remove(after);
-        for (conn, link) in self.registered() {
-            if link.remote().is_some_and(|r| Arc::ptr_eq(r, remote)) {
-                after.push(Deferred::Shutdown(conn, Error::Shutdown));
-            }
-        }
-    }
-
-    fn on_timer(self: &Arc<Self>, ev: Timed) {
-        let mut after = After::default();
-        match ev {
-            #[cfg(feature = "metrics")]
-            Timed::Metrics => {
-                metrics::publish(&self.stats());
-                self.timers
-                    .schedule(Instant::now() + Duration::from_secs(1), Timed::Metrics);
-            }
-            Timed::Gc => {
-                self.gc(&mut after);
-                let r = self.lim.reuse_time.as_millis() as u64;
-                let delay = crate::rand::range(r / 2, r);
-                self.timers
-                    .schedule(Instant::now() + Duration::from_millis(delay), Timed::Gc);
-            }
-            Timed::Debounce(key) => {
-                if let Some(r) = self.remotes.get(&key) {
-                    r.unblock(&|r| self.dial_conn(r), &mut after);
-                }
-            }
-            Timed::AckDeadline(key) => {
-                if let Some(r) = self.remotes.get(&key) {
-                    r.ack_deadline(&self.lim, &mut after);
-                }
-            }
-            Timed::Request(id, identity) => {
-                let e = Error::timeout(format!(
-                    "no answer to request {identity} within {:?}",
-                    self.lim.timeout
-                ));
-                if self.requests.fail(id, identity, e) {
-                    bump(&self.counters.requests_timed_out);
-                }
-            }
-        }
-        self.run_after(&mut after);
-    }
-
-    /// One garbage-collection run: connections that are no longer their remote's current
-    /// one and idle longer than the reuse time, then remotes idle that long.
-    fn gc(&self, after: &mut After) {
-        let now = Instant::now();
-        let r = self.lim.reuse_time;
-        for (conn, link) in self.registered() {
-            let idle = conn.idle_for(now).is_some_and(|idle| idle > r);
-            if idle && !link.remote().is_some_and(|rem| rem.is_current(&conn)) {
-                after.push(Deferred::Shutdown(conn, Error::Shutdown));
-            }
-        }
-        for remote in self.remotes.all() {
-            if remote.is_idle(now, r) {
-                self.remove_remote(&remote, after);
-            }
-        }
-    }
-
     /// A snapshot of the counters and gauges (see [`Node::stats`]).
     fn stats(&self) -> Stats {
         let mut s = self.counters.snapshot();
@@ -549,64 +166,6 @@ impl Inner {
         s.events_dropped = get(&self.events.dropped);
         s.certificate = self.settings.tls.as_ref().map(|t| t.get().cert);
         s
-    }
-
-    fn close(self: &Arc<Self>) {
-        if self.closed.swap(true, Ordering::SeqCst) {
-            // Already closed or closing: still wait for the threads (another caller may be
-            // closing right now), but do not redo the work.
-            self.wait_threads();
-            return;
-        }
-        log::debug!("closing node {} on port {}", self.identity, self.port);
-        let mut after = After::default();
-        for remote in self.remotes.all() {
-            self.remove_remote(&remote, &mut after);
-        }
-        for (conn, _) in self.registered() {
-            after.push(Deferred::Shutdown(conn, Error::Shutdown));
-        }
-        self.run_after(&mut after);
-        self.requests.fail_all();
-        let listeners =
-            std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|e| e.into_inner()));
-        for l in &listeners {
-            crate::sys::shutdown_listener(l);
-        }
-        self.timers.stop();
-        self.wait_threads();
-        // The accept threads have ended: this closes the listening sockets.
-        drop(listeners);
-    }
-
-    fn wait_threads(&self) {
-        let own = NODE_THREAD.with(|c| c.get()) == self as *const Inner as usize;
-        let target = usize::from(own);
-        let deadline = Instant::now() + CLOSE_WAIT;
-        let mut n = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        while *n > target {
-            let now = Instant::now();
-            if now >= deadline {
-                log::error!(
-                    "close: {} node threads did not end within {CLOSE_WAIT:?}",
-                    *n - target
-                );
-                return;
-            }
-            n = self
-                .threads_cv
-                .wait_timeout(n, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-}
-
-struct ThreadGuard(Arc<Inner>);
-
-impl Drop for ThreadGuard {
-    fn drop(&mut self) {
-        self.0.thread_done();
     }
 }
 
@@ -863,98 +422,6 @@ impl Node {
         self.inner.is_closed()
     }
 
-    fn check_outgoing(&self, msg: &Message) -> Result<SocketAddr, Error> {
-        let addr = msg.address.ok_or_else(|| {
-            Error::invalid(
-                "message address",
-                "None",
-                "the address and port of the receiving node",
-            )
-        })?;
-        if addr.port() == 0 {
-            return Err(Error::invalid("message port", 0, "1 ..= 65535"));
-        }
-        if msg.header.len() > usize::from(u16::MAX) {
-            return Err(Error::invalid(
-                "message header",
-                format!("{} bytes", msg.header.len()),
-                "at most 65535 bytes",
-            ));
-        }
-        let max = u64::from(self.inner.cfg.config.max_msg_size);
-        if msg.payload_len() > max || msg.data.len() as u64 > u64::from(u32::MAX) {
-            return Err(Error::MessageTooLarge {
-                size: msg.payload_len(),
-                max,
-            });
-        }
-        Ok(addr)
-    }
-
-    /// Sends `msg` to its address. The completion finishes — with the message handed back —
-    /// when the peer released it (synchronous mode) or when it was written to the operating
-    /// system (asynchronous mode), or with a [`SendError`] that also hands the message back.
-    ///
-    /// The connection is set up on demand, reused, and garbage-collected when idle.
-    pub fn send(&self, msg: Message) -> Completion<Result<Message, SendError>> {
-        let addr = match self.check_outgoing(&msg) {
-            Ok(_) if self.inner.is_closed() => Err(Error::Shutdown),
-            other => other,
-        };
-        let addr = match addr {
-            Ok(a) => a,
-            Err(error) => {
-                self.inner.counters.send_failed(&error);
-                return Completion::ready(Err(SendError {
-                    error,
-                    message: msg,
-                }));
-            }
-        };
-        let (completion, done) = Completion::pair();
-        self.inner
-            .enqueue(addr, Pending::new(msg, Done::Wait(done)));
-        completion
-    }
-
-    /// Sends `msg` as a request and completes with the answer: the first message that
-    /// arrives with the same identity (a peer answers by sending the received message back).
-    /// The answer is not also given to the handler or queue; you decide when its slot is
-    /// released. Fails with a timeout error when no answer arrives within the timeout; an
-    /// answer arriving later is delivered as an ordinary message.
-    pub fn request(&self, msg: Message) -> Completion<Result<Message, Error>> {
-        let addr = match self.check_outgoing(&msg) {
-            Ok(a) => a,
-            Err(e) => return Completion::ready(Err(e)),
-        };
-        let inner = &self.inner;
-        if inner.is_closed() {
-            return Completion::ready(Err(Error::Shutdown));
-        }
-        let (completion, done) = Completion::pair();
-        let identity = msg.identity;
-        let id = inner.request_seq.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + inner.lim.timeout;
-        if let Err(done) = inner.requests.insert(identity, id, done) {
-            done.complete(Err(Error::invalid(
-                "request identity",
-                identity,
-                "an identity without a pending request",
-            )));
-            return completion;
-        }
-        // Registered before the check: either close() fails it, or we see close() here.
-        if inner.is_closed() {
-            inner.requests.fail(id, identity, Error::Shutdown);
-            return completion;
-        }
-        inner
-            .timers
-            .schedule(deadline, Timed::Request(id, identity));
-        inner.enqueue(addr, Pending::new(msg, Done::Request(id, identity)));
-        completion
-    }
-
     /// Closes the node: stops listening, fails every queued and in-flight send and every
     /// pending request with [`Error::Shutdown`], closes every connection and ends every
     /// thread. Returns once they have ended. Calling it again does nothing.
@@ -1142,82 +609,6 @@ impl Node {
     }
 }
 
-fn accept_loop(inner: &Arc<Inner>, listener: &TcpListener) {
-    loop {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                if inner.is_closed() {
-                    return;
-                }
-                inner.accept(stream, peer);
-            }
-            Err(e) => {
-                if inner.is_closed() {
-                    return;
-                }
-                bump(&inner.counters.accept_errors);
-                if let Some(n) = inner.accept_log.allow() {
-                    log::warn!("accept failed: {e}{}", more(n));
-                }
-                // Out of file descriptors or similar: back off instead of spinning.
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE)
-                        | Some(libc::ENFILE)
-                        | Some(libc::ENOBUFS)
-                        | Some(libc::ENOMEM)
-                ) {
-                    thread::park_timeout(Duration::from_millis(50));
-                }
-            }
-        }
-    }
-}
-
-fn bind(cfg: &Effective) -> Result<(Vec<TcpListener>, u16), Error> {
-    let c = &cfg.config;
-    let backlog = c.backlog;
-    let in_use = |addr: SocketAddr, e: io::Error| Error::AddressInUse {
-        addr,
-        reason: e.to_string(),
-    };
-    let attempts = if c.port == 0 { 16 } else { 1 };
-    let mut last_err = None;
-    for _ in 0..attempts {
-        let mut listeners = Vec::new();
-        let mut port = c.port;
-        if let Some(v4) = c.bind_v4 {
-            let addr = SocketAddr::new(IpAddr::V4(v4), port);
-            match crate::sys::listen(addr, backlog) {
-                Ok(l) => {
-                    port = l.local_addr().map_err(Error::from)?.port();
-                    listeners.push(l);
-                }
-                Err(e) => return Err(in_use(addr, e)),
-            }
-        }
-        if let Some(v6) = c.bind_v6 {
-            let addr = SocketAddr::new(IpAddr::V6(v6), port);
-            match crate::sys::listen(addr, backlog) {
-                Ok(l) => {
-                    port = l.local_addr().map_err(Error::from)?.port();
-                    listeners.push(l);
-                }
-                Err(e) => {
-                    // With an ephemeral port the IPv4 port may be taken on IPv6: try another.
-                    last_err = Some(in_use(addr, e));
-                    if c.port == 0 && c.bind_v4.is_some() {
-                        continue;
-                    }
-                    return Err(last_err.expect("set"));
-                }
-            }
-        }
-        return Ok((listeners, port));
-    }
-    Err(last_err.unwrap_or_else(|| Error::invalid("port", c.port, "a free port")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1252,7 +643,7 @@ mod tests {
                 .unwrap();
             assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), b"warm-up");
             let inner = &node.inner;
-            let mine = inner.remotes.shard(&remote::key_of(&to)) as *const _;
+            let mine = inner.remotes.shard(&key::key_of(&to)) as *const _;
             let held: Vec<_> = inner
                 .remotes
                 .shards

@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::completion::Completion;
-use crate::error::{BatchError, Error, SendError};
+use crate::error::Error;
 use crate::frame::{Batch, Done, Pending};
 use crate::message::Message;
+use crate::outcome::{BatchError, SendError};
 
 use super::remote::Remote;
 use super::Node;

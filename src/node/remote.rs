@@ -7,7 +7,7 @@
 //! down) is pushed onto an [`After`] list that the caller runs once it has unlocked.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,14 +18,8 @@ use crate::error::Error;
 use crate::frame::{Control, Frame, Pending};
 use crate::message::{Identity, ReleaseDone};
 
+use super::key::{key_of, RemoteKey};
 use super::timer::Event;
-
-/// Remotes are keyed by peer IP address and the port the peer advertises.
-pub(crate) type RemoteKey = (IpAddr, u16);
-
-pub(crate) fn key_of(addr: &SocketAddr) -> RemoteKey {
-    (addr.ip(), addr.port())
-}
 
 /// Largest batch of user frames a writer takes at once (asynchronous mode).
 const BATCH_BYTES: u64 = 256 * 1024;

@@ -10,7 +10,8 @@ use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-use super::remote::{key_of, Remote, RemoteKey};
+use super::key::{key_of, RemoteKey};
+use super::remote::Remote;
 
 const SHARDS: usize = 16;
 

@@ -10,7 +10,7 @@ use std::collections::BinaryHeap;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-use super::remote::RemoteKey;
+use super::key::RemoteKey;
 
 /// A timed event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,213 @@
+//! Lifecycle: the node's threads (started, counted, waited for), the connection registry's
+//! bookkeeping, timers (garbage collection, reconnect debounce, ACK and request deadlines),
+//! removing a remote, and `close()`.
+
+use super::*;
+
+impl Inner {
+    /// Spawns a named node thread that is counted for `close()`.
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
+        name: String,
+        stack: usize,
+        f: impl FnOnce(Arc<Inner>) + Send + 'static,
+    ) -> io::Result<()> {
+        #[cfg(test)]
+        if self
+            .fail_spawns
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "Resource temporarily unavailable (injected by a test)",
+            ));
+        }
+        *self.threads.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        let inner = self.clone();
+        let r = thread::Builder::new()
+            .name(name)
+            .stack_size(stack)
+            .spawn(move || {
+                NODE_THREAD.with(|c| c.set(Arc::as_ptr(&inner) as usize));
+                let guard = ThreadGuard(inner.clone());
+                f(inner);
+                drop(guard);
+            });
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.thread_done();
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn thread_done(&self) {
+        let mut n = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        drop(n);
+        self.threads_cv.notify_all();
+    }
+
+    /// The connection's threads have all ended: its traffic joins the retired totals.
+    pub(super) fn forget(&self, id: u64) {
+        if let Some(r) = self.registry().remove(&id) {
+            self.retired.add(&r.conn.traffic);
+        }
+    }
+
+    /// A connection was shut down with `reason`: counted, and told to event listeners.
+    pub(super) fn conn_ended(&self, conn: &Conn, reason: &Error) {
+        let info = conn.peer_info();
+        let handshaken = conn.connected_since().is_some();
+        self.counters
+            .ended(reason, handshaken, !conn.outgoing, self.is_closed());
+        match info {
+            Some(i) if handshaken => self.events.emit(|| Event::Disconnected {
+                address: SocketAddr::new(conn.peer.ip(), i.port),
+                identity: i.identity,
+                reason: reason.clone(),
+            }),
+            _ if !conn.outgoing => self.events.emit(|| Event::Refused {
+                address: conn.peer,
+                reason: reason.clone(),
+            }),
+            _ => {}
+        }
+    }
+
+    /// A snapshot of the registry (the registry is not locked while using it).
+    pub(super) fn registered(&self) -> Vec<(Arc<Conn>, Arc<Link>)> {
+        self.registry()
+            .values()
+            .map(|r| (r.conn.clone(), r.link.clone()))
+            .collect()
+    }
+
+    /// Takes `remote` out of the table, fails what it holds and shuts its connections down.
+    pub(super) fn remove_remote(&self, remote: &Arc<Remote>, after: &mut After) {
+        self.remotes.remove(remote);
+        remote.remove(after);
+        for (conn, link) in self.registered() {
+            if link.remote().is_some_and(|r| Arc::ptr_eq(r, remote)) {
+                after.push(Deferred::Shutdown(conn, Error::Shutdown));
+            }
+        }
+    }
+
+    pub(super) fn on_timer(self: &Arc<Self>, ev: Timed) {
+        let mut after = After::default();
+        match ev {
+            #[cfg(feature = "metrics")]
+            Timed::Metrics => {
+                metrics::publish(&self.stats());
+                self.timers
+                    .schedule(Instant::now() + Duration::from_secs(1), Timed::Metrics);
+            }
+            Timed::Gc => {
+                self.gc(&mut after);
+                let r = self.lim.reuse_time.as_millis() as u64;
+                let delay = crate::rand::range(r / 2, r);
+                self.timers
+                    .schedule(Instant::now() + Duration::from_millis(delay), Timed::Gc);
+            }
+            Timed::Debounce(key) => {
+                if let Some(r) = self.remotes.get(&key) {
+                    r.unblock(&|r| self.dial_conn(r), &mut after);
+                }
+            }
+            Timed::AckDeadline(key) => {
+                if let Some(r) = self.remotes.get(&key) {
+                    r.ack_deadline(&self.lim, &mut after);
+                }
+            }
+            Timed::Request(id, identity) => {
+                let e = Error::timeout(format!(
+                    "no answer to request {identity} within {:?}",
+                    self.lim.timeout
+                ));
+                if self.requests.fail(id, identity, e) {
+                    bump(&self.counters.requests_timed_out);
+                }
+            }
+        }
+        self.run_after(&mut after);
+    }
+
+    /// One garbage-collection run: connections that are no longer their remote's current
+    /// one and idle longer than the reuse time, then remotes idle that long.
+    pub(super) fn gc(&self, after: &mut After) {
+        let now = Instant::now();
+        let r = self.lim.reuse_time;
+        for (conn, link) in self.registered() {
+            let idle = conn.idle_for(now).is_some_and(|idle| idle > r);
+            if idle && !link.remote().is_some_and(|rem| rem.is_current(&conn)) {
+                after.push(Deferred::Shutdown(conn, Error::Shutdown));
+            }
+        }
+        for remote in self.remotes.all() {
+            if remote.is_idle(now, r) {
+                self.remove_remote(&remote, after);
+            }
+        }
+    }
+
+    pub(super) fn close(self: &Arc<Self>) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            // Already closed or closing: still wait for the threads (another caller may be
+            // closing right now), but do not redo the work.
+            self.wait_threads();
+            return;
+        }
+        log::debug!("closing node {} on port {}", self.identity, self.port);
+        let mut after = After::default();
+        for remote in self.remotes.all() {
+            self.remove_remote(&remote, &mut after);
+        }
+        for (conn, _) in self.registered() {
+            after.push(Deferred::Shutdown(conn, Error::Shutdown));
+        }
+        self.run_after(&mut after);
+        self.requests.fail_all();
+        let listeners =
+            std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|e| e.into_inner()));
+        for l in &listeners {
+            crate::sys::shutdown_listener(l);
+        }
+        self.timers.stop();
+        self.wait_threads();
+        // The accept threads have ended: this closes the listening sockets.
+        drop(listeners);
+    }
+
+    pub(super) fn wait_threads(&self) {
+        let own = NODE_THREAD.with(|c| c.get()) == self as *const Inner as usize;
+        let target = usize::from(own);
+        let deadline = Instant::now() + CLOSE_WAIT;
+        let mut n = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        while *n > target {
+            let now = Instant::now();
+            if now >= deadline {
+                log::error!(
+                    "close: {} node threads did not end within {CLOSE_WAIT:?}",
+                    *n - target
+                );
+                return;
+            }
+            n = self
+                .threads_cv
+                .wait_timeout(n, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+pub(super) struct ThreadGuard(Arc<Inner>);
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        self.0.thread_done();
+    }
+}

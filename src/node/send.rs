@@ -1,0 +1,170 @@
+//! The send path: checking an outgoing message, queueing it on its remote (one remote lock,
+//! the peer's shard read lock for the lookup, no node-wide lock), and requests.
+
+use super::*;
+
+impl Inner {
+    /// Queues `p` for `addr` and gets it moving.
+    pub(super) fn enqueue(self: &Arc<Self>, addr: SocketAddr, mut p: Pending) {
+        let mut after = After::default();
+        let dial = |r: &Arc<Remote>| self.dial_conn(r);
+        let remote = loop {
+            let remote = self.remotes.get_or_create(addr);
+            match remote.enqueue(&self.lim, p, &dial, &mut after) {
+                Enqueued::Queued => break remote,
+                // Garbage-collected meanwhile: look again (a new remote is made).
+                Enqueued::Removed(back) => p = back,
+                Enqueued::Full(back) => {
+                    bump(&self.counters.queue_full);
+                    bump(&self.counters.sends_failed_limit);
+                    let e = Error::LimitReached {
+                        limit: "max_queued",
+                        value: self.lim.max_queued,
+                    };
+                    if let Some((id, identity, e)) = back.finish(Err(e)) {
+                        self.requests.fail(id, identity, e);
+                    }
+                    return;
+                }
+            }
+        };
+        // The remote was found or made before this check: either close() removes it, or
+        // we see that the node closes and remove it ourselves.
+        if self.is_closed() {
+            self.remove_remote(&remote, &mut after);
+        }
+        self.run_after(&mut after);
+    }
+
+    /// Queues `batch` for the remote at `addr`, starting from the remote in `cache` (updated
+    /// when that one was garbage-collected meanwhile): one remote lock and one kick for
+    /// the whole batch. What does not fit under `max_queued` fails with `LimitReached`.
+    /// `batch` is left empty (its capacity is the caller's to reuse).
+    pub(super) fn enqueue_batch(
+        self: &Arc<Self>,
+        cache: &Mutex<Arc<Remote>>,
+        addr: SocketAddr,
+        batch: &mut Vec<Pending>,
+    ) {
+        let mut after = After::default();
+        let dial = |r: &Arc<Remote>| self.dial_conn(r);
+        let mut remote = cache.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        while remote
+            .enqueue_batch(&self.lim, batch, &dial, &mut after)
+            .is_err()
+        {
+            // Garbage-collected meanwhile: look again (a new remote is made).
+            remote = self.remotes.get_or_create(addr);
+            *cache.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone();
+        }
+        if !batch.is_empty() {
+            bump(&self.counters.queue_full);
+            let e = Error::LimitReached {
+                limit: "max_queued",
+                value: self.lim.max_queued,
+            };
+            for p in batch.drain(..) {
+                self.counters.send_failed(&e);
+                let _ = p.finish(Err(e.clone()));
+            }
+        }
+        if self.is_closed() {
+            self.remove_remote(&remote, &mut after);
+        }
+        self.run_after(&mut after);
+    }
+}
+
+impl Node {
+    pub(super) fn check_outgoing(&self, msg: &Message) -> Result<SocketAddr, Error> {
+        let addr = msg.address.ok_or_else(|| {
+            Error::invalid(
+                "message address",
+                "None",
+                "the address and port of the receiving node",
+            )
+        })?;
+        if addr.port() == 0 {
+            return Err(Error::invalid("message port", 0, "1 ..= 65535"));
+        }
+        if msg.header.len() > usize::from(u16::MAX) {
+            return Err(Error::invalid(
+                "message header",
+                format!("{} bytes", msg.header.len()),
+                "at most 65535 bytes",
+            ));
+        }
+        let max = u64::from(self.inner.cfg.config.max_msg_size);
+        if msg.payload_len() > max || msg.data.len() as u64 > u64::from(u32::MAX) {
+            return Err(Error::MessageTooLarge {
+                size: msg.payload_len(),
+                max,
+            });
+        }
+        Ok(addr)
+    }
+
+    /// Sends `msg` to its address. The completion finishes — with the message handed back —
+    /// when the peer released it (synchronous mode) or when it was written to the operating
+    /// system (asynchronous mode), or with a [`SendError`] that also hands the message back.
+    ///
+    /// The connection is set up on demand, reused, and garbage-collected when idle.
+    pub fn send(&self, msg: Message) -> Completion<Result<Message, SendError>> {
+        let addr = match self.check_outgoing(&msg) {
+            Ok(_) if self.inner.is_closed() => Err(Error::Shutdown),
+            other => other,
+        };
+        let addr = match addr {
+            Ok(a) => a,
+            Err(error) => {
+                self.inner.counters.send_failed(&error);
+                return Completion::ready(Err(SendError {
+                    error,
+                    message: msg,
+                }));
+            }
+        };
+        let (completion, done) = Completion::pair();
+        self.inner
+            .enqueue(addr, Pending::new(msg, Done::Wait(done)));
+        completion
+    }
+
+    /// Sends `msg` as a request and completes with the answer: the first message that
+    /// arrives with the same identity (a peer answers by sending the received message back).
+    /// The answer is not also given to the handler or queue; you decide when its slot is
+    /// released. Fails with a timeout error when no answer arrives within the timeout; an
+    /// answer arriving later is delivered as an ordinary message.
+    pub fn request(&self, msg: Message) -> Completion<Result<Message, Error>> {
+        let addr = match self.check_outgoing(&msg) {
+            Ok(a) => a,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let inner = &self.inner;
+        if inner.is_closed() {
+            return Completion::ready(Err(Error::Shutdown));
+        }
+        let (completion, done) = Completion::pair();
+        let identity = msg.identity;
+        let id = inner.request_seq.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + inner.lim.timeout;
+        if let Err(done) = inner.requests.insert(identity, id, done) {
+            done.complete(Err(Error::invalid(
+                "request identity",
+                identity,
+                "an identity without a pending request",
+            )));
+            return completion;
+        }
+        // Registered before the check: either close() fails it, or we see close() here.
+        if inner.is_closed() {
+            inner.requests.fail(id, identity, Error::Shutdown);
+            return completion;
+        }
+        inner
+            .timers
+            .schedule(deadline, Timed::Request(id, identity));
+        inner.enqueue(addr, Pending::new(msg, Done::Request(id, identity)));
+        completion
+    }
+}
