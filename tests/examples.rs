@@ -22,6 +22,7 @@ fn examples_work_pairwise() {
         assert!(path.exists(), "{} is built by cargo test", path.display());
         let mut child = Command::new(&path)
             .arg("0")
+            .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -36,6 +37,7 @@ fn examples_work_pairwise() {
             .to_string();
         for sender in ["pool_send", "queue_send", "pool_request"] {
             let mut s = Command::new(example(sender))
+                .env_remove("RUST_LOG")
                 .args([format!("127.0.0.1:{port}"), "0".into()])
                 .stdout(Stdio::piped())
                 .spawn()

@@ -26,6 +26,8 @@ fn daemon(bin: &str, args: &[&str]) -> Daemon {
     let mut child = Command::new(bin)
         .args(args)
         .args(["--port", "0", "--no-encryption"])
+        // The tests read the tool's output: the caller's RUST_LOG must not add to it.
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -54,6 +56,8 @@ fn daemon(bin: &str, args: &[&str]) -> Daemon {
 fn run(bin: &str, args: &[&str]) -> Output {
     let mut child = Command::new(bin)
         .args(args)
+        // Tests count the lines on stderr: the caller's RUST_LOG must not add log lines.
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -471,6 +475,7 @@ fn echo_prints_statistics_lines_that_parse() {
     let bin = bin();
     let mut child = Command::new(bin)
         .args(["echo", "--port", "0", "--no-encryption", "--stats", "0.2"])
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

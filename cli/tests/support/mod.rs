@@ -16,20 +16,24 @@ use std::time::{Duration, Instant};
 
 static NEXT: AtomicUsize = AtomicUsize::new(1);
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e}"))?;
+/// Runs `cmd` to completion; Err says what was run (`what`) and what it printed.
+fn run(cmd: &mut Command, what: String) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "ip {}: {}",
-            args.join(" "),
+            "{what}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    run(
+        Command::new("ip").args(args),
+        format!("ip {}", args.join(" ")),
+    )
 }
 
 fn must(args: &[&str]) {
@@ -143,20 +147,12 @@ impl Net {
 
     /// Runs `PROGRAM ARGS` on host `i` to completion (e.g. `nft`); Err with what it said.
     pub fn exec(&self, i: usize, program: &str, args: &[&str]) -> Result<(), String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.hosts[i].ns, program])
-            .args(args)
-            .output()
-            .map_err(|e| format!("{program} on host {i}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{program} {} on host {i}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        run(
+            Command::new("ip")
+                .args(["netns", "exec", &self.hosts[i].ns, program])
+                .args(args),
+            format!("{program} {} on host {i}", args.join(" ")),
+        )
     }
 
     /// Starts `chirp ARGS` on host `i`.
@@ -173,9 +169,11 @@ impl Net {
         env: &[(&str, &str)],
     ) -> Proc {
         let mut cmd = Command::new("ip");
+        // The caller's RUST_LOG must not change what the tests read; `env` may set one.
         cmd.args(["netns", "exec", &self.hosts[i].ns])
             .arg(program)
             .args(args)
+            .env_remove("RUST_LOG")
             .envs(env.iter().copied());
         Proc::spawn(cmd)
     }
