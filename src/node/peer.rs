@@ -108,8 +108,11 @@ impl Peer {
             }));
         }
         let (completion, done) = Completion::pair();
-        let mut one = vec![Pending::new(msg, Done::Wait(done))];
-        inner.enqueue_batch(&self.remote, self.addr, &mut one);
+        inner.enqueue_via(
+            Some(&self.remote),
+            self.addr,
+            Pending::new(msg, Done::Wait(done)),
+        );
         completion
     }
 

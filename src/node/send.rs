@@ -5,15 +5,37 @@ use super::*;
 
 impl Inner {
     /// Queues `p` for `addr` and gets it moving.
-    pub(super) fn enqueue(self: &Arc<Self>, addr: SocketAddr, mut p: Pending) {
+    pub(super) fn enqueue(self: &Arc<Self>, addr: SocketAddr, p: Pending) {
+        self.enqueue_via(None, addr, p);
+    }
+
+    /// Queues `p` for `addr`, starting from the remote in `cache` when there is one (a
+    /// [`Peer`](super::Peer)'s: no table lookup; updated when that remote was
+    /// garbage-collected meanwhile).
+    pub(super) fn enqueue_via(
+        self: &Arc<Self>,
+        cache: Option<&Mutex<Arc<Remote>>>,
+        addr: SocketAddr,
+        mut p: Pending,
+    ) {
         let mut after = After::default();
         let dial = |r: &Arc<Remote>| self.dial_conn(r);
+        let lock = |c: &Mutex<Arc<Remote>>| c.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut remote = match cache {
+            Some(c) => lock(c),
+            None => self.remotes.get_or_create(addr),
+        };
         let remote = loop {
-            let remote = self.remotes.get_or_create(addr);
             match remote.enqueue(&self.lim, p, &dial, &mut after) {
                 Enqueued::Queued => break remote,
                 // Garbage-collected meanwhile: look again (a new remote is made).
-                Enqueued::Removed(back) => p = back,
+                Enqueued::Removed(back) => {
+                    p = back;
+                    remote = self.remotes.get_or_create(addr);
+                    if let Some(c) = cache {
+                        *c.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone();
+                    }
+                }
                 Enqueued::Full(back) => {
                     bump(&self.counters.queue_full);
                     bump(&self.counters.sends_failed_limit);
