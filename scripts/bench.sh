@@ -221,6 +221,8 @@ oneway() { # KEY ours|batch|zmq|zmqd SIZE COUNT
     batch) timeout 120 "${TS[@]}" $B send "127.0.0.1:$port" --no-encryption --async --count "$count" --size "$size" --window 1000 --batch 256 >/dev/null 2>&1 || true ;;
     *) ZMQ_BENCH_DEFAULT_HWM=$hwm timeout 120 "${TS[@]}" $Z push "$port" "$size" "$count" >/dev/null 2>&1 || true ;;
   esac
+  # Bounded: a sink still waiting a minute after its sender ended lost messages.
+  timeout 60 tail --pid="$spid" -f /dev/null 2>/dev/null || { kill "$spid" 2>/dev/null; echo "(one way $kind $size B: the sink did not get every message)" >&2; }
   wait "$spid" 2>/dev/null || true
   r=$(rate < "$tmp/sink.out" || true)
   add "$key" "${r:-0}"
