@@ -21,6 +21,9 @@ pub(crate) enum Done {
     /// The message is the outgoing half of a request (its number and identity): a failure
     /// fails the request, success just drops the message.
     Request(u64, Identity),
+    /// A request whose sender also wants the outcome of the send itself: `.2` completes
+    /// as [`Done::Wait`] does, and a failure fails the request too.
+    RequestSent(u64, Identity, Completer<SendResult>),
     /// Message number `.1` of a batch: its outcome is counted there, and the batch's one
     /// completion fires with the last.
     Batch(Arc<Batch>, usize),
@@ -165,6 +168,19 @@ impl Pending {
                 drop(msg);
                 result.err().map(|e| (id, identity, e))
             }
+            (Some(Done::RequestSent(id, identity, c)), Some(msg)) => match result {
+                Ok(()) => {
+                    c.complete(Ok(msg));
+                    None
+                }
+                Err(error) => {
+                    c.complete(Err(SendError {
+                        error: error.clone(),
+                        message: msg,
+                    }));
+                    Some((id, identity, error))
+                }
+            },
             (Some(Done::Batch(batch, index)), Some(msg)) => {
                 match result {
                     Ok(()) => {
@@ -183,10 +199,12 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         match (self.done.take(), self.msg.take()) {
-            (Some(Done::Wait(c)), Some(msg)) => c.complete(Err(SendError {
-                error: Error::Shutdown,
-                message: msg,
-            })),
+            (Some(Done::Wait(c)) | Some(Done::RequestSent(_, _, c)), Some(msg)) => {
+                c.complete(Err(SendError {
+                    error: Error::Shutdown,
+                    message: msg,
+                }))
+            }
             (Some(Done::Batch(batch, index)), Some(msg)) => {
                 batch.fail(index, msg, Error::Shutdown);
             }

@@ -150,6 +150,21 @@ impl Message {
         self.identity
     }
 
+    /// Replaces the identity. A reply carries the identity of the message it answers, and
+    /// sending the received message back keeps it; this is for code that keeps a copy of
+    /// the received fields instead (a language binding, a proxy) and answers from the copy.
+    ///
+    /// ```
+    /// use libchirp::{Identity, Message};
+    /// let mut answer = Message::new(b"pong");
+    /// let id = Identity::from_bytes([7; 16]);
+    /// answer.set_identity(id);
+    /// assert_eq!(answer.identity(), id);
+    /// ```
+    pub fn set_identity(&mut self, identity: Identity) {
+        self.identity = identity;
+    }
+
     /// The serial the message arrived with (the sender's per-peer frame counter); 0 for a
     /// message created locally.
     pub fn serial(&self) -> u32 {

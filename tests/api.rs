@@ -330,3 +330,44 @@ fn queue_without_auto_release_holds_the_slot() {
     drop(m);
     s.wait().unwrap();
 }
+
+/// `request_with_send` reports the send as `send` would and the answer as `request` does;
+/// a send that fails fails both.
+#[test]
+fn request_with_send_reports_the_send_and_the_answer() {
+    for synchronous in [true, false] {
+        let echo = support::echo_node(support::config(synchronous));
+        let (client, _inbox) = support::inbox_node(support::config(synchronous));
+        let q = Message::to(v4(&echo), b"question".to_vec());
+        let qid = q.identity();
+        let (sent, answer) = client.request_with_send(q);
+        let mut answer = answer
+            .wait_timeout(Duration::from_secs(10))
+            .expect("answer within 10 s")
+            .expect("answer");
+        assert_eq!((answer.identity(), answer.data()), (qid, &b"question"[..]));
+        answer.release().wait();
+        let sent = sent
+            .wait_timeout(Duration::from_secs(10))
+            .expect("send outcome within 10 s")
+            .expect("sent");
+        assert_eq!(
+            sent.identity(),
+            qid,
+            "the request is handed back (synchronous: {synchronous})"
+        );
+
+        // Nobody listens on the port of a closed node: both completions fail.
+        let gone = support::echo_node(support::config(synchronous));
+        let to = v4(&gone);
+        gone.close();
+        let (sent, answer) = client.request_with_send(Message::to(to, b"lost".to_vec()));
+        let err = sent.wait().expect_err("a send to a closed port fails");
+        assert_eq!(err.message().data(), b"lost", "the message is handed back");
+        let aerr = answer.wait().expect_err("so does the request");
+        assert!(
+            !aerr.is_timeout(),
+            "fails with the send's error, not a timeout: {aerr}"
+        );
+    }
+}

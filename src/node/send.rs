@@ -2,6 +2,8 @@
 //! the peer's shard read lock for the lookup, no node-wide lock), and requests.
 
 use super::*;
+use crate::completion::Completer;
+use crate::frame::SendResult;
 
 impl Inner {
     /// Queues `p` for `addr` and gets it moving.
@@ -157,36 +159,101 @@ impl Node {
     /// The answer is not also given to the handler or queue; you decide when its slot is
     /// released. Fails with a timeout error when no answer arrives within the timeout; an
     /// answer arriving later is delivered as an ordinary message.
+    ///
+    /// The identity is registered before the message is queued, so even an answer that
+    /// arrives before this call returns is matched.
     pub fn request(&self, msg: Message) -> Completion<Result<Message, Error>> {
+        self.request_inner(msg, None)
+    }
+
+    /// Like [`Node::request`], and also reports the send itself, as [`Node::send`] would:
+    /// the first completion finishes — with the request message handed back — when the
+    /// peer released it (synchronous mode) or when it was written (asynchronous mode); the
+    /// second with the answer. A failed send fails both.
+    ///
+    /// ```no_run
+    /// # use libchirp::{Config, Message, Node};
+    /// # let node = Node::start(Config::default(), drop)?;
+    /// let to = "127.0.0.1:2998".parse().unwrap();
+    /// let (sent, answer) = node.request_with_send(Message::to(to, b"ping"));
+    /// let mut reply = answer.wait()?; // the peer answered
+    /// reply.release().wait(); // a peer that answers before it releases waits for this
+    /// let request = sent.wait()?; // the peer released the request
+    /// assert_eq!(reply.identity(), request.identity());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn request_with_send(
+        &self,
+        msg: Message,
+    ) -> (
+        Completion<Result<Message, SendError>>,
+        Completion<Result<Message, Error>>,
+    ) {
+        let (sent, sent_done) = Completion::pair();
+        let answer = self.request_inner(msg, Some(sent_done));
+        (sent, answer)
+    }
+
+    fn request_inner(
+        &self,
+        msg: Message,
+        sent: Option<Completer<SendResult>>,
+    ) -> Completion<Result<Message, Error>> {
         let addr = match self.check_outgoing(&msg) {
+            Ok(_) if self.inner.is_closed() => Err(Error::Shutdown),
+            other => other,
+        };
+        let addr = match addr {
             Ok(a) => a,
-            Err(e) => return Completion::ready(Err(e)),
+            Err(e) => {
+                if let Some(s) = sent {
+                    s.complete(Err(SendError {
+                        error: e.clone(),
+                        message: msg,
+                    }));
+                }
+                return Completion::ready(Err(e));
+            }
         };
         let inner = &self.inner;
-        if inner.is_closed() {
-            return Completion::ready(Err(Error::Shutdown));
-        }
         let (completion, done) = Completion::pair();
         let identity = msg.identity;
         let id = inner.request_seq.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + inner.lim.timeout;
         if let Err(done) = inner.requests.insert(identity, id, done) {
-            done.complete(Err(Error::invalid(
+            let e = Error::invalid(
                 "request identity",
                 identity,
                 "an identity without a pending request",
-            )));
+            );
+            if let Some(s) = sent {
+                s.complete(Err(SendError {
+                    error: e.clone(),
+                    message: msg,
+                }));
+            }
+            done.complete(Err(e));
             return completion;
         }
         // Registered before the check: either close() fails it, or we see close() here.
         if inner.is_closed() {
             inner.requests.fail(id, identity, Error::Shutdown);
+            if let Some(s) = sent {
+                s.complete(Err(SendError {
+                    error: Error::Shutdown,
+                    message: msg,
+                }));
+            }
             return completion;
         }
         inner
             .timers
             .schedule(deadline, Timed::Request(id, identity));
-        inner.enqueue(addr, Pending::new(msg, Done::Request(id, identity)));
+        let done = match sent {
+            Some(s) => Done::RequestSent(id, identity, s),
+            None => Done::Request(id, identity),
+        };
+        inner.enqueue(addr, Pending::new(msg, done));
         completion
     }
 }
