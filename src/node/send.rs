@@ -182,6 +182,8 @@ impl Node {
     /// assert_eq!(reply.identity(), request.identity());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    // Two completions, named in the docs above: a struct would only rename the tuple.
+    #[allow(clippy::type_complexity)]
     pub fn request_with_send(
         &self,
         msg: Message,
