@@ -74,7 +74,7 @@ class ChirpFuture(Future):
         """
         answer = Future.result(self, timeout)
         if self._auto_release:
-            answer.release()
+            answer._release_quietly()
         return answer
 
     def send_result(self, timeout=None):
@@ -259,7 +259,7 @@ class MessageBase(object):
         self._serial = 0
         self._header = b""
         self._data = b""
-        self._address = ipaddress.IPv4Address(0)
+        self._address = "0.0.0.0"
         self._port = 0
         self._remote_identity = bytes(16)
         self._slot = None
@@ -273,7 +273,7 @@ class MessageBase(object):
         msg._serial = serial
         msg._header = header
         msg._data = data
-        msg._address = ipaddress.ip_address(address)
+        msg._address = address  # compressed already
         msg._port = port
         msg._remote_identity = remote
         msg._slot = slot
@@ -320,11 +320,11 @@ class MessageBase(object):
     def address(self):
         """The peer's IP address as a string: the sender of a received message, the
         destination of one to send (parsed by :func:`ipaddress.ip_address`)."""
-        return self._address.compressed
+        return self._address
 
     @address.setter
     def address(self, value):
-        self._address = ipaddress.ip_address(value)
+        self._address = ipaddress.ip_address(value).compressed
 
     @property
     def port(self):
@@ -356,7 +356,7 @@ class MessageBase(object):
             type(self).__name__,
             self._identity.hex(),
             self._serial,
-            self.address,
+            self._address,
             self._port,
             len(self._data),
             ", holds a slot" if self.has_slot else "",
@@ -374,13 +374,12 @@ class MessageThread(MessageBase):
         If the sender waits for it (synchronous mode) the acknowledgement is sent; the
         future's result is ``(identity, serial)`` once that was written. A message without a
         slot (created here, or released already) gives a future whose result is ``None``.
-        Releasing a message while it is being sent raises ``RuntimeError``.
+        A message may be released while it is being sent back (python-chirp refuses that
+        with ``RuntimeError``; here the send has its own copy of the data).
         """
         slot = self._slot
         chirp = self._chirp
         if slot is not None and chirp is not None and slot.has_slot():
-            if self._fut is not None:
-                raise RuntimeError("Message still sending, please wait for the send() result")
             fut = Future()
             if slot.release(chirp._ch_node, fut):
                 return fut
@@ -389,6 +388,13 @@ class MessageThread(MessageBase):
         return fut
 
     release = release_slot
+
+    def _release_quietly(self):
+        """Release without a future (AUTO_RELEASE: nobody waits for the outcome)."""
+        slot = self._slot
+        chirp = self._chirp
+        if slot is not None and chirp is not None:
+            slot.release(chirp._ch_node)
 
 
 class Loop(object):
@@ -585,7 +591,7 @@ class ChirpBase(object):
         self._claim(msg, fut)
         try:
             self._ch_node.send(
-                fut, msg, msg.address, msg._port, msg._identity, msg._header, msg._data
+                fut, msg, msg._address, msg._port, msg._identity, msg._header, msg._data
             )
         except BaseException:
             msg._fut = None
@@ -607,7 +613,7 @@ class ChirpBase(object):
         self._claim(msg, send_fut)
         try:
             self._ch_node.request(
-                send_fut, fut, msg, msg.address, msg._port, msg._identity, msg._header, msg._data
+                send_fut, fut, msg, msg._address, msg._port, msg._identity, msg._header, msg._data
             )
         except BaseException:
             msg._fut = None

@@ -42,7 +42,7 @@ def _run_handler(chirp, msg):
         _log.exception("libchirp.pool: the handler raised for %r", msg)
     finally:
         if chirp._auto_release:
-            msg.release()
+            msg._release_quietly()
 
 
 class Chirp(ChirpBase, ThreadPoolExecutor):

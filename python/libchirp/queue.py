@@ -68,7 +68,7 @@ class Chirp(ChirpBase, Queue):
         none arrives in time); released first when ``AUTO_RELEASE`` is set."""
         msg = Queue.get(self, block, timeout)
         if self._auto_release:
-            msg.release()
+            msg._release_quietly()
         return msg
 
     def get_nowait(self):

@@ -230,15 +230,21 @@ impl Slot {
     }
 
     /// Releases the slot: `node`'s dispatcher completes `fut` with `(identity, serial)` once
-    /// the ACK (if the sender asked for one) was written. Returns False when there was no
-    /// slot to release (the caller completes its future with None).
-    fn release(&self, node: &PyNode, fut: Py<PyAny>) -> bool {
+    /// the ACK (if the sender asked for one) was written; with `fut` None nobody is told
+    /// (an automatic release). Returns False when there was no slot to release (the caller
+    /// completes its future with None).
+    #[pyo3(signature = (node, fut=None))]
+    fn release(&self, node: &PyNode, fut: Option<Py<PyAny>>) -> bool {
         let Some(mut msg) = lock(&self.msg).take() else {
             return false;
         };
         if !msg.has_slot() {
             return false;
         }
+        let Some(fut) = fut else {
+            drop(msg.release());
+            return true;
+        };
         let outbox = node.outbox.clone();
         msg.release().on_complete(move |(identity, serial)| {
             outbox.post(Event::Released {
@@ -564,10 +570,12 @@ fn join_within((h, ended): (JoinHandle<()>, Receiver<()>), limit: Duration) -> b
 }
 
 /// The dispatcher: waits for events without the GIL, then hands them to Python holding it,
-/// a bounded run at a time so other Python threads get their turn.
+/// a bounded run at a time so other Python threads get their turn. It stays attached to the
+/// interpreter for its whole life and only detaches to wait: attaching a thread afresh for
+/// every event would create and destroy a Python thread state each time.
 fn dispatch(rx: Receiver<Event>, outbox: Arc<Outbox>) {
-    while let Ok(ev) = rx.recv() {
-        Python::attach(|py| {
+    Python::attach(|py| {
+        while let Ok(ev) = py.detach(|| rx.recv()) {
             outbox.handle(py, ev);
             for _ in 0..256 {
                 match rx.try_recv() {
@@ -575,8 +583,8 @@ fn dispatch(rx: Receiver<Event>, outbox: Arc<Outbox>) {
                     Err(_) => break,
                 }
             }
-        });
-    }
+        }
+    });
 }
 
 /// The extension module.
