@@ -106,7 +106,9 @@ class Netns:
         return p
 
     def wait_listening(self, port, timeout=20.0):
-        """Wait until something listens on ``port`` (IPv4) inside the namespace."""
+        """Wait until something listens on ``port`` (IPv4) inside the namespace; fails
+        early when the process started last exits first."""
+        last = self.procs[-1] if self.procs else None
         want = ":%04X 00000000:0000 0A" % port
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -118,12 +120,11 @@ class Netns:
             ).stdout
             if want in out:
                 return
-            for p in self.procs:
-                if p.poll() is not None:
-                    raise AssertionError(
-                        "a peer exited (%s) before port %d listened: %s"
-                        % (p.returncode, port, p.stderr.read())
-                    )
+            if last is not None and last.poll() is not None:
+                raise AssertionError(
+                    "the peer exited (%s) before port %d listened: %s"
+                    % (last.returncode, port, last.stderr.read())
+                )
             time.sleep(0.02)
         raise AssertionError("nothing listened on port %d within %.0f s" % (port, timeout))
 

@@ -479,3 +479,48 @@ def test_messages_arrive_while_python_is_busy(nodes):
         spins += 1  # pure Python, never waits
     assert got.is_set(), "no message while the main thread spun (%d spins)" % spins
     fut.result(timeout=10)
+
+
+# --- asyncio -------------------------------------------------------------------------------
+
+
+def test_asyncio_handler_send_request_and_release():
+    import asyncio
+
+    import libchirp.asyncio as chirp_aio
+
+    got = []
+
+    class AioEcho(chirp_aio.Chirp):
+        async def handler(self, msg):
+            got.append(msg.data)
+            await self.send(msg)
+
+    async def main(aio):
+        loop = libchirp.Loop()
+        echo = AioEcho(loop, config(), aio)
+        req = chirp_aio.Chirp(loop, config(), aio)
+        try:
+            m = to(chirp_aio.Message(), echo)
+            m.data = b"async question"
+            fut = req.request(m)
+            answer = await asyncio.wait_for(fut, 10)
+            assert (answer.data, answer.identity) == (b"async question", m.identity)
+            assert not answer.has_slot, "auto_release: released as it arrived"
+            assert (await asyncio.wait_for(fut.send_result(), 10)) is m
+            plain = to(chirp_aio.Message(), echo)
+            assert (await asyncio.wait_for(req.send(plain), 10)) is plain
+            # The echo's answer to the plain send arrives at req's handler (default:
+            # released); a message without a slot releases to None.
+            assert (await chirp_aio.Message().release()) is None
+        finally:
+            req.stop()
+            echo.stop()
+            loop.stop()
+
+    aio = asyncio.new_event_loop()
+    try:
+        aio.run_until_complete(main(aio))
+    finally:
+        aio.close()
+    assert got == [b"async question", b""], got

@@ -89,3 +89,38 @@ def _sent(p):
     assert line.startswith("sent 100"), "peer.py send printed %r (stderr %r)" % (line, p.stderr.read() if p.poll() is not None else "")
     out, err = p.communicate(timeout=30)  # closes stdin: peer.py stops
     return line + out, err
+
+
+ECHO_PAIRS = [("ours", "ours"), ("ours", "python-chirp"), ("python-chirp", "ours")]
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+@pytest.mark.parametrize("impls", ECHO_PAIRS, ids=lambda p: "%s-to-%s" % p)
+def test_async_echo_example_answers_a_sender_example(netns, examples, peer, sender, impls):
+    """async_echo.py (libchirp.asyncio) echoes one message, then stops its event loop."""
+    send_impl, echo_impl = impls
+    echo = netns.popen([_python(echo_impl, peer), os.path.join(examples, "async_echo.py")])
+    netns.wait_listening(2998)
+    s = netns.popen([_python(send_impl, peer), os.path.join(examples, sender)])
+    out, err = _finish(s, sender)
+    assert s.returncode == 0 and out.strip() == "b'hello'", "%s (%s): %d %r %r" % (
+        sender, send_impl, s.returncode, out, err)
+    eout, eerr = _finish(echo, "async_echo.py")
+    assert echo.returncode == 0 and eout.strip() == "b'hello'", "async_echo.py (%s): %d %r %r" % (
+        echo_impl, echo.returncode, eout, eerr)
+
+
+@pytest.mark.parametrize("impls", ECHO_PAIRS, ids=lambda p: "%s-to-%s" % p)
+def test_async_send_example_completes_ten_thousand_synchronous_sends(netns, examples, peer, impls):
+    """async_send.py sends 100 rounds of 100 messages and awaits each (released by
+    pool_echo.py: synchronous mode), then exits 0."""
+    import subprocess
+
+    send_impl, echo_impl = impls
+    echo = netns.popen([_python(echo_impl, peer), os.path.join(examples, "pool_echo.py")], stdin=subprocess.PIPE)
+    netns.wait_listening(2998)
+    s = netns.popen([_python(send_impl, peer), os.path.join(examples, "async_send.py")])
+    out, err = _finish(s, "async_send.py", timeout=120)
+    assert s.returncode == 0, "async_send.py (%s) exited %d: %r %r" % (send_impl, s.returncode, out, err)
+    _, eerr = _finish(echo, "pool_echo.py")
+    assert echo.returncode == 0, "pool_echo.py (%s) exited %d: %r" % (echo_impl, echo.returncode, eerr)
