@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Model-checks the hand-rolled synchronisation with loom: the one-shot completion
-# (src/completion.rs) and a batch's shared outcome (src/frame.rs), built with loom's Mutex,
+# Model-checks the hand-rolled synchronisation with loom: the one-shot completion and its
+# callback (src/completion.rs), a batch's shared outcome (src/frame.rs), a connection's
+# receive slots and park (src/connection/slots.rs), built with loom's Mutex,
 # Condvar, Arc and atomics in place of std's (src/sync.rs), every interleaving explored up
 # to LOOM_MAX_PREEMPTIONS (default 3).
 #   scripts/loom.sh

@@ -28,7 +28,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use libchirp::{Config, Error, Identity, Message, Node};
+use libchirp::{Completion, Config, Error, Identity, Message, Node};
 
 /// What the node's threads tell Python.
 enum Event {
@@ -378,6 +378,30 @@ impl PyNode {
     fn current(&self) -> Option<Node> {
         self.node.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Completes `fut` with the outcome of a send. A send that finished already (in
+    /// asynchronous mode the sending thread usually writes the message itself) is
+    /// completed here, holding the GIL we have: no hop through the dispatcher.
+    fn sent(&self, py: Python<'_>, sent: Completion<SendOutcome>, fut: Py<PyAny>, msg: Py<PyAny>) {
+        match sent.try_wait() {
+            Ok(r) => self.outbox.handle(py, sent_event(fut, msg, r)),
+            Err(pending) => {
+                let outbox = self.outbox.clone();
+                pending.on_complete(move |r| outbox.post(sent_event(fut, msg, r)));
+            }
+        }
+    }
+}
+
+/// What the crate's send completes with.
+type SendOutcome = Result<Message, libchirp::SendError>;
+
+fn sent_event(fut: Py<PyAny>, msg: Py<PyAny>, r: SendOutcome) -> Event {
+    Event::Sent {
+        fut,
+        msg,
+        result: r.map(drop).map_err(|e| e.into_parts().0),
+    }
 }
 
 #[pymethods]
@@ -452,14 +476,7 @@ impl PyNode {
         let Some(node) = self.current() else {
             return set_exception(py, &fut, stopped());
         };
-        let outbox = self.outbox.clone();
-        node.send(m).on_complete(move |r| {
-            outbox.post(Event::Sent {
-                fut,
-                msg,
-                result: r.map(drop).map_err(|e| e.into_parts().0),
-            })
-        });
+        self.sent(py, node.send(m), fut, msg);
         Ok(())
     }
 
@@ -484,14 +501,7 @@ impl PyNode {
             return set_exception(py, &answer_fut, stopped());
         };
         let (sent, answer) = node.request_with_send(m);
-        let outbox = self.outbox.clone();
-        sent.on_complete(move |r| {
-            outbox.post(Event::Sent {
-                fut: send_fut,
-                msg,
-                result: r.map(drop).map_err(|e| e.into_parts().0),
-            })
-        });
+        self.sent(py, sent, send_fut, msg);
         let outbox = self.outbox.clone();
         answer.on_complete(move |result| {
             outbox.post(Event::Answer {

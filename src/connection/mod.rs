@@ -17,9 +17,9 @@
 //! field updates and never while calling the owner or doing I/O.
 
 mod reader;
+mod slots;
 mod writer;
 
-use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +31,7 @@ use crate::frame::Frame;
 use crate::message::{Identity, Message, ReleaseDone, Slot, SlotOwner};
 use crate::tls::{Certificate, TlsCurrent, TlsSession};
 use crate::wire::{Handshake, HANDSHAKE_SIZE};
+use slots::Slots;
 
 /// Stack sizes, chosen deliberately: idle connections must stay small (only touched pages
 /// become resident, but every thread costs memory mappings).
@@ -182,10 +183,6 @@ struct ConnState {
     kick_pending: bool,
     /// A TLS read produced ciphertext (a handshake reply) that must be written.
     tls_flush: bool,
-    slots_used: usize,
-    /// The reader is blocked waiting for a slot (only then does a release notify it: a
-    /// condition-variable notification is a system call even with nobody waiting).
-    reader_waiting: bool,
     /// Last successful write or received frame.
     active: Instant,
     /// End of the last successful write.
@@ -194,13 +191,6 @@ struct ConnState {
     threads: u8,
     /// The writer thread runs (it is started on demand and ends when idle).
     writer_running: bool,
-    /// Received messages waiting for a slot, in order, with their REQ_ACK flag: the reader
-    /// parks them (up to `PARK_BYTES`) to go on reading the ACK and NOOP frames behind them.
-    parked: VecDeque<(Message, bool)>,
-    /// What the parked messages cost (payload plus `PARK_OVERHEAD` each).
-    parked_bytes: usize,
-    /// A thread is delivering parked messages (one at a time, in order).
-    draining: bool,
     handoff: Option<Handoff>,
 }
 
@@ -218,7 +208,9 @@ pub(crate) struct Conn {
     closed: AtomicBool,
     state: Mutex<ConnState>,
     writer_cv: Condvar,
-    reader_cv: Condvar,
+    /// Receive slots and the park of messages waiting for one (the reader parks them, up
+    /// to the buffer size, to go on reading the ACK and NOOP frames behind them).
+    slots: Slots<Message>,
     tls: OnceLock<TlsSession>,
     info: OnceLock<PeerInfo>,
     /// When the handshake completed.
@@ -261,6 +253,7 @@ impl Conn {
         settings: Arc<Settings>,
         owner: Arc<dyn Owner>,
     ) -> Conn {
+        let slots = Slots::new(settings.max_slots, settings.buffer_size);
         Conn {
             id,
             stream,
@@ -277,21 +270,16 @@ impl Conn {
                 writing: false,
                 kick_pending: false,
                 tls_flush: false,
-                slots_used: 0,
-                reader_waiting: false,
                 active: Instant::now(),
                 last_write: Instant::now()
                     .checked_sub(Duration::from_secs(1))
                     .unwrap_or_else(Instant::now),
                 threads: 1,
                 writer_running: false,
-                parked: VecDeque::new(),
-                parked_bytes: 0,
-                draining: false,
                 handoff: None,
             }),
             writer_cv: Condvar::new(),
-            reader_cv: Condvar::new(),
+            slots,
             tls: OnceLock::new(),
             info: OnceLock::new(),
             since: OnceLock::new(),
@@ -332,7 +320,7 @@ impl Conn {
 
     /// Received messages now holding one of this connection's slots.
     pub(crate) fn slots_in_use(&self) -> usize {
-        self.lock().slots_used
+        self.slots.used()
     }
 
     /// Why the connection was shut down, once it was.
@@ -370,14 +358,12 @@ impl Conn {
             }
             st.closing = true;
             st.close_reason = Some(reason.clone());
-            // Parked messages have no slot yet: they are dropped with the connection, like
-            // bytes still in the socket (their senders are failed by the connection loss).
-            st.parked.clear();
-            st.parked_bytes = 0;
             (st.writing, st.handoff.take())
         };
         self.writer_cv.notify_all();
-        self.reader_cv.notify_all();
+        // Parked messages have no slot yet: they are dropped with the connection, like
+        // bytes still in the socket (their senders are failed by the connection loss).
+        self.slots.close();
         // No TLS close_notify: like C libchirp, connections are closed abruptly.
         self.closed.store(true, Ordering::Release);
         let _ = self.stream.shutdown(Shutdown::Both);
@@ -486,22 +472,11 @@ impl Conn {
             );
         }
     }
-
-    /// A slot is free again: ends the wait of a slot-blocked reader, if it waits. Returns
-    /// (the connection is open, messages are parked).
-    fn slot_freed(&self) -> (bool, bool) {
-        let mut st = self.lock();
-        st.slots_used = st.slots_used.saturating_sub(1);
-        if st.reader_waiting {
-            self.reader_cv.notify_all();
-        }
-        (!st.closing, !st.parked.is_empty())
-    }
 }
 
 impl SlotOwner for Conn {
     fn release_slot(self: Arc<Self>, req_ack: bool, done: ReleaseDone) {
-        let (open, parked) = self.slot_freed();
+        let (open, parked) = self.slots.freed();
         if req_ack && open {
             // The ACK goes through the owner: it is written on the remote's current
             // connection, which need not be this one.
@@ -510,7 +485,7 @@ impl SlotOwner for Conn {
             done.finish();
         }
         if parked {
-            self.drain_parked();
+            self.slots.drain(|m, a| self.deliver_parked(m, a));
         }
     }
 }
@@ -518,59 +493,15 @@ impl SlotOwner for Conn {
 impl Conn {
     /// Parks a received message that has no slot yet (the reader made sure it fits).
     fn park(self: &Arc<Self>, msg: Message, req_ack: bool, cost: usize) {
-        {
-            let mut st = self.lock();
-            if st.closing {
-                return;
-            }
-            st.parked.push_back((msg, req_ack));
-            st.parked_bytes += cost;
-        }
-        self.drain_parked();
+        self.slots
+            .park(msg, req_ack, cost, |m, a| self.deliver_parked(m, a));
     }
 
-    /// Delivers parked messages while slots are free, in order, one thread at a time. Runs
-    /// on the reader thread or on a thread that released a slot.
-    fn drain_parked(self: &Arc<Self>) {
-        let max = self.settings.max_slots;
-        {
-            let mut st = self.lock();
-            if st.draining || st.parked.is_empty() {
-                return;
-            }
-            st.draining = true;
-        }
-        loop {
-            let (mut msg, req_ack) = {
-                let mut st = self.lock();
-                let ready = !st.closing && st.slots_used < max;
-                match if ready { st.parked.pop_front() } else { None } {
-                    Some((msg, req_ack)) => {
-                        st.parked_bytes -= park_cost(&msg);
-                        st.slots_used += 1;
-                        if st.reader_waiting {
-                            // Room in the park again.
-                            self.reader_cv.notify_all();
-                        }
-                        (msg, req_ack)
-                    }
-                    None => {
-                        // Decided under the same lock a release frees its slot under: a
-                        // release that found us draining is seen here.
-                        st.draining = false;
-                        return;
-                    }
-                }
-            };
-            msg.slot = Some(Slot::new(self.clone(), req_ack, msg.identity, msg.serial));
-            self.owner.deliver(self, msg);
-        }
+    /// Hands a message that waited in the park (its slot now taken) to the owner.
+    fn deliver_parked(self: &Arc<Self>, mut msg: Message, req_ack: bool) {
+        msg.slot = Some(Slot::new(self.clone(), req_ack, msg.identity, msg.serial));
+        self.owner.deliver(self, msg);
     }
-}
-
-/// What a parked message costs for the park's bound.
-pub(crate) fn park_cost(msg: &Message) -> usize {
-    msg.header.len() + msg.data.len() + PARK_OVERHEAD
 }
 
 /// A connection's read buffer: `buf[start..end]` holds bytes read but not parsed yet. It

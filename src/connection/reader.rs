@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::slots::{Admit, Closed};
 use super::{Conn, ReadBuf};
 use crate::error::Error;
 use crate::message::{Message, Slot};
@@ -279,52 +280,19 @@ fn frames_buffered(buf: &[u8], max: usize) -> usize {
     n
 }
 
-/// How a data frame is taken in.
-enum Admit {
-    /// A slot is taken: deliver it now.
-    Direct,
-    /// Park it (no slot yet, or earlier messages are parked); it costs this much.
-    Park(usize),
-}
-
-/// Decides how the data frame of `len` payload bytes is taken in. Waits only when it can
-/// neither have a slot nor be parked: the park is full, or it is alone and larger than the
-/// whole park. (Until then the reader goes on reading — ACKs and NOOPs behind an
-/// undeliverable message are still seen, so two nodes waiting on each other's ACK do not
-/// deadlock.)
+/// Decides how the data frame of `len` payload bytes is taken in (see
+/// [`Slots::admit`](super::slots::Slots::admit)). Waits only when it can neither have a
+/// slot nor be parked: the park is full, or it is alone and larger than the whole park.
+/// (Until then the reader goes on reading — ACKs and NOOPs behind an undeliverable message
+/// are still seen, so two nodes waiting on each other's ACK do not deadlock.) Before it
+/// would wait, it writes what handlers queued (their releases may be in it).
 fn admit(conn: &Arc<Conn>, len: usize) -> Result<Admit, Error> {
-    let max = conn.settings.max_slots;
-    let limit = conn.settings.buffer_size;
     let cost = len.saturating_add(super::PARK_OVERHEAD);
-    let mut st = conn.lock();
-    loop {
-        if st.closing {
-            return Err(st.close_reason.clone().unwrap_or(Error::Shutdown));
-        }
-        let queued = !st.parked.is_empty() || st.draining;
-        if !queued && st.slots_used < max {
-            st.slots_used += 1;
-            return Ok(Admit::Direct);
-        }
-        if st.parked_bytes.saturating_add(cost) <= limit {
-            return Ok(Admit::Park(cost));
-        }
-        // About to block: first write what handlers queued (their releases may be in it).
-        drop(st);
-        super::writer::uncork();
-        st = conn.lock();
-        let queued = !st.parked.is_empty() || st.draining;
-        if st.closing
-            || (!queued && st.slots_used < max)
-            || st.parked_bytes.saturating_add(cost) <= limit
-        {
-            continue;
-        }
-        st.reader_waiting = true;
-        st = conn.reader_cv.wait(st).unwrap_or_else(|e| e.into_inner());
-        st.reader_waiting = false;
-        super::writer::cork(usize::MAX);
-    }
+    conn.slots
+        .admit(cost, super::writer::uncork, || {
+            super::writer::cork(usize::MAX)
+        })
+        .map_err(|Closed| conn.close_reason().unwrap_or(Error::Shutdown))
 }
 
 #[cfg(test)]

@@ -1,0 +1,389 @@
+//! A connection's receive slots and its park: which received message may go to the
+//! application now, which waits (parked, in order) for a slot, and when the reader must stop
+//! reading. No I/O: the connection supplies what delivering means. Built on
+//! [`crate::sync`], so the loom models below (`scripts/loom.sh`) check this code itself.
+//!
+//! The rules:
+//! * at most `max` messages hold a slot at once; a release frees one, from any thread;
+//! * a message that finds no free slot — or finds earlier messages still parked — is parked
+//!   (up to `limit` bytes of them), so the reader goes on reading the ACK and NOOP frames
+//!   behind it;
+//! * parked messages are delivered in arrival order, each exactly once, by whichever thread
+//!   frees a slot or parks (one thread at a time);
+//! * the reader sleeps only when the message can neither have a slot nor be parked, and a
+//!   release or a delivery from the park always wakes it;
+//! * after [`Slots::close`] nothing more is admitted or delivered, and parked messages are
+//!   dropped (their senders learn of the lost connection).
+
+use std::collections::VecDeque;
+
+use crate::sync::{Condvar, Mutex, MutexGuard};
+
+/// How a received data frame is taken in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// A slot was taken for it: deliver it now.
+    Direct,
+    /// Park it (no slot yet, or earlier messages are parked); it costs this much.
+    Park(usize),
+}
+
+/// The connection was closed while admitting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Closed;
+
+struct State<M> {
+    used: usize,
+    /// The reader sleeps in [`Slots::admit`] (only then is a notification needed: it is a
+    /// system call even with nobody waiting).
+    reader_waiting: bool,
+    /// Messages waiting for a slot, in order: (message, REQ_ACK flag, cost).
+    parked: VecDeque<(M, bool, usize)>,
+    parked_bytes: usize,
+    /// A thread is delivering parked messages.
+    draining: bool,
+    closing: bool,
+}
+
+/// The slots and park of one connection.
+pub(crate) struct Slots<M> {
+    state: Mutex<State<M>>,
+    reader_cv: Condvar,
+    max: usize,
+    limit: usize,
+}
+
+impl<M> Slots<M> {
+    /// `max` slots; parked messages may cost up to `limit` in all.
+    pub(crate) fn new(max: usize, limit: usize) -> Slots<M> {
+        Slots {
+            state: Mutex::new(State {
+                used: 0,
+                reader_waiting: false,
+                parked: VecDeque::new(),
+                parked_bytes: 0,
+                draining: false,
+                closing: false,
+            }),
+            reader_cv: Condvar::new(),
+            max,
+            limit,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<M>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Messages holding a slot now.
+    pub(crate) fn used(&self) -> usize {
+        self.lock().used
+    }
+
+    /// The reader's decision for a message costing `cost`: a slot now, or the park. Waits
+    /// only when neither is possible; `before_wait` runs (without the lock) just before it
+    /// would, and if it changed nothing the reader sleeps until a slot is released, the park
+    /// has room, or the connection closes; `after_wait` runs after each sleep.
+    pub(crate) fn admit(
+        &self,
+        cost: usize,
+        mut before_wait: impl FnMut(),
+        mut after_wait: impl FnMut(),
+    ) -> Result<Admit, Closed> {
+        let mut st = self.lock();
+        loop {
+            if st.closing {
+                return Err(Closed);
+            }
+            let queued = !st.parked.is_empty() || st.draining;
+            if !queued && st.used < self.max {
+                st.used += 1;
+                return Ok(Admit::Direct);
+            }
+            if st.parked_bytes.saturating_add(cost) <= self.limit {
+                return Ok(Admit::Park(cost));
+            }
+            drop(st);
+            before_wait();
+            st = self.lock();
+            let queued = !st.parked.is_empty() || st.draining;
+            if st.closing
+                || (!queued && st.used < self.max)
+                || st.parked_bytes.saturating_add(cost) <= self.limit
+            {
+                continue;
+            }
+            st.reader_waiting = true;
+            st = self.reader_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.reader_waiting = false;
+            after_wait();
+        }
+    }
+
+    /// Parks `msg` (which [`Slots::admit`] said fits) and delivers what can be delivered.
+    /// On a closed connection the message is dropped.
+    pub(crate) fn park(&self, msg: M, req_ack: bool, cost: usize, deliver: impl FnMut(M, bool)) {
+        {
+            let mut st = self.lock();
+            if st.closing {
+                drop(st);
+                drop(msg);
+                return;
+            }
+            st.parked.push_back((msg, req_ack, cost));
+            st.parked_bytes += cost;
+        }
+        self.drain(deliver);
+    }
+
+    /// A slot is free again: wakes a reader waiting for one. Returns (the connection is
+    /// open, messages are parked — the caller then calls [`Slots::drain`]).
+    pub(crate) fn freed(&self) -> (bool, bool) {
+        let mut st = self.lock();
+        st.used = st.used.saturating_sub(1);
+        if st.reader_waiting {
+            self.reader_cv.notify_all();
+        }
+        (!st.closing, !st.parked.is_empty())
+    }
+
+    /// Delivers parked messages while slots are free, in order, one thread at a time: a
+    /// thread that finds another draining leaves it to that one, which sees its slot.
+    /// `deliver` runs without the lock, the slot already taken for the message.
+    pub(crate) fn drain(&self, mut deliver: impl FnMut(M, bool)) {
+        {
+            let mut st = self.lock();
+            if st.draining || st.parked.is_empty() {
+                return;
+            }
+            st.draining = true;
+        }
+        loop {
+            let (msg, req_ack) = {
+                let mut st = self.lock();
+                let ready = !st.closing && st.used < self.max;
+                match if ready { st.parked.pop_front() } else { None } {
+                    Some((msg, req_ack, cost)) => {
+                        st.parked_bytes -= cost;
+                        st.used += 1;
+                        if st.reader_waiting {
+                            // Room in the park again.
+                            self.reader_cv.notify_all();
+                        }
+                        (msg, req_ack)
+                    }
+                    None => {
+                        // Decided under the same lock a release frees its slot under: a
+                        // release that found us draining is seen here.
+                        st.draining = false;
+                        return;
+                    }
+                }
+            };
+            deliver(msg, req_ack);
+        }
+    }
+
+    /// The connection closes: nothing more is admitted or delivered, the reader wakes, and
+    /// the parked messages are dropped (here, outside the lock).
+    pub(crate) fn close(&self) {
+        let parked = {
+            let mut st = self.lock();
+            st.closing = true;
+            st.parked_bytes = 0;
+            std::mem::take(&mut st.parked)
+        };
+        self.reader_cv.notify_all();
+        drop(parked);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_connection_parks_in_order_and_delivers_on_release() {
+        let s = Slots::new(1, 100);
+        assert_eq!(s.admit(10, || {}, || {}), Ok(Admit::Direct));
+        let mut out = Vec::new();
+        for i in 0..3 {
+            assert_eq!(s.admit(10, || {}, || {}), Ok(Admit::Park(10)));
+            s.park(i, i == 1, 10, |m, a| out.push((m, a)));
+        }
+        assert!(out.is_empty(), "no slot free: {out:?}");
+        for _ in 0..3 {
+            let (open, parked) = s.freed();
+            assert!(open && parked);
+            s.drain(|m, a| out.push((m, a)));
+        }
+        assert_eq!(out, vec![(0, false), (1, true), (2, false)]);
+        assert_eq!(s.used(), 1);
+        s.close();
+        assert_eq!(s.admit(1, || {}, || {}), Err(Closed));
+    }
+}
+
+/// Loom models (`scripts/loom.sh`): a reader admitting and parking, releases from other
+/// threads, and close, in every interleaving up to the preemption bound.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::sync::{Arc, AtomicUsize, Ordering};
+    use loom::thread;
+
+    /// Delivered messages, in delivery order, and how many slots are still to release.
+    type Log = Arc<Mutex<Vec<usize>>>;
+
+    /// The reader: admits `n` messages of `cost` each, delivering or parking them.
+    fn reader(s: &Arc<Slots<usize>>, log: &Log, n: usize, cost: usize) -> Result<(), Closed> {
+        for i in 0..n {
+            let deliver = |m: usize, _| log.lock().unwrap().push(m);
+            match s.admit(cost, || {}, || {})? {
+                Admit::Direct => deliver(i, false),
+                Admit::Park(c) => s.park(i, false, c, deliver),
+            }
+        }
+        Ok(())
+    }
+
+    /// The application: releases each delivered message once, from this thread, until
+    /// `n` were released (or the connection closed and nothing more will come).
+    fn releaser(s: &Arc<Slots<usize>>, log: &Log, n: usize, released: &AtomicUsize) {
+        let mut seen = 0;
+        while seen < n {
+            let got = log.lock().unwrap().len();
+            if got > seen {
+                seen += 1;
+                released.fetch_add(1, Ordering::SeqCst);
+                let (_, parked) = s.freed();
+                if parked {
+                    s.drain(|m, _| log.lock().unwrap().push(m));
+                }
+            } else if s.lock().closing {
+                return;
+            } else {
+                thread::yield_now();
+            }
+        }
+    }
+
+    /// One slot, room to park everything: the reader never waits; all three messages are
+    /// delivered exactly once and in order, though releases run on another thread.
+    #[test]
+    fn loom_parked_messages_are_delivered_once_in_order() {
+        loom::model(|| {
+            let s = Arc::new(Slots::new(1, 1000));
+            let log: Log = Arc::new(Mutex::new(Vec::new()));
+            let released = Arc::new(AtomicUsize::new(0));
+            let (s2, l2, r2) = (s.clone(), log.clone(), released.clone());
+            let app = thread::spawn(move || releaser(&s2, &l2, 3, &r2));
+            reader(&s, &log, 3, 10).unwrap();
+            app.join().unwrap();
+            assert_eq!(*log.lock().unwrap(), vec![0, 1, 2]);
+            assert_eq!(s.used(), 0);
+        });
+    }
+
+    /// A park with room for one message: the reader must sleep for the third until a
+    /// release (on another thread) makes room. It never sleeps forever (loom reports a
+    /// deadlock if every thread waits) and nothing is lost or reordered.
+    #[test]
+    fn loom_the_reader_waits_for_room_and_is_always_woken() {
+        loom::model(|| {
+            let s = Arc::new(Slots::new(1, 10));
+            let log: Log = Arc::new(Mutex::new(Vec::new()));
+            let released = Arc::new(AtomicUsize::new(0));
+            let (s2, l2, r2) = (s.clone(), log.clone(), released.clone());
+            let app = thread::spawn(move || releaser(&s2, &l2, 3, &r2));
+            reader(&s, &log, 3, 10).unwrap();
+            app.join().unwrap();
+            assert_eq!(*log.lock().unwrap(), vec![0, 1, 2]);
+        });
+    }
+
+    /// Two threads release at once (one drains, the other finds it draining): the two
+    /// parked messages are delivered exactly once each, in order.
+    #[test]
+    fn loom_two_releases_race_to_drain() {
+        loom::model(|| {
+            let s = Arc::new(Slots::new(2, 1000));
+            let log: Log = Arc::new(Mutex::new(Vec::new()));
+            let deliver = |m: usize| log.lock().unwrap().push(m);
+            for i in 0..2 {
+                assert_eq!(s.admit(1, || {}, || {}), Ok(Admit::Direct));
+                deliver(i);
+            }
+            s.park(2, false, 1, |m, _| deliver(m));
+            s.park(3, false, 1, |m, _| deliver(m));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (s, log) = (s.clone(), log.clone());
+                    thread::spawn(move || {
+                        if s.freed().1 {
+                            s.drain(|m, _| log.lock().unwrap().push(m));
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(*log.lock().unwrap(), vec![0, 1, 2, 3]);
+            assert_eq!(s.used(), 2);
+        });
+    }
+
+    /// A message that counts its drops.
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// close() races a reader that is parking and sleeping and a release that drains: every
+    /// thread ends, and each message is dropped exactly once (delivered and released, or
+    /// dropped with the park).
+    #[test]
+    fn loom_close_races_admit_park_and_release() {
+        loom::model(|| {
+            let drops = Arc::new(AtomicUsize::new(0));
+            let s: Arc<Slots<Counted>> = Arc::new(Slots::new(1, 10));
+            let held: Arc<Mutex<Vec<Counted>>> = Arc::new(Mutex::new(Vec::new()));
+            // One message holds the slot; the application releases it on its thread.
+            assert_eq!(s.admit(10, || {}, || {}), Ok(Admit::Direct));
+            held.lock().unwrap().push(Counted(drops.clone()));
+            let (s2, h2) = (s.clone(), held.clone());
+            let app = thread::spawn(move || {
+                let m = h2.lock().unwrap().pop();
+                drop(m);
+                if s2.freed().1 {
+                    s2.drain(|m, _| h2.lock().unwrap().push(m));
+                }
+            });
+            let s3 = s.clone();
+            let closer = thread::spawn(move || s3.close());
+            // The reader: two more messages; the second may have to wait, until close.
+            let (s4, h4, d4) = (s.clone(), held.clone(), drops.clone());
+            for _ in 0..2 {
+                let m = Counted(d4.clone());
+                match s4.admit(10, || {}, || {}) {
+                    Ok(Admit::Direct) => h4.lock().unwrap().push(m),
+                    Ok(Admit::Park(c)) => s4.park(m, false, c, |m, _| h4.lock().unwrap().push(m)),
+                    Err(Closed) => drop(m),
+                }
+            }
+            app.join().unwrap();
+            closer.join().unwrap();
+            held.lock().unwrap().clear();
+            assert_eq!(
+                drops.load(Ordering::SeqCst),
+                3,
+                "each message dropped exactly once"
+            );
+            assert_eq!(s.admit(1, || {}, || {}), Err(Closed));
+        });
+    }
+}
