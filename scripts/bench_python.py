@@ -170,6 +170,9 @@ def main():
             tc = statistics.median(c for _, c in res["theirs"]) * 1e6
             print("%-6s %6d %16.0f %16.0f %7.2fx %18.1f %18.1f" % (
                 "sync" if synchronous else "async", window, o, t, o / t, oc, tc))
+            print("%-6s %6s %16s %16s   (range of the runs)" % (
+                "", "", "%.0f-%.0f" % (min(r for r, _ in res["ours"]), max(r for r, _ in res["ours"])),
+                "%.0f-%.0f" % (min(r for r, _ in res["theirs"]), max(r for r, _ in res["theirs"]))))
 
 
 if __name__ == "__main__":
