@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Model-checks the hand-rolled synchronisation with loom: the one-shot completion and its
 # callback (src/completion.rs), a batch's shared outcome (src/frame.rs), a connection's
-# receive slots and park (src/connection/slots.rs), built with loom's Mutex,
+# receive slots and park (src/connection/slots.rs), the claim of a connection's write side
+# by direct writers and its writer thread (src/connection/claim.rs), and the pending
+# requests' table against answers, timeouts and close (src/node/requests.rs), built with
+# loom's Mutex,
 # Condvar, Arc and atomics in place of std's (src/sync.rs), every interleaving explored up
 # to LOOM_MAX_PREEMPTIONS (default 3).
 #   scripts/loom.sh

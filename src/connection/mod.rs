@@ -16,6 +16,7 @@
 //! Locking: the connection's own state ([`ConnState`]) has one mutex, held only for a few
 //! field updates and never while calling the owner or doing I/O.
 
+mod claim;
 mod reader;
 mod slots;
 mod writer;
@@ -31,6 +32,7 @@ use crate::frame::Frame;
 use crate::message::{Identity, Message, ReleaseDone, Slot, SlotOwner};
 use crate::tls::{Certificate, TlsCurrent, TlsSession};
 use crate::wire::{Handshake, HANDSHAKE_SIZE};
+use claim::WriteState;
 use slots::Slots;
 
 /// Stack sizes, chosen deliberately: idle connections must stay small (only touched pages
@@ -177,10 +179,9 @@ struct ConnState {
     handshaken: bool,
     closing: bool,
     close_reason: Option<Error>,
-    /// A thread has frames out of the owner's queues and is writing them.
-    writing: bool,
-    /// Frames were queued while someone was writing: the writer looks again.
-    kick_pending: bool,
+    /// Who owns the write side (a direct writer or the writer thread), whether frames were
+    /// queued meanwhile, and a direct writer's unfinished rest (see `claim.rs`).
+    write: WriteState<Handoff>,
     /// A TLS read produced ciphertext (a handshake reply) that must be written.
     tls_flush: bool,
     /// Last successful write or received frame.
@@ -191,7 +192,6 @@ struct ConnState {
     threads: u8,
     /// The writer thread runs (it is started on demand and ends when idle).
     writer_running: bool,
-    handoff: Option<Handoff>,
 }
 
 /// One connection: its socket, TLS session, limits, owner and state.
@@ -267,8 +267,7 @@ impl Conn {
                 handshaken: false,
                 closing: false,
                 close_reason: None,
-                writing: false,
-                kick_pending: false,
+                write: WriteState::new(),
                 tls_flush: false,
                 active: Instant::now(),
                 last_write: Instant::now()
@@ -276,7 +275,6 @@ impl Conn {
                     .unwrap_or_else(Instant::now),
                 threads: 1,
                 writer_running: false,
-                handoff: None,
             }),
             writer_cv: Condvar::new(),
             slots,
@@ -336,9 +334,8 @@ impl Conn {
             if !st.handshaken || st.closing {
                 return;
             }
-            if st.writing || st.handoff.is_some() {
-                st.kick_pending = true;
-                return;
+            if !st.write.kick() {
+                return; // the holder of the write side looks again
             }
             // Read under this lock: whether the last write ended so recently that this
             // sender is streaming (see `STREAM_GAP`).
@@ -358,7 +355,7 @@ impl Conn {
             }
             st.closing = true;
             st.close_reason = Some(reason.clone());
-            (st.writing, st.handoff.take())
+            st.write.close()
         };
         self.writer_cv.notify_all();
         // Parked messages have no slot yet: they are dropped with the connection, like
@@ -367,11 +364,8 @@ impl Conn {
         // No TLS close_notify: like C libchirp, connections are closed abruptly.
         self.closed.store(true, Ordering::Release);
         let _ = self.stream.shutdown(Shutdown::Both);
-        self.owner.closed(
-            self,
-            &reason,
-            in_flight_failed || writing || handoff.is_some(),
-        );
+        self.owner
+            .closed(self, &reason, in_flight_failed || writing);
         // Frames a direct writer left to the writer thread were in flight: they fail too.
         if let Some(h) = handoff {
             let mut frames = h.frames;
@@ -402,33 +396,27 @@ impl Conn {
     /// Claims the write side if the connection is idle (nobody writing, no handoff).
     fn claim_write(&self) -> bool {
         let mut st = self.lock();
-        if !st.handshaken || st.closing || st.writing || st.handoff.is_some() {
-            return false;
-        }
-        st.writing = true;
-        st.kick_pending = false;
-        true
+        let open = st.handshaken && !st.closing;
+        st.write.claim(open)
     }
 
     /// Gives the write side back; `wrote`: the write succeeded (refreshes the activity
     /// time). Returns whether frames were queued meanwhile (the caller looks again).
     fn end_write(&self, wrote: bool) -> bool {
         let mut st = self.lock();
-        st.writing = false;
         if wrote {
             let now = Instant::now();
             st.active = now;
             st.last_write = now;
         }
-        let again = st.kick_pending && !st.closing;
-        st.kick_pending = false;
-        again
+        let open = !st.closing;
+        st.write.end(open)
     }
 
     /// Leaves the write side to the writer thread (which is woken, or started).
     fn defer_to_writer(self: &Arc<Self>) {
         let mut st = self.lock();
-        st.kick_pending = true;
+        st.write.defer();
         self.wake_writer(st);
     }
 

@@ -20,6 +20,7 @@ use std::cell::RefCell;
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 
+use super::claim::Step;
 use super::{Conn, Handoff};
 use crate::error::Error;
 use crate::frame::Frame;
@@ -326,11 +327,10 @@ pub(crate) fn direct_write(conn: &Arc<Conn>) {
                     );
                     conn.end_write(false);
                 } else {
-                    st.handoff = Some(Handoff {
+                    st.write.hand_off(Handoff {
                         frames: std::mem::take(frames),
                         rest,
                     });
-                    st.writing = false;
                     conn.wake_writer(st);
                 }
                 return;
@@ -409,42 +409,49 @@ pub(crate) fn run(conn: &Arc<Conn>) {
             break;
         }
         let result;
-        if let Some(h) = st.handoff.take() {
-            // A direct writer filled the socket: finish its batch.
-            st.writing = true;
-            drop(st);
-            frames = h.frames;
-            result = (&conn.stream).write_all(&h.rest).map_err(write_error);
-        } else if st.writing || !(st.kick_pending || st.tls_flush) {
-            // A direct writer is active (it hands over or finishes by itself), or nothing
-            // is to be done: wait, and end after a while of nothing.
-            let (g, timeout) = conn
-                .writer_cv
-                .wait_timeout(st, super::WRITER_LINGER)
-                .unwrap_or_else(|e| e.into_inner());
-            st = g;
-            let idle = st.handoff.is_none() && !st.writing && !st.kick_pending && !st.tls_flush;
-            if timeout.timed_out() && idle {
-                st.writer_running = false;
-                return;
+        let tls_flush = st.tls_flush;
+        match st.write.next(tls_flush) {
+            Step::Finish(h) => {
+                // A direct writer filled the socket: finish its batch.
+                drop(st);
+                frames = h.frames;
+                result = (&conn.stream).write_all(&h.rest).map_err(write_error);
             }
-            continue;
-        } else {
-            st.writing = true;
-            st.kick_pending = false;
-            let flush = std::mem::take(&mut st.tls_flush);
-            drop(st);
-            owner.take_frames(conn, &mut frames);
-            if frames.is_empty() && !flush {
-                conn.end_write(false);
-                st = conn.lock();
+            Step::Wait => {
+                // A direct writer is active (it hands over or finishes by itself), or
+                // nothing is to be done: wait, and end after a while of nothing.
+                let (g, timeout) = conn
+                    .writer_cv
+                    .wait_timeout(st, super::WRITER_LINGER)
+                    .unwrap_or_else(|e| e.into_inner());
+                st = g;
+                if timeout.timed_out() && st.write.idle(st.tls_flush) {
+                    st.writer_running = false;
+                    return;
+                }
                 continue;
             }
-            let mut parts = gather(&frames, &mut staging, req_ack);
-            result = write_blocking(conn, &mut parts, &mut cipher);
-            drop(parts);
-            if staging.capacity() > STAGING_KEEP {
-                staging = Vec::new();
+            Step::Write => {
+                let flush = std::mem::take(&mut st.tls_flush);
+                drop(st);
+                owner.take_frames(conn, &mut frames);
+                if frames.is_empty() && !flush {
+                    // Frames queued since we looked (their kick found us writing) are ours:
+                    // dropping `end_write`'s answer here lost them until the next kick
+                    // (found by the loom model in claim.rs).
+                    let again = conn.end_write(false);
+                    st = conn.lock();
+                    if again {
+                        st.write.defer();
+                    }
+                    continue;
+                }
+                let mut parts = gather(&frames, &mut staging, req_ack);
+                result = write_blocking(conn, &mut parts, &mut cipher);
+                drop(parts);
+                if staging.capacity() > STAGING_KEEP {
+                    staging = Vec::new();
+                }
             }
         }
         if result.is_ok() {
@@ -459,7 +466,7 @@ pub(crate) fn run(conn: &Arc<Conn>) {
         conn.end_write(true);
         st = conn.lock();
         // A batch is bounded: more may be queued. Look until the queue is empty.
-        st.kick_pending = true;
+        st.write.defer();
     }
 }
 
