@@ -124,3 +124,18 @@ def test_async_send_example_completes_ten_thousand_synchronous_sends(netns, exam
     assert s.returncode == 0, "async_send.py (%s) exited %d: %r %r" % (send_impl, s.returncode, out, err)
     _, eerr = _finish(echo, "pool_echo.py")
     assert echo.returncode == 0, "pool_echo.py (%s) exited %d: %r" % (echo_impl, echo.returncode, eerr)
+
+
+def test_sigterm_ends_an_example_through_its_finally(netns, examples):
+    """DISABLE_SIGNALS is False in the examples: SIGTERM raises SystemExit in the main
+    thread, so queue_echo.py's `finally: chirp.stop(); loop.stop()` runs and it exits."""
+    import signal
+
+    echo = netns.popen([PY, os.path.join(examples, "queue_echo.py")])
+    netns.wait_listening(2998)
+    # `ip netns exec` execs the program: its pid is the program's.
+    os.kill(echo.pid, signal.SIGTERM)
+    out, err = _finish(echo, "queue_echo.py after SIGTERM")
+    assert echo.returncode == 128 + signal.SIGTERM, "exit %d, stderr %r" % (echo.returncode, err)
+    assert "Traceback" not in err, err
+
