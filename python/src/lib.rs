@@ -597,6 +597,12 @@ impl PyNode {
         self.outbox.close();
         let handle = lock(&self.dispatcher).take();
         if let Some(h) = handle {
+            if h.0.thread().id() == std::thread::current().id() {
+                // Stopped from Python code the dispatcher runs (a future's done-callback):
+                // it ends by itself when that returns.
+                lock(&self.outbox.handlers).take();
+                return Ok(());
+            }
             let ok = py.detach(|| join_within(h, self.timeout.max(Duration::from_secs(5))));
             if !ok {
                 return Err(PyRuntimeError::new_err(

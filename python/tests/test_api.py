@@ -524,3 +524,29 @@ def test_asyncio_handler_send_request_and_release():
     finally:
         aio.close()
     assert got == [b"async question", b""], got
+
+
+def test_stop_from_a_done_callback_on_the_dispatcher_thread():
+    """A future's done-callback runs where the future completes (the dispatcher); stopping
+    the chirp there must not wait for the dispatcher itself."""
+    before = native_threads()
+    loop = libchirp.Loop()
+    recv = libchirp.pool.Chirp(loop, config())
+    send = libchirp.pool.Chirp(loop, config())
+    stopped = threading.Event()
+    errors = []
+
+    def stop_it(fut):
+        try:
+            send.stop()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+        stopped.set()
+
+    # Synchronous: the future completes when the receiver released it, on the dispatcher.
+    send.send(to(libchirp.pool.Message(), recv)).add_done_callback(stop_it)
+    assert stopped.wait(10), "the done-callback ran"
+    assert not errors, errors
+    recv.stop()
+    loop.stop()
+    assert eventually(lambda: native_threads() == before), (before, native_threads())
