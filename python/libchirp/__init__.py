@@ -14,7 +14,7 @@ What is the same as python-chirp: the names, the defaults and checks of :class:`
 futures that complete when a message was released by the peer (synchronous mode) or written
 (asynchronous mode), ``request()`` answered by identity, releasing as the backpressure
 signal, the exceptions raised (``ConnectionError``, ``TimeoutError``, ``RuntimeError``,
-``ValueError``, ``OSError``; each carries libchirp's numeric ``ecode``).
+``ValueError``, ``OSError``, ``MemoryError``; each carries libchirp's numeric ``ecode``).
 
 What differs, on purpose:
 
@@ -584,7 +584,8 @@ class ChirpBase(object):
         Its result is the message, once the peer released it (synchronous mode) or once it
         was written (asynchronous mode). ``result()`` raises ``ConnectionError`` (cannot
         connect, connection lost, chirp stopped), ``TimeoutError``, ``ValueError`` (no
-        address, too large), or ``RuntimeError`` (too many messages queued for that peer).
+        address, too large), or ``MemoryError`` (1,024 messages already queued for that
+        peer: wait for earlier sends to complete).
         Sending one message twice before the first send completed raises ``RuntimeError``.
         """
         fut = Future()

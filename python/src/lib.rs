@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use pyo3::exceptions::{
-    PyConnectionError, PyOSError, PyRuntimeError, PyTimeoutError, PyValueError,
+    PyConnectionError, PyMemoryError, PyOSError, PyRuntimeError, PyTimeoutError, PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -248,7 +248,9 @@ fn py_error(py: Python<'_>, e: &Error, starting: bool) -> PyErr {
         Error::Tls { .. } if starting => (PyRuntimeError::new_err(msg), 6),
         Error::Tls { .. } => (PyConnectionError::new_err(msg), 6),
         Error::Shutdown => (PyConnectionError::new_err(msg), 11),
-        Error::LimitReached { .. } => (PyRuntimeError::new_err(msg), 13),
+        // A configured bound on queued messages or connections: resource exhaustion, which
+        // python-chirp reports as MemoryError (CH_ENOMEM).
+        Error::LimitReached { .. } => (PyMemoryError::new_err(msg), 10),
         Error::Io { .. } => (PyOSError::new_err(msg), 2),
         _ => (PyRuntimeError::new_err(msg), 5),
     };

@@ -550,3 +550,20 @@ def test_stop_from_a_done_callback_on_the_dispatcher_thread():
     recv.stop()
     loop.stop()
     assert eventually(lambda: native_threads() == before), (before, native_threads())
+
+
+def test_too_many_queued_for_one_peer_raises_memory_error(nodes):
+    """Synchronous mode sends one message at a time per peer; the rest wait in its queue,
+    which holds 1,024. Beyond that a send fails at once (python-chirp's MemoryError for
+    exhausted resources), and the earlier ones are unaffected."""
+    hold = nodes.start(libchirp.queue.Chirp, config(AUTO_RELEASE=False))
+    send = nodes.start(libchirp.pool.Chirp, config(TIMEOUT=30.0, REUSE_TIME=90.0))
+    futs = [send.send(to(libchirp.pool.Message(), hold)) for _ in range(1100)]
+    refused = [f for f in futs[1024:] if f.done() and isinstance(f.exception(), MemoryError)]
+    assert len(refused) >= 70, "%d of the last 76 refused" % len(refused)
+    e = refused[0].exception()
+    assert e.ecode == 10 and "max_queued" in str(e), repr(e)
+    assert not futs[1].done(), "an earlier send still waits for its turn"
+    first = hold.get(timeout=10)
+    first.release().result(timeout=10)
+    futs[0].result(timeout=10)
