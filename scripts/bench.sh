@@ -347,7 +347,9 @@ raw_pair() { # KEY count
   else stop_echo; add "$1" 0; fi
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print a[int((NR+1)/2)]}'; }
+# (No figures is "n/a", not a failure: grep finding no line must not end the run under
+# `set -e -o pipefail`, as it did when one saturation point of --latency got no result.)
+median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print a[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b+0 > 0 && a+0 > 0) printf "%.2f", a/b; else print "n/a" }'; }
 
 declare -A R
