@@ -249,13 +249,12 @@ mod loom_models {
 
     /// The application: releases each delivered message once, from this thread, until
     /// `n` were released (or the connection closed and nothing more will come).
-    fn releaser(s: &Arc<Slots<usize>>, log: &Log, n: usize, released: &AtomicUsize) {
+    fn releaser(s: &Arc<Slots<usize>>, log: &Log, n: usize) {
         let mut seen = 0;
         while seen < n {
             let got = log.lock().unwrap().len();
             if got > seen {
                 seen += 1;
-                released.fetch_add(1, Ordering::SeqCst);
                 let (_, parked) = s.freed();
                 if parked {
                     s.drain(|m, _| log.lock().unwrap().push(m));
@@ -268,16 +267,15 @@ mod loom_models {
         }
     }
 
-    /// One slot, room to park everything: the reader never waits; all three messages are
-    /// delivered exactly once and in order, though releases run on another thread.
-    #[test]
-    fn loom_parked_messages_are_delivered_once_in_order() {
-        loom::model(|| {
-            let s = Arc::new(Slots::new(1, 1000));
+    /// Three messages through one slot, released one by one on another thread, with a park
+    /// that holds `limit` bytes (each message costs 10); every message must arrive exactly
+    /// once and in order, and every slot come back.
+    fn three_through_one_slot(limit: usize) {
+        loom::model(move || {
+            let s = Arc::new(Slots::new(1, limit));
             let log: Log = Arc::new(Mutex::new(Vec::new()));
-            let released = Arc::new(AtomicUsize::new(0));
-            let (s2, l2, r2) = (s.clone(), log.clone(), released.clone());
-            let app = thread::spawn(move || releaser(&s2, &l2, 3, &r2));
+            let (s2, l2) = (s.clone(), log.clone());
+            let app = thread::spawn(move || releaser(&s2, &l2, 3));
             reader(&s, &log, 3, 10).unwrap();
             app.join().unwrap();
             assert_eq!(*log.lock().unwrap(), vec![0, 1, 2]);
@@ -285,21 +283,17 @@ mod loom_models {
         });
     }
 
-    /// A park with room for one message: the reader must sleep for the third until a
-    /// release (on another thread) makes room. It never sleeps forever (loom reports a
-    /// deadlock if every thread waits) and nothing is lost or reordered.
+    /// Room to park everything: the reader never waits.
+    #[test]
+    fn loom_parked_messages_are_delivered_once_in_order() {
+        three_through_one_slot(1000);
+    }
+
+    /// Room to park one message: the reader must sleep for the third until a release makes
+    /// room. It never sleeps forever (loom reports a deadlock if every thread waits).
     #[test]
     fn loom_the_reader_waits_for_room_and_is_always_woken() {
-        loom::model(|| {
-            let s = Arc::new(Slots::new(1, 10));
-            let log: Log = Arc::new(Mutex::new(Vec::new()));
-            let released = Arc::new(AtomicUsize::new(0));
-            let (s2, l2, r2) = (s.clone(), log.clone(), released.clone());
-            let app = thread::spawn(move || releaser(&s2, &l2, 3, &r2));
-            reader(&s, &log, 3, 10).unwrap();
-            app.join().unwrap();
-            assert_eq!(*log.lock().unwrap(), vec![0, 1, 2]);
-        });
+        three_through_one_slot(10);
     }
 
     /// Two threads release at once (one drains, the other finds it draining): the two
