@@ -154,30 +154,30 @@ def netns():
         ns.close()
 
 
+def _needed(found, why):
+    """``found``, or the test is skipped (reported as skipped, never passed) saying ``why``."""
+    if found is None:
+        pytest.skip(why)
+    return found
+
+
 @pytest.fixture
 def examples():
-    d = examples_dir()
-    if d is None:
-        pytest.skip("libchirp's example programs: run scripts/install-peer.sh")
-    return d
+    return _needed(examples_dir(), "libchirp's example programs: run scripts/install-peer.sh")
 
 
 @pytest.fixture
 def peer():
-    p = peer_python()
-    if p is None:
-        pytest.skip("python-chirp 1.2.1 (the real C libchirp): run scripts/install-peer.sh")
-    return p
+    return _needed(peer_python(), "python-chirp 1.2.1 (the real C libchirp): run scripts/install-peer.sh")
 
 
 @pytest.fixture
 def chirp():
-    c = chirp_bin()
-    if c is None:
-        pytest.skip("the chirp tool: cargo build -p libchirp-cli")
-    return c
+    return _needed(chirp_bin(), "the chirp tool: cargo build -p libchirp-cli")
 
 
+# RFC 7919's ffdhe2048 group (public parameters; src/pki.rs carries the same for TestPki):
+# a fixed group, because generating DH parameters takes seconds.
 FFDHE2048 = """-----BEGIN DH PARAMETERS-----
 MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
 +8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
