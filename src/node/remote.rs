@@ -350,11 +350,17 @@ impl Remote {
                 for (frame, _) in frames.drain(..) {
                     match frame {
                         Frame::User(p) => {
-                            if matches!(&st.wait_ack, Some(w) if w.identity == p.msg().identity && w.conn.id == conn.id)
-                            {
-                                st.wait_ack = None;
+                            let mut acked = false;
+                            if let Some(w) = &st.wait_ack {
+                                if w.identity == p.msg().identity && w.conn.id == conn.id {
+                                    // An ACK proves the peer got all of it, whatever the
+                                    // writer met after its bytes.
+                                    acked = w.acked;
+                                    st.wait_ack = None;
+                                }
                             }
-                            after.push(Deferred::Send(p, Err(e.clone())));
+                            let outcome = if acked { Ok(()) } else { Err(e.clone()) };
+                            after.push(Deferred::Send(p, outcome));
                         }
                         Frame::Ack(r) => after.push(Deferred::Release(r)),
                         Frame::Noop => {}
@@ -426,13 +432,20 @@ impl Remote {
             st.conn = None;
         }
         let mut failed_one = in_flight;
-        if matches!(&st.wait_ack, Some(w) if w.conn.id == conn.id) {
-            let w = st.wait_ack.take().expect("checked");
-            if let Some(p) = w.pending {
-                after.push(Deferred::Send(p, Err(reason.clone())));
+        match &st.wait_ack {
+            // Its ACK arrived while the writer was still reporting the write: it was
+            // delivered, whatever became of the connection since. It stays, and the
+            // writer's report completes it (successfully, since the write succeeded).
+            Some(w) if w.conn.id == conn.id && w.acked => failed_one = true,
+            Some(w) if w.conn.id == conn.id => {
+                let w = st.wait_ack.take().expect("checked");
+                if let Some(p) = w.pending {
+                    after.push(Deferred::Send(p, Err(reason.clone())));
+                }
+                // A message without `pending` is still with the writer, which fails it.
+                failed_one = true;
             }
-            // A message without `pending` is still with the writer, which fails it.
-            failed_one = true;
+            _ => {}
         }
         if st.conn.is_none() {
             // Queued ACKs are dropped (the peer will time out, as with C), but their
@@ -534,8 +547,10 @@ impl Remote {
                 after.push(Deferred::Release(r));
             }
         }
-        if let Some(w) = st.wait_ack.take() {
-            if let Some(p) = w.pending {
+        // An acknowledged message still with the writer stays: the writer's report
+        // completes it as delivered.
+        if st.wait_ack.as_ref().is_some_and(|w| !w.acked) {
+            if let Some(p) = st.wait_ack.take().and_then(|w| w.pending) {
                 after.push(Deferred::Send(p, Err(Error::Shutdown)));
             }
         }
@@ -558,5 +573,185 @@ pub(crate) fn finish_written(frames: &mut Vec<(Frame, u32)>) {
             Frame::Ack(r) => r.finish(),
             Frame::Noop => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The transitions above on their own: no node, no threads; the connection is a
+    //! socket that is never connected, its owner does nothing.
+    use super::*;
+    use crate::completion::Completion;
+    use crate::connection::{Owner, Settings};
+    use crate::frame::{Done, SendResult};
+    use crate::message::Message;
+    use crate::wire::Handshake;
+
+    struct NoOwner;
+
+    impl Owner for NoOwner {
+        fn spawn(
+            &self,
+            _: &Arc<Conn>,
+            _: String,
+            _: usize,
+            _: Box<dyn FnOnce() + Send + 'static>,
+        ) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn connected(&self, _: &Arc<Conn>) -> Result<(), Error> {
+            Ok(())
+        }
+        fn take_frames(&self, _: &Arc<Conn>, _: &mut Vec<(Frame, u32)>) {}
+        fn written(&self, _: &Arc<Conn>, _: &mut Vec<(Frame, u32)>, _: Result<(), Error>) {}
+        fn ack(&self, _: &Arc<Conn>, _: Identity) {}
+        fn activity(&self, _: &Arc<Conn>) {}
+        fn deliver(&self, _: &Arc<Conn>, _: Message) {}
+        fn ack_due(&self, _: &Arc<Conn>, _: ReleaseDone) {}
+        fn closed(&self, _: &Arc<Conn>, _: &Error, _: bool) {}
+        fn ended(&self, _: &Arc<Conn>) {}
+    }
+
+    fn lim() -> Limits {
+        Limits {
+            timeout: Duration::from_secs(5),
+            reuse_time: Duration::from_secs(30),
+            synchronous: true,
+            max_queued: 16,
+        }
+    }
+
+    type Fixture = (
+        Arc<Remote>,
+        Arc<Conn>,
+        Completion<SendResult>,
+        Vec<(Frame, u32)>,
+    );
+
+    /// A remote whose current connection is `conn` (dialed, never connected), and one
+    /// synchronous message taken by the writer: it awaits its ACK.
+    fn written_but_unreported() -> Fixture {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let settings = Arc::new(Settings {
+            handshake: Handshake {
+                port: 1,
+                identity: Identity::default(),
+            },
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_slots: 1,
+            buffer_size: 1024,
+            max_msg_size: 1024,
+            synchronous: true,
+            tls: None,
+        });
+        let conn = Arc::new(Conn::dial(1, addr, false, settings, Arc::new(NoOwner)).unwrap());
+        let remote = Arc::new(Remote::new(addr));
+        let dial: Dialer = &|_| Ok(conn.clone());
+        let (completion, completer) = Completion::pair();
+        let p = Pending::new(Message::to(addr, b"x".to_vec()), Done::Wait(completer));
+        let mut after = After::default();
+        assert!(matches!(
+            remote.enqueue(&lim(), p, dial, &mut after),
+            Enqueued::Queued
+        ));
+        let mut frames = Vec::new();
+        remote.take_frames(&lim(), &conn, &mut frames);
+        assert_eq!(frames.len(), 1, "the writer takes the one message");
+        (remote, conn, completion, frames)
+    }
+
+    fn run(after: After) {
+        for d in after.0 {
+            if let Deferred::Send(p, r) = d {
+                let _ = p.finish(r);
+            }
+        }
+    }
+
+    fn ack_of(frames: &[(Frame, u32)]) -> Identity {
+        match &frames[0].0 {
+            Frame::User(p) => p.msg().identity,
+            _ => panic!("a user frame was taken"),
+        }
+    }
+
+    /// The ACK arrives before the writer reported its write, then the connection closes
+    /// (the peer acknowledged and left), then the writer reports: delivered. (A race once
+    /// lost by tests/deadlock.rs under load: the send failed with "peer closed the
+    /// connection" although its ACK had arrived.)
+    #[test]
+    fn an_acknowledged_message_is_delivered_whatever_happens_to_its_connection_after() {
+        for (writer_result, also_removed) in [
+            (Ok(()), false),
+            (
+                Err(Error::Protocol {
+                    reason: "peer closed the connection".into(),
+                }),
+                false,
+            ),
+            (Ok(()), true),
+        ] {
+            let (remote, conn, completion, mut frames) = written_but_unreported();
+            let mut after = After::default();
+            remote.ack_received(ack_of(&frames), &mut after);
+            assert!(
+                after.0.is_empty(),
+                "nothing completes before the writer reports"
+            );
+            let reason = Error::Protocol {
+                reason: "peer closed the connection".into(),
+            };
+            remote.conn_closed(&conn, &reason, false, false, &mut after);
+            if also_removed {
+                remote.remove(&mut after);
+            }
+            let failed = after
+                .0
+                .iter()
+                .filter(|d| matches!(d, Deferred::Send(..)))
+                .count();
+            assert_eq!(
+                failed, 0,
+                "the closed connection failed the acknowledged message"
+            );
+            run(after);
+            let mut after = After::default();
+            let failed_write = writer_result.is_err();
+            remote.written(&lim(), &conn, &mut frames, writer_result, &mut after);
+            run(after);
+            finish_written(&mut frames);
+            let Ok(outcome) = completion.try_wait() else {
+                panic!("the send never completed")
+            };
+            assert!(
+                outcome.is_ok(),
+                "writer failed: {failed_write}, removed: {also_removed}: {:?}",
+                outcome.err().map(|e| e.error)
+            );
+        }
+    }
+
+    /// Without an ACK, a connection that closes fails the message the writer reports.
+    #[test]
+    fn an_unacknowledged_message_fails_with_its_connection() {
+        let (remote, conn, completion, mut frames) = written_but_unreported();
+        let mut after = After::default();
+        let reason = Error::Protocol {
+            reason: "peer closed the connection".into(),
+        };
+        remote.conn_closed(&conn, &reason, false, false, &mut after);
+        run(after);
+        let mut after = After::default();
+        remote.written(&lim(), &conn, &mut frames, Ok(()), &mut after);
+        run(after);
+        finish_written(&mut frames);
+        let Ok(outcome) = completion.try_wait() else {
+            panic!("the send never completed")
+        };
+        assert!(
+            outcome.is_err(),
+            "a message without its ACK was reported delivered"
+        );
     }
 }
