@@ -218,12 +218,13 @@ impl<T> Completion<T> {
 }
 
 fn take<T>(slot: &mut Slot<T>) -> Option<T> {
+    // Checked first: a slot that is not ready stays where it is (no copy out and back).
+    if !matches!(slot, Slot::Ready(_)) {
+        return None;
+    }
     match std::mem::replace(slot, Slot::Taken) {
         Slot::Ready(v) => Some(v),
-        other => {
-            *slot = other;
-            None
-        }
+        _ => None,
     }
 }
 
@@ -231,9 +232,13 @@ impl<T> Completer<T> {
     /// Stores the value and wakes the waiter.
     pub fn complete(self, value: T) {
         let mut state = self.shared.lock();
-        if let Slot::Callback(f) = std::mem::replace(&mut state.slot, Slot::Taken) {
-            drop(state);
-            f(value);
+        // Checked before it is moved: moving a pending slot out and back costs two copies
+        // of the whole slot (a send's result is a few hundred bytes).
+        if matches!(state.slot, Slot::Callback(_)) {
+            if let Slot::Callback(f) = std::mem::replace(&mut state.slot, Slot::Taken) {
+                drop(state);
+                f(value);
+            }
             return;
         }
         if Arc::strong_count(&self.shared) == 1 {

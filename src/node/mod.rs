@@ -117,7 +117,8 @@ impl Inner {
     pub(crate) fn run_after(self: &Arc<Self>, after: &mut After) {
         for d in after.0.drain(..) {
             match d {
-                Deferred::Send(p, r) => {
+                Deferred::Send(b) => {
+                    let (p, r) = *b;
                     if let Err(e) = &r {
                         self.counters.send_failed(e);
                     }

@@ -34,7 +34,9 @@ pub(crate) struct Limits {
 
 /// Work to do after the remote's lock is released.
 pub(crate) enum Deferred {
-    Send(Pending, Result<(), Error>),
+    /// Complete a user message with the outcome. Boxed: the other variants are a few
+    /// words, and every push and pop of an [`After`] moves the whole enum.
+    Send(Box<(Pending, Result<(), Error>)>),
     Release(ReleaseDone),
     /// Dial this new connection (already the remote's current one).
     Dial(Arc<Conn>),
@@ -43,6 +45,12 @@ pub(crate) enum Deferred {
     /// Frames are queued for this connection.
     Kick(Arc<Conn>),
     Timer(Instant, Event),
+}
+
+impl Deferred {
+    pub(crate) fn send(p: Pending, result: Result<(), Error>) -> Deferred {
+        Deferred::Send(Box::new((p, result)))
+    }
 }
 
 /// A list of [`Deferred`] actions. The first lives inline: a send's usual outcome is one
@@ -91,6 +99,22 @@ pub(crate) struct RemoteState {
     /// Taken out of the remotes table (garbage-collected or the node closing): nothing
     /// may be queued here any more.
     pub(crate) removed: bool,
+}
+
+impl RemoteState {
+    /// Before a user message is queued: a NOOP goes first if the connection has been idle
+    /// for three quarters of the reuse time (a dead connection shows before the message is
+    /// lost to it). Not when user messages are queued already: the first of them was
+    /// checked, and goes out first — no clock read per message while streaming.
+    fn probe_if_idle(&mut self, lim: &Limits) {
+        if self.conn.is_none() || self.noop_queued || !self.user.is_empty() {
+            return;
+        }
+        if self.timestamp.elapsed() > lim.reuse_time / 4 * 3 {
+            self.control.push_back(Control::Noop);
+            self.noop_queued = true;
+        }
+    }
 }
 
 /// One peer.
@@ -153,12 +177,7 @@ impl Remote {
         if st.user.len() >= lim.max_queued {
             return Enqueued::Full(p);
         }
-        // Probe an idle connection before the real message.
-        let probe_after = lim.reuse_time / 4 * 3;
-        if st.conn.is_some() && !st.noop_queued && st.timestamp.elapsed() > probe_after {
-            st.control.push_back(Control::Noop);
-            st.noop_queued = true;
-        }
+        st.probe_if_idle(lim);
         st.user.push_back(p);
         self.process(&mut st, dial, after);
         Enqueued::Queued
@@ -182,11 +201,7 @@ impl Remote {
         if room == 0 {
             return Ok(());
         }
-        let probe_after = lim.reuse_time / 4 * 3;
-        if st.conn.is_some() && !st.noop_queued && st.timestamp.elapsed() > probe_after {
-            st.control.push_back(Control::Noop);
-            st.noop_queued = true;
-        }
+        st.probe_if_idle(lim);
         let n = room.min(batch.len());
         st.user.extend(batch.drain(..n));
         self.process(&mut st, dial, after);
@@ -211,7 +226,7 @@ impl Remote {
                 // No connection to be had (no socket, or a limit): fail one message, like a
                 // failed connect.
                 if let Some(p) = st.user.pop_front() {
-                    after.push(Deferred::Send(p, Err(err)));
+                    after.push(Deferred::send(p, Err(err)));
                 }
             }
         }
@@ -323,7 +338,7 @@ impl Remote {
                         Some(w) if w.identity == p.msg().identity && w.conn.id == conn.id => {
                             if w.acked {
                                 st.wait_ack = None;
-                                after.push(Deferred::Send(p, Ok(())));
+                                after.push(Deferred::send(p, Ok(())));
                             } else {
                                 let deadline = now + lim.timeout;
                                 w.pending = Some(p);
@@ -338,7 +353,7 @@ impl Remote {
                             }
                         }
                         // The connection failed (or the remote went) while writing.
-                        _ => after.push(Deferred::Send(
+                        _ => after.push(Deferred::send(
                             p,
                             Err(conn.close_reason().unwrap_or(Error::Shutdown)),
                         )),
@@ -360,7 +375,7 @@ impl Remote {
                                 }
                             }
                             let outcome = if acked { Ok(()) } else { Err(e.clone()) };
-                            after.push(Deferred::Send(p, outcome));
+                            after.push(Deferred::send(p, outcome));
                         }
                         Frame::Ack(r) => after.push(Deferred::Release(r)),
                         Frame::Noop => {}
@@ -383,7 +398,7 @@ impl Remote {
         match w.pending.take() {
             Some(p) => {
                 st.wait_ack = None;
-                after.push(Deferred::Send(p, Ok(())));
+                after.push(Deferred::send(p, Ok(())));
                 // The next synchronous message may go now.
                 if !st.user.is_empty() {
                     if let Some(c) = &st.conn {
@@ -440,7 +455,7 @@ impl Remote {
             Some(w) if w.conn.id == conn.id => {
                 let w = st.wait_ack.take().expect("checked");
                 if let Some(p) = w.pending {
-                    after.push(Deferred::Send(p, Err(reason.clone())));
+                    after.push(Deferred::send(p, Err(reason.clone())));
                 }
                 // A message without `pending` is still with the writer, which fails it.
                 failed_one = true;
@@ -458,7 +473,7 @@ impl Remote {
             st.noop_queued = false;
             if !failed_one {
                 if let Some(p) = st.user.pop_front() {
-                    after.push(Deferred::Send(p, Err(reason.clone())));
+                    after.push(Deferred::send(p, Err(reason.clone())));
                 }
             }
             if !closing {
@@ -540,7 +555,7 @@ impl Remote {
         let mut st = self.lock();
         st.removed = true;
         for p in st.user.drain(..) {
-            after.push(Deferred::Send(p, Err(Error::Shutdown)));
+            after.push(Deferred::send(p, Err(Error::Shutdown)));
         }
         for c in st.control.drain(..) {
             if let Control::Ack(r) = c {
@@ -551,7 +566,7 @@ impl Remote {
         // completes it as delivered.
         if st.wait_ack.as_ref().is_some_and(|w| !w.acked) {
             if let Some(p) = st.wait_ack.take().and_then(|w| w.pending) {
-                after.push(Deferred::Send(p, Err(Error::Shutdown)));
+                after.push(Deferred::send(p, Err(Error::Shutdown)));
             }
         }
         if let Some(c) = st.conn.take() {
@@ -663,7 +678,8 @@ mod tests {
 
     fn run(after: After) {
         for d in after.0 {
-            if let Deferred::Send(p, r) = d {
+            if let Deferred::Send(b) = d {
+                let (p, r) = *b;
                 let _ = p.finish(r);
             }
         }
