@@ -677,6 +677,47 @@ mod tests {
         }
     }
 
+    /// This thread's last remote is remembered (no table lookup per send); once that remote
+    /// was removed — here while this thread still holds it, so the remembered one is alive
+    /// but no longer in the table — the next send finds a new one and is delivered.
+    #[test]
+    fn a_send_after_its_remembered_remote_was_removed_is_delivered() {
+        for sync in [false, true] {
+            let echo = Node::start_inline(config(sync), |n, m| drop(n.send(m))).unwrap();
+            let (tx, rx) = mpsc::channel();
+            let node = Node::start(config(sync), move |m| {
+                let _ = tx.send(m.data().to_vec());
+            })
+            .unwrap();
+            let to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
+            let inner = &node.inner;
+            for round in 0..3u8 {
+                node.send(Message::to(to, vec![round])).wait().unwrap();
+                let back = rx.recv_timeout(Duration::from_secs(10));
+                assert_eq!(back, Ok(vec![round]), "round {round} (synchronous: {sync})");
+                let old = inner
+                    .remotes
+                    .get(&key::key_of(&to))
+                    .expect("the remote of the send");
+                let mut after = After::default();
+                inner.remove_remote(&old, &mut after);
+                inner.run_after(&mut after);
+                assert!(inner.remotes.get(&key::key_of(&to)).is_none());
+                // `old` is still held: the remembered remote upgrades, and must be refused.
+                node.send(Message::to(to, vec![round, 1])).wait().unwrap();
+                let back = rx.recv_timeout(Duration::from_secs(10));
+                assert_eq!(back, Ok(vec![round, 1]), "round {round} after the removal");
+                let new = inner.remotes.get(&key::key_of(&to)).expect("a new remote");
+                assert!(
+                    !Arc::ptr_eq(&old, &new),
+                    "the removed remote was used again"
+                );
+            }
+            node.close();
+            echo.close();
+        }
+    }
+
     /// When no thread can be started, the one connection involved is refused (counted,
     /// logged), and the node keeps serving: accepted and dialed connections alike.
     #[test]

@@ -5,10 +5,35 @@ use super::*;
 use crate::completion::Completer;
 use crate::frame::SendResult;
 
+thread_local! {
+    /// The remote this thread last sent to: its node's identity, the address sent to, and
+    /// the remote. A thread that sends to one peer after another finds it here instead of
+    /// hashing the address and taking the table shard's lock each time. Weak: it keeps no
+    /// remote (nor its connection) alive; a remote removed since is found out by
+    /// [`Remote::enqueue`], which hands the message back to be looked up again.
+    static LAST_REMOTE: std::cell::RefCell<Option<(Identity, SocketAddr, std::sync::Weak<Remote>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 impl Inner {
     /// Queues `p` for `addr` and gets it moving.
     pub(super) fn enqueue(self: &Arc<Self>, addr: SocketAddr, p: Pending) {
         self.enqueue_via(None, addr, p);
+    }
+
+    /// The remote for `addr`: this thread's last one if it is the same, else from the
+    /// table (and remembered).
+    fn remote_for(&self, addr: SocketAddr) -> Arc<Remote> {
+        let cached = LAST_REMOTE.with(|c| match &*c.borrow() {
+            Some((node, a, r)) if *node == self.identity && *a == addr => r.upgrade(),
+            _ => None,
+        });
+        if let Some(r) = cached {
+            return r;
+        }
+        let r = self.remotes.get_or_create(addr);
+        LAST_REMOTE.with(|c| *c.borrow_mut() = Some((self.identity, addr, Arc::downgrade(&r))));
+        r
     }
 
     /// Queues `p` for `addr`, starting from the remote in `cache` when there is one (a
@@ -25,7 +50,7 @@ impl Inner {
         let lock = |c: &Mutex<Arc<Remote>>| c.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut remote = match cache {
             Some(c) => lock(c),
-            None => self.remotes.get_or_create(addr),
+            None => self.remote_for(addr),
         };
         let remote = loop {
             match remote.enqueue(&self.lim, p, &dial, &mut after) {
@@ -34,8 +59,11 @@ impl Inner {
                 Enqueued::Removed(back) => {
                     p = back;
                     remote = self.remotes.get_or_create(addr);
-                    if let Some(c) = cache {
-                        *c.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone();
+                    match cache {
+                        Some(c) => *c.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone(),
+                        None => LAST_REMOTE.with(|c| {
+                            *c.borrow_mut() = Some((self.identity, addr, Arc::downgrade(&remote)))
+                        }),
                     }
                 }
                 Enqueued::Full(back) => {
