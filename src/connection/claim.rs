@@ -18,6 +18,9 @@ pub(crate) struct WriteState<H> {
     kick_pending: bool,
     /// A direct writer filled the socket: what the writer thread must finish first.
     handoff: Option<H>,
+    /// The writer thread is blocked on its condition variable: only then does recording
+    /// work for it need a wake-up (a system call for the waker).
+    asleep: bool,
 }
 
 /// The writer thread's next step.
@@ -37,7 +40,20 @@ impl<H> WriteState<H> {
             writing: false,
             kick_pending: false,
             handoff: None,
+            asleep: false,
         }
+    }
+
+    /// The writer thread is about to wait (`true`, after [`WriteState::next`] said
+    /// [`Step::Wait`], in the same lock hold) or has woken (`false`).
+    pub(crate) fn set_asleep(&mut self, asleep: bool) {
+        self.asleep = asleep;
+    }
+
+    /// Whoever just recorded work for the writer thread (a deferral or a handoff) must
+    /// wake it: it is waiting. When it is not, it looks at the state before it waits again.
+    pub(crate) fn needs_wake(&self) -> bool {
+        self.asleep
     }
 
     fn busy(&self) -> bool {
@@ -191,8 +207,7 @@ mod loom_models {
                     // Socket full before anything went out: the writer finishes them.
                     let mut st = self.state.lock().unwrap();
                     st.write.hand_off(frames);
-                    drop(st);
-                    self.writer_cv.notify_all();
+                    self.wake(st);
                     return;
                 }
                 self.write(&frames);
@@ -203,8 +218,16 @@ mod loom_models {
             }
             let mut st = self.state.lock().unwrap();
             st.write.defer();
+            self.wake(st);
+        }
+
+        /// `Conn::wake_writer`: a wake-up only for a writer thread that waits.
+        fn wake(&self, st: crate::sync::MutexGuard<'_, Model>) {
+            let wake = st.write.needs_wake();
             drop(st);
-            self.writer_cv.notify_all();
+            if wake {
+                self.writer_cv.notify_all();
+            }
         }
 
         /// The writer thread, until the connection closes.
@@ -234,7 +257,9 @@ mod loom_models {
                         self.write(&frames);
                     }
                     Step::Wait => {
+                        st.write.set_asleep(true);
                         st = self.writer_cv.wait(st).unwrap();
+                        st.write.set_asleep(false);
                         continue;
                     }
                 }

@@ -428,8 +428,13 @@ impl Conn {
             return;
         }
         if st.writer_running {
+            // Only a writer that waits needs the wake-up (a system call); a busy one
+            // looks at the state before it waits again.
+            let wake = st.write.needs_wake();
             drop(st);
-            self.writer_cv.notify_all();
+            if wake {
+                self.writer_cv.notify_all();
+            }
             return;
         }
         st.writer_running = true;

@@ -420,11 +420,13 @@ pub(crate) fn run(conn: &Arc<Conn>) {
             Step::Wait => {
                 // A direct writer is active (it hands over or finishes by itself), or
                 // nothing is to be done: wait, and end after a while of nothing.
+                st.write.set_asleep(true);
                 let (g, timeout) = conn
                     .writer_cv
                     .wait_timeout(st, super::WRITER_LINGER)
                     .unwrap_or_else(|e| e.into_inner());
                 st = g;
+                st.write.set_asleep(false);
                 if timeout.timed_out() && st.write.idle(st.tls_flush) {
                     st.writer_running = false;
                     return;
