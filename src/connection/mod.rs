@@ -46,7 +46,7 @@ pub(crate) const PARK_OVERHEAD: usize = 128;
 /// A send this soon after the connection's previous write counts as streaming: a sender
 /// that writes again that soon is better served by the writer thread, which takes
 /// everything that queued meanwhile into one system call (see `Conn::kick`).
-const STREAM_GAP: Duration = Duration::from_micros(20);
+pub(crate) const STREAM_GAP: Duration = Duration::from_micros(20);
 
 /// A writer thread with nothing to do for this long ends; the next write that would block
 /// starts another. Idle connections so cost one thread (the reader), not two.

@@ -404,6 +404,7 @@ pub(crate) fn run(conn: &Arc<Conn>) {
     let mut cipher: Vec<u8> = Vec::new();
     let req_ack = req_ack_bits(conn);
     let mut st = conn.lock();
+    let mut yielded = false;
     loop {
         if st.closing {
             break;
@@ -420,6 +421,14 @@ pub(crate) fn run(conn: &Arc<Conn>) {
             Step::Wait => {
                 // A direct writer is active (it hands over or finishes by itself), or
                 // nothing is to be done: wait, and end after a while of nothing.
+                if !yielded && st.last_write.elapsed() < super::STREAM_GAP {
+                    yielded = true;
+                    drop(st);
+                    std::thread::yield_now();
+                    st = conn.lock();
+                    continue;
+                }
+                yielded = false;
                 st.write.set_asleep(true);
                 let (g, timeout) = conn
                     .writer_cv
