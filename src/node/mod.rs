@@ -61,6 +61,9 @@ const SERVICE_STACK: usize = 128 * 1024;
 /// unblocked by closing their sockets, so this is only reached on a bug).
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
+/// The next node's [`Inner::instance`].
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
 thread_local! {
     /// The node whose thread this is (0 for foreign threads), so `close()` called from a
     /// node thread does not wait for itself.
@@ -78,6 +81,9 @@ pub(crate) struct Inner {
     pub(crate) lim: Limits,
     settings: Arc<Settings>,
     pub(crate) identity: Identity,
+    /// Unique among the nodes of this process, never reused (identities can be configured,
+    /// and so be equal): what per-thread caches key on.
+    pub(crate) instance: u64,
     pub(crate) port: u16,
     remotes: Remotes,
     /// Every connection whose threads have not all ended: for garbage collection, close
@@ -321,6 +327,7 @@ impl Node {
             lim,
             settings,
             identity,
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             port,
             remotes: Remotes::new(),
             conns: Mutex::new(HashMap::new()),
@@ -716,6 +723,42 @@ mod tests {
             node.close();
             echo.close();
         }
+    }
+
+    /// Two nodes of one process with the same configured identity, used by one thread to
+    /// send to the same peer: each send goes out through its own node (the thread's
+    /// remembered remote belongs to one node only), so each echo comes back to its sender.
+    #[test]
+    fn nodes_with_one_identity_keep_their_own_remotes() {
+        let echo = Node::start_inline(config(false), |n, m| drop(n.send(m))).unwrap();
+        let to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
+        let same = Identity::random();
+        let start = || {
+            let (tx, rx) = mpsc::channel();
+            let mut c = config(false);
+            c.identity = same;
+            let node = Node::start(c, move |m| {
+                let _ = tx.send(m.data().to_vec());
+            })
+            .unwrap();
+            (node, rx)
+        };
+        let (a, a_rx) = start();
+        let (b, b_rx) = start();
+        for round in 0..3u8 {
+            for (name, node, rx) in [("a", &a, &a_rx), ("b", &b, &b_rx)] {
+                node.send(Message::to(to, vec![round])).wait().unwrap();
+                let back = rx.recv_timeout(Duration::from_secs(10));
+                assert_eq!(back, Ok(vec![round]), "round {round}: node {name}'s echo");
+            }
+        }
+        assert!(
+            a_rx.try_recv().is_err() && b_rx.try_recv().is_err(),
+            "an echo too many"
+        );
+        a.close();
+        b.close();
+        echo.close();
     }
 
     /// When no thread can be started, the one connection involved is refused (counted,

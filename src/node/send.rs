@@ -6,12 +6,12 @@ use crate::completion::Completer;
 use crate::frame::SendResult;
 
 thread_local! {
-    /// The remote this thread last sent to: its node's identity, the address sent to, and
-    /// the remote. A thread that sends to one peer after another finds it here instead of
+    /// The remote this thread last sent to: its node's instance number, the address sent
+    /// to, and the remote. A thread that sends to one peer after another finds it here instead of
     /// hashing the address and taking the table shard's lock each time. Weak: it keeps no
     /// remote (nor its connection) alive; a remote removed since is found out by
     /// [`Remote::enqueue`], which hands the message back to be looked up again.
-    static LAST_REMOTE: std::cell::RefCell<Option<(Identity, SocketAddr, std::sync::Weak<Remote>)>> =
+    static LAST_REMOTE: std::cell::RefCell<Option<(u64, SocketAddr, std::sync::Weak<Remote>)>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -25,14 +25,14 @@ impl Inner {
     /// table (and remembered).
     fn remote_for(&self, addr: SocketAddr) -> Arc<Remote> {
         let cached = LAST_REMOTE.with(|c| match &*c.borrow() {
-            Some((node, a, r)) if *node == self.identity && *a == addr => r.upgrade(),
+            Some((node, a, r)) if *node == self.instance && *a == addr => r.upgrade(),
             _ => None,
         });
         if let Some(r) = cached {
             return r;
         }
         let r = self.remotes.get_or_create(addr);
-        LAST_REMOTE.with(|c| *c.borrow_mut() = Some((self.identity, addr, Arc::downgrade(&r))));
+        LAST_REMOTE.with(|c| *c.borrow_mut() = Some((self.instance, addr, Arc::downgrade(&r))));
         r
     }
 
@@ -62,7 +62,7 @@ impl Inner {
                     match cache {
                         Some(c) => *c.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone(),
                         None => LAST_REMOTE.with(|c| {
-                            *c.borrow_mut() = Some((self.identity, addr, Arc::downgrade(&remote)))
+                            *c.borrow_mut() = Some((self.instance, addr, Arc::downgrade(&remote)))
                         }),
                     }
                 }
