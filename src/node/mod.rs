@@ -632,6 +632,23 @@ mod tests {
         }
     }
 
+    /// An echo node and its IPv4 address.
+    fn echo(synchronous: bool) -> (Node, SocketAddr) {
+        let echo = Node::start_inline(config(synchronous), |n, m| drop(n.send(m))).unwrap();
+        let to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
+        (echo, to)
+    }
+
+    /// A node whose sink hands each message's data to the receiver.
+    fn collecting(c: Config) -> (Node, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel();
+        let node = Node::start(c, move |m| {
+            let _ = tx.send(m.data().to_vec());
+        })
+        .unwrap();
+        (node, rx)
+    }
+
     /// With the connection registry locked, the request table locked, and every shard of
     /// the remotes table but the peer's write-locked by this thread, sends to that peer (and
     /// their ACKs, and the echo's replies) still complete: the per-message path takes only
@@ -639,13 +656,8 @@ mod tests {
     #[test]
     fn the_send_path_takes_no_node_wide_lock() {
         for sync in [true, false] {
-            let echo = Node::start_inline(config(sync), |n, m| drop(n.send(m))).unwrap();
-            let (tx, rx) = mpsc::channel();
-            let node = Node::start(config(sync), move |m| {
-                let _ = tx.send(m.data().to_vec());
-            })
-            .unwrap();
-            let to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
+            let (echo, to) = echo(sync);
+            let (node, rx) = collecting(config(sync));
             node.send(Message::to(to, b"warm-up".to_vec()))
                 .wait()
                 .unwrap();
@@ -690,13 +702,8 @@ mod tests {
     #[test]
     fn a_send_after_its_remembered_remote_was_removed_is_delivered() {
         for sync in [false, true] {
-            let echo = Node::start_inline(config(sync), |n, m| drop(n.send(m))).unwrap();
-            let (tx, rx) = mpsc::channel();
-            let node = Node::start(config(sync), move |m| {
-                let _ = tx.send(m.data().to_vec());
-            })
-            .unwrap();
-            let to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
+            let (echo, to) = echo(sync);
+            let (node, rx) = collecting(config(sync));
             let inner = &node.inner;
             for round in 0..3u8 {
                 node.send(Message::to(to, vec![round])).wait().unwrap();
@@ -730,21 +737,11 @@ mod tests {
     /// remembered remote belongs to one node only), so each echo comes back to its sender.
     #[test]
     fn nodes_with_one_identity_keep_their_own_remotes() {
-        let echo = Node::start_inline(config(false), |n, m| drop(n.send(m))).unwrap();
-        let to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
-        let same = Identity::random();
-        let start = || {
-            let (tx, rx) = mpsc::channel();
-            let mut c = config(false);
-            c.identity = same;
-            let node = Node::start(c, move |m| {
-                let _ = tx.send(m.data().to_vec());
-            })
-            .unwrap();
-            (node, rx)
-        };
-        let (a, a_rx) = start();
-        let (b, b_rx) = start();
+        let (echo, to) = echo(false);
+        let mut c = config(false);
+        c.identity = Identity::random();
+        let (a, a_rx) = collecting(c.clone());
+        let (b, b_rx) = collecting(c);
         for round in 0..3u8 {
             for (name, node, rx) in [("a", &a, &a_rx), ("b", &b, &b_rx)] {
                 node.send(Message::to(to, vec![round])).wait().unwrap();

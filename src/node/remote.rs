@@ -685,6 +685,25 @@ mod tests {
         }
     }
 
+    /// The writer reports its write with `result`; what the send completed with (its error,
+    /// if it failed).
+    fn report(
+        remote: &Remote,
+        conn: &Conn,
+        mut frames: Vec<(Frame, u32)>,
+        result: Result<(), Error>,
+        completion: Completion<SendResult>,
+    ) -> Result<(), Error> {
+        let mut after = After::default();
+        remote.written(&lim(), conn, &mut frames, result, &mut after);
+        run(after);
+        finish_written(&mut frames);
+        let Ok(outcome) = completion.try_wait() else {
+            panic!("the send never completed")
+        };
+        outcome.map(drop).map_err(|e| e.error)
+    }
+
     fn ack_of(frames: &[(Frame, u32)]) -> Identity {
         match &frames[0].0 {
             Frame::User(p) => p.msg().identity,
@@ -708,7 +727,7 @@ mod tests {
             ),
             (Ok(()), true),
         ] {
-            let (remote, conn, completion, mut frames) = written_but_unreported();
+            let (remote, conn, completion, frames) = written_but_unreported();
             let mut after = After::default();
             remote.ack_received(ack_of(&frames), &mut after);
             assert!(
@@ -732,18 +751,11 @@ mod tests {
                 "the closed connection failed the acknowledged message"
             );
             run(after);
-            let mut after = After::default();
             let failed_write = writer_result.is_err();
-            remote.written(&lim(), &conn, &mut frames, writer_result, &mut after);
-            run(after);
-            finish_written(&mut frames);
-            let Ok(outcome) = completion.try_wait() else {
-                panic!("the send never completed")
-            };
+            let outcome = report(&remote, &conn, frames, writer_result, completion);
             assert!(
                 outcome.is_ok(),
-                "writer failed: {failed_write}, removed: {also_removed}: {:?}",
-                outcome.err().map(|e| e.error)
+                "writer failed: {failed_write}, removed: {also_removed}: {outcome:?}"
             );
         }
     }
@@ -751,20 +763,14 @@ mod tests {
     /// Without an ACK, a connection that closes fails the message the writer reports.
     #[test]
     fn an_unacknowledged_message_fails_with_its_connection() {
-        let (remote, conn, completion, mut frames) = written_but_unreported();
+        let (remote, conn, completion, frames) = written_but_unreported();
         let mut after = After::default();
         let reason = Error::Protocol {
             reason: "peer closed the connection".into(),
         };
         remote.conn_closed(&conn, &reason, false, false, &mut after);
         run(after);
-        let mut after = After::default();
-        remote.written(&lim(), &conn, &mut frames, Ok(()), &mut after);
-        run(after);
-        finish_written(&mut frames);
-        let Ok(outcome) = completion.try_wait() else {
-            panic!("the send never completed")
-        };
+        let outcome = report(&remote, &conn, frames, Ok(()), completion);
         assert!(
             outcome.is_err(),
             "a message without its ACK was reported delivered"
