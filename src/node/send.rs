@@ -7,8 +7,8 @@ use crate::frame::SendResult;
 
 thread_local! {
     /// The remote this thread last sent to: its node's instance number, the address sent
-    /// to, and the remote. A thread that sends to one peer after another finds it here instead of
-    /// hashing the address and taking the table shard's lock each time. Weak: it keeps no
+    /// to, and the remote. A thread that sends to the same peer again and again finds it
+    /// here instead of hashing the address and taking the table shard's lock each time. Weak: it keeps no
     /// remote (nor its connection) alive; a remote removed since is found out by
     /// [`Remote::enqueue`], which hands the message back to be looked up again.
     static LAST_REMOTE: std::cell::RefCell<Option<(u64, SocketAddr, std::sync::Weak<Remote>)>> =
