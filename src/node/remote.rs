@@ -286,15 +286,24 @@ impl Remote {
                 }
             }
         } else {
+            // How many fit the batch, counted in place; then moved straight from the queue
+            // into the writer's list (one move per message, not two).
             let mut bytes = 0u64;
-            while bytes < BATCH_BYTES {
-                let Some(p) = st.user.pop_front() else {
-                    break;
-                };
-                bytes += 27 + p.msg().payload_len();
-                st.serial = st.serial.wrapping_add(1);
-                out.push((Frame::User(p), st.serial));
-            }
+            let n = st
+                .user
+                .iter()
+                .take_while(|p| {
+                    let fits = bytes < BATCH_BYTES;
+                    bytes += 27 + p.msg().payload_len();
+                    fits
+                })
+                .count();
+            let mut serial = st.serial;
+            out.extend(st.user.drain(..n).map(|p| {
+                serial = serial.wrapping_add(1);
+                (Frame::User(p), serial)
+            }));
+            st.serial = serial;
         }
     }
 
