@@ -763,8 +763,7 @@ mod tests {
     #[test]
     fn a_thread_that_cannot_be_started_refuses_one_connection_only() {
         use std::io::Read;
-        let echo = Node::start_inline(config(true), |n, m| drop(n.send(m))).unwrap();
-        let to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
+        let (echo, to) = echo(true);
         // Accepting side: the next reader thread cannot be started.
         echo.inner.fail_spawns.store(1, Ordering::SeqCst);
         let mut s = TcpStream::connect(to).unwrap();
@@ -842,13 +841,8 @@ mod tests {
         assert!(e.to_string().contains("writer thread"), "{e}");
         assert_eq!(node.stats().refused_resources, 1);
         // The node still works: an echo elsewhere answers.
-        let echo = Node::start_inline(config(false), |n, m| drop(n.send(m))).unwrap();
-        let (tx, rx) = mpsc::channel();
-        let client = Node::start(config(false), move |m| {
-            let _ = tx.send(m.data().to_vec());
-        })
-        .unwrap();
-        let e_to = SocketAddr::from(([127, 0, 0, 1], echo.port()));
+        let (echo, e_to) = echo(false);
+        let (client, rx) = collecting(config(false));
         client
             .send(Message::to(e_to, b"ok".to_vec()))
             .wait()

@@ -456,20 +456,17 @@ impl Remote {
             st.conn = None;
         }
         let mut failed_one = in_flight;
-        match &st.wait_ack {
-            // Its ACK arrived while the writer was still reporting the write: it was
-            // delivered, whatever became of the connection since. It stays, and the
-            // writer's report completes it (successfully, since the write succeeded).
-            Some(w) if w.conn.id == conn.id && w.acked => failed_one = true,
-            Some(w) if w.conn.id == conn.id => {
-                let w = st.wait_ack.take().expect("checked");
-                if let Some(p) = w.pending {
+        if let Some(w) = st.wait_ack.as_ref().filter(|w| w.conn.id == conn.id) {
+            failed_one = true;
+            // An acknowledged one (its ACK arrived while the writer was still reporting the
+            // write) was delivered, whatever became of the connection since: it stays, and
+            // the writer's report completes it. Any other fails; one without `pending` is
+            // still with the writer, which fails it.
+            if !w.acked {
+                if let Some(p) = st.wait_ack.take().and_then(|w| w.pending) {
                     after.push(Deferred::send(p, Err(reason.clone())));
                 }
-                // A message without `pending` is still with the writer, which fails it.
-                failed_one = true;
             }
-            _ => {}
         }
         if st.conn.is_none() {
             // Queued ACKs are dropped (the peer will time out, as with C), but their

@@ -24,16 +24,27 @@ impl Inner {
     /// The remote for `addr`: this thread's last one if it is the same, else from the
     /// table (and remembered).
     fn remote_for(&self, addr: SocketAddr) -> Arc<Remote> {
-        let cached = LAST_REMOTE.with(|c| match &*c.borrow() {
-            Some((node, a, r)) if *node == self.instance && *a == addr => r.upgrade(),
-            _ => None,
-        });
+        // `try_with`: a send from another thread-local's destructor, after this one is
+        // gone, simply looks the remote up.
+        let cached = LAST_REMOTE
+            .try_with(|c| match &*c.borrow() {
+                Some((node, a, r)) if *node == self.instance && *a == addr => r.upgrade(),
+                _ => None,
+            })
+            .ok()
+            .flatten();
         if let Some(r) = cached {
             return r;
         }
         let r = self.remotes.get_or_create(addr);
-        LAST_REMOTE.with(|c| *c.borrow_mut() = Some((self.instance, addr, Arc::downgrade(&r))));
+        self.remember(addr, &r);
         r
+    }
+
+    /// Makes `remote` this thread's remembered one.
+    fn remember(&self, addr: SocketAddr, remote: &Arc<Remote>) {
+        let _ = LAST_REMOTE
+            .try_with(|c| *c.borrow_mut() = Some((self.instance, addr, Arc::downgrade(remote))));
     }
 
     /// Queues `p` for `addr`, starting from the remote in `cache` when there is one (a
@@ -61,9 +72,7 @@ impl Inner {
                     remote = self.remotes.get_or_create(addr);
                     match cache {
                         Some(c) => *c.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone(),
-                        None => LAST_REMOTE.with(|c| {
-                            *c.borrow_mut() = Some((self.instance, addr, Arc::downgrade(&remote)))
-                        }),
+                        None => self.remember(addr, &remote),
                     }
                 }
                 Enqueued::Full(back) => {
