@@ -20,7 +20,8 @@ const DAY: Duration = Duration::from_secs(86_400);
 fn pki(n: usize) -> &'static TestPki {
     static PKIS: [OnceLock<TestPki>; 2] = [OnceLock::new(), OnceLock::new()];
     PKIS[n].get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("chirp-cert-test-{}-{n}", std::process::id()));
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("chirp-cert-test-{}-{n}", std::process::id()));
         TestPki::generate(&dir).expect("generate PKI")
     })
 }

@@ -351,7 +351,8 @@ fn pki() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
     PKI.get_or_init(|| {
         TestPki::generate(
-            &std::env::temp_dir().join(format!("libchirp-conformance-{}", std::process::id())),
+            &std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("libchirp-conformance-{}", std::process::id())),
         )
         .unwrap()
     })

@@ -121,7 +121,8 @@ fn the_statistics_reach_a_metrics_recorder_by_name() {
 #[test]
 fn the_certificate_expiry_is_a_gauge_in_seconds_that_follows_a_reload() {
     use std::time::{Duration, SystemTime};
-    let dir = std::env::temp_dir().join(format!("chirp-metrics-pki-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("chirp-metrics-pki-{}", std::process::id()));
     let pki = libchirp::pki::TestPki::generate(&dir).unwrap();
     let mut c = config(true);
     c.disable_encryption = false;

@@ -135,7 +135,8 @@ fn protocol_violations_count_as_closed_or_refused() {
 
 #[test]
 fn a_stranger_without_our_tls_is_refused_and_counted() {
-    let dir = std::env::temp_dir().join(format!("chirp-observe-pki-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("chirp-observe-pki-{}", std::process::id()));
     let pki = TestPki::generate(&dir).unwrap();
     let mut c = config(true);
     c.disable_encryption = false;

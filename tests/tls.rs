@@ -17,7 +17,8 @@ use support::*;
 fn pki() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
     PKI.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("libchirp-tls-test-{}", std::process::id()));
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("libchirp-tls-test-{}", std::process::id()));
         TestPki::generate(&dir).expect("generate PKI")
     })
 }
@@ -82,7 +83,8 @@ fn read_handshake(s: &mut SslStream<TcpStream>) -> Result<Handshake, String> {
 
 #[test]
 fn certificate_files_are_checked_at_start() {
-    let dir = std::env::temp_dir().join(format!("libchirp-badpki-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("libchirp-badpki-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let garbage = dir.join("garbage.pem");
     std::fs::write(

@@ -20,7 +20,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn scratch(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("chirp-cli-cert-{what}-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("chirp-cli-cert-{what}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -195,7 +195,8 @@ fn converge(net: &Net, mut start: impl FnMut(usize, Option<Ipv4Addr>) -> Proc) {
 fn a_mixed_cluster_of_gossip_py_on_the_c_core_and_gossip_rs_converges() {
     let _g = serial();
     let net = Net::new(4);
-    let dir = std::env::temp_dir().join(format!("chirp-gossip-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("chirp-gossip-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = patched_gossip_py(&dir);
     let (python, rust) = (peer_python(), rust_gossip());

@@ -296,7 +296,8 @@ impl Drop for Proc {
 pub fn other_pki() -> &'static libchirp::pki::TestPki {
     static PKI: std::sync::OnceLock<libchirp::pki::TestPki> = std::sync::OnceLock::new();
     PKI.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("chirp-hosts-pki2-{}", std::process::id()));
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("chirp-hosts-pki2-{}", std::process::id()));
         libchirp::pki::TestPki::generate(&dir).expect("PKI")
     })
 }
@@ -305,7 +306,8 @@ pub fn other_pki() -> &'static libchirp::pki::TestPki {
 pub fn pki() -> &'static libchirp::pki::TestPki {
     static PKI: std::sync::OnceLock<libchirp::pki::TestPki> = std::sync::OnceLock::new();
     PKI.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("chirp-hosts-pki-{}", std::process::id()));
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("chirp-hosts-pki-{}", std::process::id()));
         libchirp::pki::TestPki::generate(&dir).expect("PKI")
     })
 }
