@@ -121,6 +121,10 @@
 //! of small messages run about three times as fast as with `send()`. Use `send()` when
 //! messages go to many peers or each outcome matters on its own.
 //!
+//! Data of up to [`Payload::INLINE`] (16) bytes given as a slice or an array is stored
+//! inside the [`Message`], without a heap allocation, and a small received message needs
+//! none either: for small messages, build them from slices rather than fresh `Vec`s.
+//!
 //! ```
 //! use libchirp::{queue::Chirp, Config, Message};
 //!
@@ -132,7 +136,8 @@
 //! let node = Chirp::new(config)?;
 //! let peer = node.peer(format!("127.0.0.1:{}", inbox.port()).parse()?)?;
 //! for chunk in 0..4u8 {
-//!     let batch = (0..250u8).map(|i| Message::new(vec![chunk, i]));
+//!     // Two bytes from an array: kept inside the message, no heap allocation.
+//!     let batch = (0..250u8).map(|i| Message::new([chunk, i]));
 //!     match peer.send_batch(batch).wait() {
 //!         Ok(n) => assert_eq!(n, 250),
 //!         Err(failed) => eprintln!("{failed}; {} to retry", failed.failures().len()),
@@ -329,7 +334,7 @@ pub mod wire;
 pub use completion::{Completer, Completion};
 pub use config::{Config, Effective};
 pub use error::{Error, Result};
-pub use message::{Identity, Message};
+pub use message::{Identity, Message, Payload};
 pub use node::{Event, Node, Peer, RemoteInfo, Stats};
 pub use outcome::{BatchError, SendError};
 pub use tls::Certificate;

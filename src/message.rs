@@ -1,5 +1,6 @@
 //! Messages and node identities.
 
+use smallvec::SmallVec;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -91,6 +92,127 @@ impl From<[u8; 16]> for Identity {
     }
 }
 
+/// The data of a [`Message`]: up to [`Payload::INLINE`] bytes are stored inside the message
+/// itself, larger data on the heap.
+///
+/// You rarely name this type: the message constructors and [`Message::set_data`] take
+/// anything that converts into it — a `Vec<u8>` (taken over without copying, unless it is
+/// small enough to be stored inline), a byte slice or array, a `Cow<[u8]>`, a `String` or
+/// `&str`. A small
+/// payload given as a slice or array costs no heap allocation on the sending side, and a
+/// small received payload none on the receiving side.
+///
+/// # Examples
+///
+/// ```
+/// use libchirp::{Message, Payload};
+///
+/// let counter: u64 = 7;
+/// // Eight bytes from a stack array: stored inline, no allocation.
+/// let msg = Message::to("127.0.0.1:2998".parse().unwrap(), counter.to_be_bytes());
+/// assert_eq!(msg.data(), &7u64.to_be_bytes());
+/// assert!(Payload::from(&[0u8; 16][..]).is_inline());
+/// assert!(!Payload::from(vec![0u8; 17]).is_inline());
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Payload(SmallVec<[u8; Payload::INLINE]>);
+
+impl Payload {
+    /// The most bytes stored inside the message, without a heap allocation. (The inline
+    /// buffer takes the place of a `Vec`'s pointer and length: a message is no larger.)
+    pub const INLINE: usize = 16;
+
+    /// True when the bytes are stored inline, not on the heap.
+    pub fn is_inline(&self) -> bool {
+        !self.0.spilled()
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Payload {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Payload({} bytes)", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    /// Takes the vector over; one whose capacity fits inline is copied in and freed.
+    fn from(v: Vec<u8>) -> Payload {
+        Payload(SmallVec::from_vec(v))
+    }
+}
+
+impl From<&Vec<u8>> for Payload {
+    fn from(v: &Vec<u8>) -> Payload {
+        Payload(SmallVec::from_slice(v))
+    }
+}
+
+impl From<&[u8]> for Payload {
+    fn from(v: &[u8]) -> Payload {
+        Payload(SmallVec::from_slice(v))
+    }
+}
+
+impl<const N: usize> From<[u8; N]> for Payload {
+    fn from(v: [u8; N]) -> Payload {
+        Payload(SmallVec::from_slice(&v))
+    }
+}
+
+impl<const N: usize> From<&[u8; N]> for Payload {
+    fn from(v: &[u8; N]) -> Payload {
+        Payload(SmallVec::from_slice(v))
+    }
+}
+
+impl From<Box<[u8]>> for Payload {
+    fn from(v: Box<[u8]>) -> Payload {
+        Payload::from(Vec::from(v))
+    }
+}
+
+impl From<std::borrow::Cow<'_, [u8]>> for Payload {
+    fn from(v: std::borrow::Cow<'_, [u8]>) -> Payload {
+        match v {
+            std::borrow::Cow::Borrowed(b) => Payload::from(b),
+            std::borrow::Cow::Owned(v) => Payload::from(v),
+        }
+    }
+}
+
+impl From<String> for Payload {
+    fn from(v: String) -> Payload {
+        Payload::from(v.into_bytes())
+    }
+}
+
+impl From<&str> for Payload {
+    fn from(v: &str) -> Payload {
+        Payload(SmallVec::from_slice(v.as_bytes()))
+    }
+}
+
+impl From<Payload> for Vec<u8> {
+    /// The bytes as a vector (a heap allocation when they were stored inline).
+    fn from(p: Payload) -> Vec<u8> {
+        p.0.into_vec()
+    }
+}
+
 /// A message: identity, serial, header and data bytes, the peer's address, and — for a
 /// received message — the slot it occupies until it is released.
 ///
@@ -116,7 +238,7 @@ pub struct Message {
     pub(crate) identity: Identity,
     pub(crate) serial: u32,
     pub(crate) header: Vec<u8>,
-    pub(crate) data: Vec<u8>,
+    pub(crate) data: Payload,
     pub(crate) address: Option<SocketAddr>,
     pub(crate) remote_identity: Identity,
     pub(crate) type_bits: u8,
@@ -125,7 +247,10 @@ pub struct Message {
 
 impl Message {
     /// A new message with a random identity and the given data, without a destination yet.
-    pub fn new(data: impl Into<Vec<u8>>) -> Message {
+    ///
+    /// Data of up to [`Payload::INLINE`] bytes given as a slice or array is kept inside
+    /// the message, without a heap allocation; a `Vec` is taken over as it is.
+    pub fn new(data: impl Into<Payload>) -> Message {
         Message {
             identity: Identity::random(),
             serial: 0,
@@ -139,7 +264,7 @@ impl Message {
     }
 
     /// A new message addressed to `addr` (address and port of the receiving node).
-    pub fn to(addr: SocketAddr, data: impl Into<Vec<u8>>) -> Message {
+    pub fn to(addr: SocketAddr, data: impl Into<Payload>) -> Message {
         let mut m = Message::new(data);
         m.address = Some(addr);
         m
@@ -192,13 +317,13 @@ impl Message {
     }
 
     /// Replaces the data (for example to reply with the received message).
-    pub fn set_data(&mut self, data: impl Into<Vec<u8>>) {
+    pub fn set_data(&mut self, data: impl Into<Payload>) {
         self.data = data.into();
     }
 
     /// Takes the data out, leaving the message's data empty.
     pub fn take_data(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.data)
+        std::mem::take(&mut self.data).into()
     }
 
     /// The peer: the sender's address and advertised port on a received message, the
@@ -333,6 +458,64 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if self.owner.is_some() {
             self.do_release(None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+
+    fn bytes(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn every_conversion_keeps_the_bytes_and_only_small_ones_stay_inline() {
+        for len in [0, 1, 15, 16, 17, 100, 5000] {
+            let b = bytes(len);
+            let inline = len <= Payload::INLINE;
+            let all = [
+                Payload::from(b.clone()),
+                Payload::from(&b),
+                Payload::from(&b[..]),
+                Payload::from(b.clone().into_boxed_slice()),
+            ];
+            for (i, p) in all.iter().enumerate() {
+                assert_eq!(&p[..], &b[..], "conversion {i} changed {len} bytes");
+                // A Vec is taken over as it is, unless its capacity fits inline.
+                assert_eq!(p.is_inline(), inline, "conversion {i} of {len} bytes");
+            }
+            assert_eq!(Vec::from(all[0].clone()), b, "{len} bytes back into a Vec");
+        }
+        assert_eq!(&Payload::from("hi")[..], b"hi");
+        assert_eq!(&Payload::from(String::from("hi"))[..], b"hi");
+        assert_eq!(&Payload::from([1u8, 2, 3])[..], &[1, 2, 3]);
+        assert_eq!(&Payload::from(&[1u8, 2, 3])[..], &[1, 2, 3]);
+        assert!(
+            !Payload::from(Vec::<u8>::with_capacity(64)).is_inline(),
+            "an empty Vec with room for 64 bytes was copied instead of taken over"
+        );
+    }
+
+    #[test]
+    fn the_inline_buffer_takes_no_more_room_than_a_vec() {
+        assert_eq!(
+            std::mem::size_of::<Payload>(),
+            std::mem::size_of::<Vec<u8>>(),
+            "a Payload is larger than the Vec it replaced"
+        );
+    }
+
+    #[test]
+    fn a_message_hands_its_data_back_whatever_its_size() {
+        for len in [0, 16, 17, 300] {
+            let mut m = Message::new(&bytes(len)[..]);
+            assert_eq!(m.data(), &bytes(len)[..]);
+            assert_eq!(m.take_data(), bytes(len), "take_data of {len} bytes");
+            assert!(m.data().is_empty());
+            m.set_data(bytes(len));
+            assert_eq!(m.payload_len(), len as u64);
         }
     }
 }

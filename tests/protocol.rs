@@ -52,6 +52,45 @@ fn handshake_split_over_several_writes_is_accepted() {
     node.close();
 }
 
+/// Payloads around the inline size (16 bytes are kept inside the message, 17 go to the
+/// heap) arrive intact when their bytes come in separate segments: the preamble and a first
+/// piece, then the rest (the reader must wait for it mid-payload).
+#[test]
+fn small_payloads_split_across_segments_arrive_intact() {
+    use std::io::Write;
+    let (node, rx) = inbox_node(config(false));
+    let mut raw = Raw::connect(v4(&node), 4002);
+    raw.stream.set_nodelay(true).unwrap();
+    for len in [1usize, 2, 15, 16, 17, 40] {
+        let data: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(7) ^ 0x5a).collect();
+        let frame = [
+            &libchirp::wire::Preamble {
+                identity: Identity::random(),
+                serial: len as u32,
+                data_len: len as u32,
+                header_len: 0,
+                kind_bits: 0,
+            }
+            .encode()[..],
+            &data,
+        ]
+        .concat();
+        let cut = frame.len() - len + len / 2;
+        raw.stream.write_all(&frame[..cut]).unwrap();
+        raw.stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(20)); // a segment boundary mid-payload
+        raw.stream.write_all(&frame[cut..]).unwrap();
+        let m = recv(&rx, &format!("the {len}-byte message"));
+        assert_eq!(
+            m.data(),
+            &data[..],
+            "the {len}-byte payload arrived changed"
+        );
+        assert_eq!(m.serial(), len as u32);
+    }
+    node.close();
+}
+
 #[test]
 fn sync_sends_one_in_flight_with_serials_per_remote_and_ack_semantics() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -116,7 +116,7 @@ pub(crate) fn run(
         // Scheduled now (rate 0) or at its slot; a late send is charged from `due`.
         scheduled[i as usize].store(due.as_nanos() as u64, Ordering::Relaxed);
         payload[..8].copy_from_slice(&i.to_be_bytes());
-        outstanding.push_back(node.send(Message::to(to, payload.clone())));
+        outstanding.push_back(node.send(Message::to(to, &payload[..])));
         // Drop the ones that finished (asynchronous mode: written).
         while outstanding.front().is_some_and(|c| c.is_ready()) {
             if let Err(e) = outstanding.pop_front().expect("non-empty").wait() {

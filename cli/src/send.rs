@@ -183,7 +183,7 @@ impl Driver {
         st.reap();
         while st.sent < o.count && st.sent - st.back < o.window {
             st.sent += 1;
-            let c = node.send(Message::to(o.to, o.payload.clone()));
+            let c = node.send(Message::to(o.to, &o.payload[..]));
             st.sends.push_back(c);
         }
     }
@@ -304,7 +304,7 @@ pub(crate) fn plain_sends(node: &Node, opts: &Opts) -> Result<(), Fail> {
         if sends.len() as u64 >= opts.window {
             wait_send(sends.pop_front().expect("non-empty"), to, patience)?;
         }
-        sends.push_back(node.send(Message::to(to, opts.payload.clone())));
+        sends.push_back(node.send(Message::to(to, &opts.payload[..])));
     }
     for s in sends {
         wait_send(s, to, patience)?;
@@ -328,7 +328,7 @@ fn batch_sends(node: &Node, opts: &Opts) -> Result<(), Fail> {
         }
         let n = left.min(opts.batch);
         left -= n;
-        let msgs = (0..n).map(|_| Message::new(opts.payload.clone()));
+        let msgs = (0..n).map(|_| Message::new(&opts.payload[..]));
         batches.push_back(peer.send_batch(msgs));
     }
     for b in batches {

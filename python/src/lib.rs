@@ -184,7 +184,7 @@ impl Outbox {
         let header = PyBytes::new(py, msg.header());
         let data = PyBytes::new(py, msg.data());
         // The data now lives in Python; the Rust message stays behind only as the slot.
-        drop(msg.take_data());
+        msg.set_data(Vec::new());
         msg.set_header(Vec::new());
         let slot = Py::new(
             py,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::slots::{Admit, Closed};
 use super::{Conn, ReadBuf};
 use crate::error::Error;
-use crate::message::{Message, Slot};
+use crate::message::{Message, Payload, Slot};
 use crate::wire::{FrameKind, Preamble, PREAMBLE_SIZE};
 
 /// Payloads at least this large are read straight into the message instead of through the
@@ -136,6 +136,28 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// Reads exactly `len` data bytes: a small payload into the message itself (no heap
+    /// allocation), a larger one as [`Source::read_payload`] does.
+    fn read_data(&mut self, len: usize) -> Result<Payload, Error> {
+        if len > Payload::INLINE {
+            return self.read_payload(len).map(Payload::from);
+        }
+        let mut bytes = [0u8; Payload::INLINE];
+        let mut got = 0;
+        loop {
+            let take = self.buf.len().min(len - got);
+            bytes[got..got + take].copy_from_slice(&self.buf.data()[..take]);
+            self.buf.consume(take);
+            self.between_frames = false;
+            got += take;
+            if got == len {
+                return Ok(Payload::from(&bytes[..len]));
+            }
+            self.set_timeout(Some(self.conn.settings.timeout))?;
+            self.fill(None)?;
+        }
+    }
+
     /// Reads exactly `len` payload bytes into a new vector: first what the buffer holds,
     /// then (for large payloads) straight from the socket, growing the vector only as bytes
     /// arrive so that a peer announcing a large message and then stalling costs little.
@@ -218,9 +240,9 @@ fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
                         src.read_payload(usize::from(pre.header_len))?
                     };
                     let data = if pre.data_len == 0 {
-                        Vec::new()
+                        Payload::default()
                     } else {
-                        src.read_payload(pre.data_len as usize)?
+                        src.read_data(pre.data_len as usize)?
                     };
                     let mut msg = Message {
                         identity: pre.identity,
