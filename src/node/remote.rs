@@ -412,10 +412,9 @@ impl Remote {
             Some(p) => {
                 st.wait_ack = None;
                 // The next synchronous message may go now. It is kicked before the acked
-                // one completes: on a reader thread the kick writes it at once, and the
-                // sender woken by the completion would otherwise preempt that write (it
-                // usually wakes on this CPU), costing the whole stream a scheduling slice
-                // per message.
+                // one completes: on a reader thread the kick writes it at once, while the
+                // sender woken by the completion, often placed on this CPU, would otherwise
+                // run first and hold that write back (seen in scheduler traces).
                 if !st.user.is_empty() {
                     if let Some(c) = &st.conn {
                         after.push(Deferred::Kick(c.clone()));
@@ -657,6 +656,24 @@ mod tests {
         Vec<(Frame, u32)>,
     );
 
+    /// Queues a synchronous message on `remote` (which dials `conn` if it has no connection):
+    /// its completion, and what the remote deferred.
+    fn queue(
+        remote: &Arc<Remote>,
+        conn: &Arc<Conn>,
+        data: &[u8],
+    ) -> (Completion<SendResult>, After) {
+        let dial: Dialer = &|_| Ok(conn.clone());
+        let (completion, completer) = Completion::pair();
+        let p = Pending::new(Message::to(conn.peer, data), Done::Wait(completer));
+        let mut after = After::default();
+        assert!(matches!(
+            remote.enqueue(&lim(), p, dial, &mut after),
+            Enqueued::Queued
+        ));
+        (completion, after)
+    }
+
     /// A remote whose current connection is `conn` (dialed, never connected), and one
     /// synchronous message taken by the writer: it awaits its ACK.
     fn written_but_unreported() -> Fixture {
@@ -676,14 +693,7 @@ mod tests {
         });
         let conn = Arc::new(Conn::dial(1, addr, false, settings, Arc::new(NoOwner)).unwrap());
         let remote = Arc::new(Remote::new(addr));
-        let dial: Dialer = &|_| Ok(conn.clone());
-        let (completion, completer) = Completion::pair();
-        let p = Pending::new(Message::to(addr, b"x".to_vec()), Done::Wait(completer));
-        let mut after = After::default();
-        assert!(matches!(
-            remote.enqueue(&lim(), p, dial, &mut after),
-            Enqueued::Queued
-        ));
+        let (completion, _dialed) = queue(&remote, &conn, b"x");
         let mut frames = Vec::new();
         remote.take_frames(&lim(), &conn, &mut frames);
         assert_eq!(frames.len(), 1, "the writer takes the one message");
@@ -799,15 +809,7 @@ mod tests {
         let mut after = After::default();
         remote.written(&lim(), &conn, &mut frames, Ok(()), &mut after);
         assert_eq!(kinds(&after), ["timer"], "written: the ACK deadline only");
-        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
-        let dial: Dialer = &|_| Ok(conn.clone());
-        let (_next, completer) = Completion::pair();
-        let next = Pending::new(Message::to(addr, b"y".to_vec()), Done::Wait(completer));
-        let mut after = After::default();
-        assert!(matches!(
-            remote.enqueue(&lim(), next, dial, &mut after),
-            Enqueued::Queued
-        ));
+        let (_next, after) = queue(&remote, &conn, b"y");
         assert_eq!(kinds(&after), Vec::<&str>::new(), "queued behind the ACK");
         assert!(
             frames.is_empty(),
