@@ -212,6 +212,55 @@ fn listen_prints_one_line_per_message() {
     assert_eq!(serials[2], serials[1].wrapping_add(1));
 }
 
+/// `chirp send --batch N`, the streaming path, asynchronous and synchronous: every message
+/// arrives once, with its serials in order (a batch that does not divide the count, and a
+/// window of several batches).
+#[test]
+fn send_batch_delivers_every_message_once_in_order() {
+    let bin = bin();
+    for mode in [&["--async"][..], &[][..]] {
+        let listen = daemon(bin, &["listen"]);
+        let to = format!("127.0.0.1:{}", listen.port);
+        let mut args = vec![
+            "send",
+            &to,
+            "--data",
+            "batched",
+            "--count",
+            "50",
+            "--batch",
+            "7",
+            "--window",
+            "21",
+            "--no-encryption",
+        ];
+        args.extend_from_slice(mode);
+        let o = run(bin, &args);
+        assert!(o.status.success(), "{mode:?}: {}", stderr(&o));
+        let serials: Vec<u32> = (0..50)
+            .map(|i| {
+                let line = listen
+                    .lines
+                    .recv_timeout(Duration::from_secs(10))
+                    .unwrap_or_else(|_| panic!("{mode:?}: only {i} of 50 messages arrived"));
+                let parts: Vec<&str> = line.splitn(4, ' ').collect();
+                assert_eq!(parts.get(3), Some(&"batched"), "{mode:?}: {line}");
+                parts[2].parse().expect("serial")
+            })
+            .collect();
+        for w in serials.windows(2) {
+            assert_eq!(w[1], w[0].wrapping_add(1), "{mode:?}: serials {serials:?}");
+        }
+        assert!(
+            listen
+                .lines
+                .recv_timeout(Duration::from_millis(200))
+                .is_err(),
+            "{mode:?}: a message arrived twice"
+        );
+    }
+}
+
 #[test]
 fn bench_prints_the_rate_plain_and_tls() {
     let bin = bin();
