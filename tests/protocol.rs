@@ -54,7 +54,8 @@ fn handshake_split_over_several_writes_is_accepted() {
 
 /// Payloads around the inline size (16 bytes are kept inside the message, 17 go to the
 /// heap) arrive intact when their bytes come in separate segments: the preamble and a first
-/// piece, then the rest (the reader must wait for it mid-payload).
+/// piece, then — once the node counted the message, so its reader has parsed the preamble
+/// and waits mid-payload — the rest.
 #[test]
 fn small_payloads_split_across_segments_arrive_intact() {
     use std::io::Write;
@@ -76,9 +77,12 @@ fn small_payloads_split_across_segments_arrive_intact() {
         ]
         .concat();
         let cut = frame.len() - len + len / 2;
+        let counted = node.stats().msgs_in;
         raw.stream.write_all(&frame[..cut]).unwrap();
-        raw.stream.flush().unwrap();
-        std::thread::sleep(Duration::from_millis(20)); // a segment boundary mid-payload
+        assert!(
+            eventually(Duration::from_secs(10), || node.stats().msgs_in > counted),
+            "the reader never parsed the {len}-byte message's preamble"
+        );
         raw.stream.write_all(&frame[cut..]).unwrap();
         let m = recv(&rx, &format!("the {len}-byte message"));
         assert_eq!(

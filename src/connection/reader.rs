@@ -137,25 +137,20 @@ impl<'a> Source<'a> {
     }
 
     /// Reads exactly `len` data bytes: a small payload into the message itself (no heap
-    /// allocation), a larger one as [`Source::read_payload`] does.
+    /// allocation), a larger one as [`Source::read_payload`] does. The read buffer (at least
+    /// 1 KiB) always has room for a whole small payload, so this waits until it holds one.
     fn read_data(&mut self, len: usize) -> Result<Payload, Error> {
         if len > Payload::INLINE {
             return self.read_payload(len).map(Payload::from);
         }
-        let mut bytes = [0u8; Payload::INLINE];
-        let mut got = 0;
-        loop {
-            let take = self.buf.len().min(len - got);
-            bytes[got..got + take].copy_from_slice(&self.buf.data()[..take]);
-            self.buf.consume(take);
-            self.between_frames = false;
-            got += take;
-            if got == len {
-                return Ok(Payload::from(&bytes[..len]));
-            }
+        self.between_frames = false;
+        while self.buf.len() < len {
             self.set_timeout(Some(self.conn.settings.timeout))?;
             self.fill(None)?;
         }
+        let data = Payload::from(&self.buf.data()[..len]);
+        self.buf.consume(len);
+        Ok(data)
     }
 
     /// Reads exactly `len` payload bytes into a new vector: first what the buffer holds,
