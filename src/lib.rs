@@ -324,6 +324,7 @@ mod node;
 mod outcome;
 pub mod pki;
 pub mod pool;
+mod proto;
 pub mod queue;
 mod rand;
 mod sync;

@@ -31,6 +31,11 @@ pub(crate) fn u32() -> u32 {
     with(|r| r.u32(..))
 }
 
+/// A random 64-bit value (a seed for a protocol core's own generator).
+pub(crate) fn u64() -> u64 {
+    with(|r| r.u64(..))
+}
+
 /// 16 random bytes.
 pub(crate) fn bytes16() -> [u8; 16] {
     with(|r| r.u128(..)).to_le_bytes()

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::frame::Frame;
 use crate::message::{Identity, Message, ReleaseDone, Slot, SlotOwner};
+use crate::proto::activity::Activity;
 use crate::tls::{Certificate, TlsCurrent, TlsSession};
 use crate::wire::{Handshake, HANDSHAKE_SIZE};
 use claim::WriteState;
@@ -184,8 +185,9 @@ struct ConnState {
     write: WriteState<Handoff>,
     /// A TLS read produced ciphertext (a handshake reply) that must be written.
     tls_flush: bool,
-    /// Last successful write or received frame.
-    active: Instant,
+    /// Last successful write or received frame, and bytes moved at the last look (for
+    /// garbage collection).
+    active: Activity,
     /// End of the last successful write.
     last_write: Instant,
     /// Threads of this connection still running.
@@ -216,6 +218,9 @@ pub(crate) struct Conn {
     /// When the handshake completed.
     since: OnceLock<Instant>,
     pub(crate) traffic: Traffic,
+    /// Bytes moved either way so far (plaintext read, bytes written): a slow transfer's
+    /// progress, before its frame is complete.
+    moved: AtomicU64,
 }
 
 impl Conn {
@@ -269,7 +274,7 @@ impl Conn {
                 close_reason: None,
                 write: WriteState::new(),
                 tls_flush: false,
-                active: Instant::now(),
+                active: Activity::new(Instant::now(), 0),
                 last_write: Instant::now()
                     .checked_sub(Duration::from_secs(1))
                     .unwrap_or_else(Instant::now),
@@ -282,6 +287,7 @@ impl Conn {
             info: OnceLock::new(),
             since: OnceLock::new(),
             traffic: Traffic::default(),
+            moved: AtomicU64::new(0),
         }
     }
 
@@ -294,11 +300,24 @@ impl Conn {
         self.info.get().copied()
     }
 
-    /// How long since the last successful write or received frame (None while it is
-    /// still being set up or already shutting down).
+    /// How long the connection has been idle: no frame written or received, no bytes
+    /// moved since the last look, no received message holding a slot or parked (see
+    /// [`Activity`]). None while it is still being set up or already shutting down.
     pub(crate) fn idle_for(&self, now: Instant) -> Option<Duration> {
-        let st = self.lock();
-        (st.handshaken && !st.closing).then(|| now.saturating_duration_since(st.active))
+        let bytes = self.bytes_moved();
+        let held = self.slots.held();
+        let mut st = self.lock();
+        (st.handshaken && !st.closing).then(|| st.active.idle_for(now, bytes, held))
+    }
+
+    /// Bytes moved either way so far.
+    pub(crate) fn bytes_moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
+    }
+
+    /// `n` more bytes moved.
+    fn moved(&self, n: usize) {
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Whether the connection is encrypted.
@@ -358,8 +377,8 @@ impl Conn {
             st.write.close()
         };
         self.writer_cv.notify_all();
-        // Parked messages have no slot yet: they are dropped with the connection, like
-        // bytes still in the socket (their senders are failed by the connection loss).
+        // Nothing more is admitted; parked messages were read and are still delivered as
+        // the application releases slots.
         self.slots.close();
         // No TLS close_notify: like C libchirp, connections are closed abruptly.
         self.closed.store(true, Ordering::Release);
@@ -406,7 +425,7 @@ impl Conn {
         let mut st = self.lock();
         if wrote {
             let now = Instant::now();
-            st.active = now;
+            st.active.touch(now);
             st.last_write = now;
         }
         let open = !st.closing;
@@ -669,7 +688,7 @@ fn establish(
             return Err(st.close_reason.clone().unwrap_or(Error::Shutdown));
         }
         st.handshaken = true;
-        st.active = Instant::now();
+        st.active.touch(Instant::now());
     }
     let _ = conn.since.set(Instant::now());
     conn.owner.connected(conn)

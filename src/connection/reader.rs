@@ -60,6 +60,7 @@ impl<'a> Source<'a> {
         let r = self.read_into(dst.space(), deadline);
         if let Ok(n) = r {
             dst.filled(n);
+            self.conn.moved(n);
         }
         self.buf = dst;
         r
@@ -261,7 +262,7 @@ fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
             }
         }
         if alive {
-            conn.lock().active = Instant::now();
+            conn.lock().active.touch(Instant::now());
             owner.activity(conn);
         }
         // Mid-frame, the rest must come within the timeout; between frames, wait freely

@@ -12,8 +12,10 @@
 //!   frees a slot or parks (one thread at a time);
 //! * the reader sleeps only when the message can neither have a slot nor be parked, and a
 //!   release or a delivery from the park always wakes it;
-//! * after [`Slots::close`] nothing more is admitted or delivered, and parked messages are
-//!   dropped (their senders learn of the lost connection).
+//! * after [`Slots::close`] nothing more is admitted, but what was parked is still
+//!   delivered, in order, as slots free up: a message this node has read reaches the
+//!   application even when its connection ends before (a sender that streams and then
+//!   closes loses nothing).
 
 use std::collections::VecDeque;
 
@@ -80,6 +82,13 @@ impl<M> Slots<M> {
         self.lock().used
     }
 
+    /// Received messages hold slots or wait in the park: the connection is held back by
+    /// the application, not idle.
+    pub(crate) fn held(&self) -> bool {
+        let st = self.lock();
+        st.used > 0 || !st.parked.is_empty()
+    }
+
     /// The reader's decision for a message costing `cost`: a slot now, or the park. Waits
     /// only when neither is possible; `before_wait` runs (without the lock) just before it
     /// would, and if it changed nothing the reader sleeps until a slot is released, the park
@@ -121,15 +130,10 @@ impl<M> Slots<M> {
     }
 
     /// Parks `msg` (which [`Slots::admit`] said fits) and delivers what can be delivered.
-    /// On a closed connection the message is dropped.
+    /// Also on a connection closed meanwhile: the message was read, so it is delivered.
     pub(crate) fn park(&self, msg: M, req_ack: bool, cost: usize, deliver: impl FnMut(M, bool)) {
         {
             let mut st = self.lock();
-            if st.closing {
-                drop(st);
-                drop(msg);
-                return;
-            }
             st.parked.push_back((msg, req_ack, cost));
             st.parked_bytes += cost;
         }
@@ -161,7 +165,7 @@ impl<M> Slots<M> {
         loop {
             let (msg, req_ack) = {
                 let mut st = self.lock();
-                let ready = !st.closing && st.used < self.max;
+                let ready = st.used < self.max;
                 match if ready { st.parked.pop_front() } else { None } {
                     Some((msg, req_ack, cost)) => {
                         st.parked_bytes -= cost;
@@ -184,17 +188,11 @@ impl<M> Slots<M> {
         }
     }
 
-    /// The connection closes: nothing more is admitted or delivered, the reader wakes, and
-    /// the parked messages are dropped (here, outside the lock).
+    /// The connection closes: nothing more is admitted and the reader wakes. Parked
+    /// messages stay and are delivered as slots free up (releases call [`Slots::drain`]).
     pub(crate) fn close(&self) {
-        let parked = {
-            let mut st = self.lock();
-            st.closing = true;
-            st.parked_bytes = 0;
-            std::mem::take(&mut st.parked)
-        };
+        self.lock().closing = true;
         self.reader_cv.notify_all();
-        drop(parked);
     }
 }
 

@@ -391,7 +391,9 @@ fn try_write(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> Result
 
 /// A send that never blocks, whatever the socket's mode.
 fn send_nonblocking(conn: &Conn, bufs: &[IoSlice]) -> io::Result<usize> {
-    crate::sys::send_vectored(&conn.stream, bufs, false)
+    let n = crate::sys::send_vectored(&conn.stream, bufs, false)?;
+    conn.moved(n);
+    Ok(n)
 }
 
 /// The writer thread: finishes handoffs, writes batches when direct writers leave them,
@@ -416,7 +418,7 @@ pub(crate) fn run(conn: &Arc<Conn>) {
                 // A direct writer filled the socket: finish its batch.
                 drop(st);
                 frames = h.frames;
-                result = (&conn.stream).write_all(&h.rest).map_err(write_error);
+                result = write_all(conn, &h.rest).map_err(write_error);
             }
             Step::Wait => {
                 // A direct writer is active (it hands over or finishes by itself), or
@@ -503,24 +505,44 @@ fn write_blocking(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> R
             } else {
                 tls.encrypt(parts, cipher)?;
             }
-            (&conn.stream).write_all(cipher).map_err(write_error)?;
+            write_all(conn, cipher).map_err(write_error)?;
             if cipher.capacity() > 1 << 20 {
                 *cipher = Vec::new();
             }
             Ok(())
         }
-        None => write_all_vectored(&conn.stream, parts).map_err(write_error),
+        None => write_all_vectored(conn, parts).map_err(write_error),
     }
 }
 
 /// Writes every slice, blocking (bounded by the socket's write timeout).
-fn write_all_vectored(stream: &std::net::TcpStream, parts: &mut [IoSlice]) -> io::Result<()> {
+fn write_all_vectored(conn: &Conn, parts: &mut [IoSlice]) -> io::Result<()> {
     let mut bufs: &mut [IoSlice] = parts;
     while !bufs.is_empty() {
         let n = bufs.len().min(MAX_IOV);
-        match crate::sys::send_vectored(stream, &bufs[..n], true)? {
+        match crate::sys::send_vectored(&conn.stream, &bufs[..n], true)? {
             0 => return Err(io::ErrorKind::WriteZero.into()),
-            written => IoSlice::advance_slices(&mut bufs, written),
+            written => {
+                conn.moved(written);
+                IoSlice::advance_slices(&mut bufs, written)
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `buf`, blocking (bounded by the socket's write timeout), counting the
+/// bytes as they go (a slow reader's progress shows before the write ends).
+fn write_all(conn: &Conn, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match (&conn.stream).write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                conn.moved(n);
+                buf = &buf[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())

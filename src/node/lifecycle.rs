@@ -112,14 +112,10 @@ impl Inner {
                 self.timers
                     .schedule(Instant::now() + Duration::from_millis(delay), Timed::Gc);
             }
-            Timed::Debounce(key) => {
+            Timed::Remote(t) => {
+                let (Timer::Debounce(key) | Timer::AckDeadline(key) | Timer::Stall(key)) = t;
                 if let Some(r) = self.remotes.get(&key) {
-                    r.unblock(&|r| self.dial_conn(r), &mut after);
-                }
-            }
-            Timed::AckDeadline(key) => {
-                if let Some(r) = self.remotes.get(&key) {
-                    r.ack_deadline(&self.lim, &mut after);
+                    r.on_timer(&self.lim, t, &|r| self.dial_conn(r), &mut after);
                 }
             }
             Timed::Request(id, identity) => {
@@ -147,7 +143,7 @@ impl Inner {
             }
         }
         for remote in self.remotes.all() {
-            if remote.is_idle(now, r) {
+            if remote.collectable(&self.lim, now) {
                 self.remove_remote(&remote, after);
             }
         }

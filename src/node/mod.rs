@@ -6,7 +6,6 @@
 
 mod admission;
 mod dial;
-mod key;
 mod lifecycle;
 mod link;
 #[cfg(feature = "metrics")]
@@ -45,7 +44,7 @@ use crate::wire::Handshake;
 use crate::burst::{more, Burst};
 use admission::{accept_loop, bind};
 use link::Link;
-use remote::{After, Deferred, Enqueued, Limits, Remote};
+use remote::{After, Deferred, Enqueued, Limits, Remote, Timer};
 use remotes::Remotes;
 use requests::Requests;
 use stats::{bump, Counters, Events};
@@ -136,7 +135,7 @@ impl Inner {
                 Deferred::Dial(conn) => self.start_dial(conn),
                 Deferred::Shutdown(conn, reason) => conn.shutdown(reason, false),
                 Deferred::Kick(conn) => conn.kick(),
-                Deferred::Timer(at, ev) => self.timers.schedule(at, ev),
+                Deferred::Timer(at, t) => self.timers.schedule(at, Timed::Remote(t)),
             }
         }
     }
@@ -663,7 +662,7 @@ mod tests {
                 .unwrap();
             assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), b"warm-up");
             let inner = &node.inner;
-            let mine = inner.remotes.shard(&key::key_of(&to)) as *const _;
+            let mine = inner.remotes.shard(&crate::proto::key::key_of(&to)) as *const _;
             let held: Vec<_> = inner
                 .remotes
                 .shards
@@ -711,17 +710,20 @@ mod tests {
                 assert_eq!(back, Ok(vec![round]), "round {round} (synchronous: {sync})");
                 let old = inner
                     .remotes
-                    .get(&key::key_of(&to))
+                    .get(&crate::proto::key::key_of(&to))
                     .expect("the remote of the send");
                 let mut after = After::default();
                 inner.remove_remote(&old, &mut after);
                 inner.run_after(&mut after);
-                assert!(inner.remotes.get(&key::key_of(&to)).is_none());
+                assert!(inner.remotes.get(&crate::proto::key::key_of(&to)).is_none());
                 // `old` is still held: the remembered remote upgrades, and must be refused.
                 node.send(Message::to(to, vec![round, 1])).wait().unwrap();
                 let back = rx.recv_timeout(Duration::from_secs(10));
                 assert_eq!(back, Ok(vec![round, 1]), "round {round} after the removal");
-                let new = inner.remotes.get(&key::key_of(&to)).expect("a new remote");
+                let new = inner
+                    .remotes
+                    .get(&crate::proto::key::key_of(&to))
+                    .expect("a new remote");
                 assert!(
                     !Arc::ptr_eq(&old, &new),
                     "the removed remote was used again"

@@ -10,8 +10,8 @@ use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-use super::key::{key_of, RemoteKey};
 use super::remote::Remote;
+use crate::proto::key::{key_of, RemoteKey};
 
 const SHARDS: usize = 16;
 

@@ -10,7 +10,7 @@ use std::collections::BinaryHeap;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-use super::key::RemoteKey;
+use crate::proto::remote::Timer;
 
 /// A timed event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +19,8 @@ pub(crate) enum Event {
     /// Publish the statistics through the `metrics` facade.
     #[cfg(feature = "metrics")]
     Metrics,
-    Debounce(RemoteKey),
-    AckDeadline(RemoteKey),
+    /// One of a remote's timers.
+    Remote(Timer),
     Request(u64, crate::message::Identity),
 }
 
@@ -152,18 +152,24 @@ mod tests {
         };
         let now = Instant::now();
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        timers.schedule(now + Duration::from_millis(60), Event::Debounce((ip, 2)));
-        timers.schedule(now + Duration::from_millis(20), Event::Debounce((ip, 1)));
+        timers.schedule(
+            now + Duration::from_millis(60),
+            Event::Remote(Timer::Debounce((ip, 2))),
+        );
+        timers.schedule(
+            now + Duration::from_millis(20),
+            Event::Remote(Timer::Debounce((ip, 1))),
+        );
         timers.schedule(now, Event::Gc);
         let deadline = Instant::now() + Duration::from_secs(5);
         assert_eq!(rx.recv_deadline(deadline).unwrap(), Event::Gc);
         assert_eq!(
             rx.recv_deadline(deadline).unwrap(),
-            Event::Debounce((ip, 1))
+            Event::Remote(Timer::Debounce((ip, 1)))
         );
         assert_eq!(
             rx.recv_deadline(deadline).unwrap(),
-            Event::Debounce((ip, 2))
+            Event::Remote(Timer::Debounce((ip, 2)))
         );
         assert!(now.elapsed() >= Duration::from_millis(60));
         timers.stop();
