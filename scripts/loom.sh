@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Model-checks the hand-rolled synchronisation with loom: the one-shot completion and its
 # callback (src/completion.rs), a batch's shared outcome (src/frame.rs), a connection's
-# receive slots and park (src/connection/slots.rs), the claim of a connection's write side
+# receive slots and park (src/proto/slots.rs), the claim of a connection's write side
 # by direct writers and its writer thread (src/connection/claim.rs), and the pending
 # requests' table against answers, timeouts and close (src/node/requests.rs), built with
 # loom's Mutex,

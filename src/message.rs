@@ -388,6 +388,19 @@ pub(crate) struct ReleaseDone {
 }
 
 impl ReleaseDone {
+    /// The release of message `identity`/`serial`, completing `done` when finished.
+    pub(crate) fn new(
+        identity: Identity,
+        serial: u32,
+        done: Option<Completer<(Identity, u32)>>,
+    ) -> ReleaseDone {
+        ReleaseDone {
+            identity,
+            serial,
+            done,
+        }
+    }
+
     pub(crate) fn finish(mut self) {
         if let Some(c) = self.done.take() {
             c.complete((self.identity, self.serial));
@@ -442,11 +455,7 @@ impl Slot {
     }
 
     fn do_release(&mut self, done: Option<Completer<(Identity, u32)>>) {
-        let rd = ReleaseDone {
-            identity: self.identity,
-            serial: self.serial,
-            done,
-        };
+        let rd = ReleaseDone::new(self.identity, self.serial, done);
         match self.owner.take() {
             Some(owner) => owner.release_slot(self.req_ack, rd),
             None => rd.finish(),

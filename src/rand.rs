@@ -26,11 +26,6 @@ fn with<T>(f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
     RNG.with(|r| f(&mut r.borrow_mut()))
 }
 
-/// A random 32-bit value.
-pub(crate) fn u32() -> u32 {
-    with(|r| r.u32(..))
-}
-
 /// A random 64-bit value (a seed for a protocol core's own generator).
 pub(crate) fn u64() -> u64 {
     with(|r| r.u64(..))

@@ -18,7 +18,7 @@
 
 mod claim;
 mod reader;
-mod slots;
+
 mod writer;
 
 use std::io::{self, Write};
@@ -31,10 +31,10 @@ use crate::error::Error;
 use crate::frame::Frame;
 use crate::message::{Identity, Message, ReleaseDone, Slot, SlotOwner};
 use crate::proto::activity::Activity;
+use crate::proto::slots::Slots;
 use crate::tls::{Certificate, TlsCurrent, TlsSession};
 use crate::wire::{Handshake, HANDSHAKE_SIZE};
 use claim::WriteState;
-use slots::Slots;
 
 /// Stack sizes, chosen deliberately: idle connections must stay small (only touched pages
 /// become resident, but every thread costs memory mappings).

@@ -11,10 +11,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::slots::{Admit, Closed};
 use super::{Conn, ReadBuf};
 use crate::error::Error;
 use crate::message::{Message, Payload, Slot};
+use crate::proto::slots::{Admit, Closed};
 use crate::wire::{FrameKind, Preamble, PREAMBLE_SIZE};
 
 /// Payloads at least this large are read straight into the message instead of through the
@@ -299,7 +299,7 @@ fn frames_buffered(buf: &[u8], max: usize) -> usize {
 }
 
 /// Decides how the data frame of `len` payload bytes is taken in (see
-/// [`Slots::admit`](super::slots::Slots::admit)). Waits only when it can neither have a
+/// [`Slots::admit`](crate::proto::slots::Slots::admit)). Waits only when it can neither have a
 /// slot nor be parked: the park is full, or it is alone and larger than the whole park.
 /// (Until then the reader goes on reading — ACKs and NOOPs behind an undeliverable message
 /// are still seen, so two nodes waiting on each other's ACK do not deadlock.) Before it

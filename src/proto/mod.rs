@@ -12,6 +12,9 @@
 pub(crate) mod activity;
 pub(crate) mod key;
 pub(crate) mod remote;
+#[cfg(test)]
+mod sim;
+pub(crate) mod slots;
 
 use crate::error::Error;
 

@@ -187,11 +187,6 @@ impl<C: ConnRef> RemoteCore<C> {
         self.conn.as_ref()
     }
 
-    /// Whether the remote was taken out of its table.
-    pub(crate) fn is_removed(&self) -> bool {
-        self.removed
-    }
-
     /// Nothing is queued and nothing awaits its ACK.
     fn quiet(&self) -> bool {
         self.user.is_empty() && self.wait_ack.is_none()
@@ -620,9 +615,15 @@ impl<C: ConnRef> RemoteCore<C> {
             return;
         }
         if let (Some(c), Some(bytes)) = (&self.conn, conn_bytes) {
-            let seen = (c.id(), bytes);
-            if self.seen_bytes != Some(seen) {
-                self.seen_bytes = Some(seen);
+            // Bytes moved since the last look at the same connection; a connection seen
+            // for the first time counts only if it has moved any (one still dialing a
+            // dead peer has not).
+            let moved = match self.seen_bytes {
+                Some((id, before)) if id == c.id() => bytes != before,
+                _ => bytes > 0,
+            };
+            self.seen_bytes = Some((c.id(), bytes));
+            if moved {
                 self.progress = self.progress.max(now);
             }
         }

@@ -101,16 +101,8 @@ impl<M> Slots<M> {
     ) -> Result<Admit, Closed> {
         let mut st = self.lock();
         loop {
-            if st.closing {
-                return Err(Closed);
-            }
-            let queued = !st.parked.is_empty() || st.draining;
-            if !queued && st.used < self.max {
-                st.used += 1;
-                return Ok(Admit::Direct);
-            }
-            if st.parked_bytes.saturating_add(cost) <= self.limit {
-                return Ok(Admit::Park(cost));
+            if let Some(decided) = self.decide(&mut st, cost) {
+                return decided;
             }
             drop(st);
             before_wait();
@@ -127,6 +119,28 @@ impl<M> Slots<M> {
             st.reader_waiting = false;
             after_wait();
         }
+    }
+
+    /// The reader's decision for a message costing `cost` without waiting: `None` when it
+    /// can neither have a slot nor be parked (the reader must stop reading until a release).
+    #[cfg(test)]
+    pub(crate) fn try_admit(&self, cost: usize) -> Option<Result<Admit, Closed>> {
+        self.decide(&mut self.lock(), cost)
+    }
+
+    fn decide(&self, st: &mut State<M>, cost: usize) -> Option<Result<Admit, Closed>> {
+        if st.closing {
+            return Some(Err(Closed));
+        }
+        let queued = !st.parked.is_empty() || st.draining;
+        if !queued && st.used < self.max {
+            st.used += 1;
+            return Some(Ok(Admit::Direct));
+        }
+        if st.parked_bytes.saturating_add(cost) <= self.limit {
+            return Some(Ok(Admit::Park(cost)));
+        }
+        None
     }
 
     /// Parks `msg` (which [`Slots::admit`] said fits) and delivers what can be delivered.

@@ -1,0 +1,1728 @@
+//! The deterministic simulator: several nodes of the real protocol core ([`RemoteCore`],
+//! [`Slots`], [`Activity`]) in one thread, over a simulated network and clock, driven by a
+//! seed. Faults: latency and jitter, partitions, connection resets, peers that never
+//! handshake, never read, read slowly or never release, slow consumers, pauses, crash and
+//! restart, node close. The workload mixes synchronous and asynchronous nodes, batches and
+//! releases. Every run checks the properties in [`Sim::check_now`] and [`Sim::finish`];
+//! a failing run names its seed, and the same seed replays the same run exactly (the
+//! trace's hash is part of the report).
+//!
+//! The glue here plays the part of the node's threads (writer, reader, timer, garbage
+//! collection, the application); every decision it acts on comes from the production
+//! code. `scripts/sim.sh --seed S` replays one seed, `--seeds N` explores.
+
+use std::cell::{Cell, RefCell};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::completion::Completion;
+use crate::error::Error;
+use crate::frame::{Batch, Done, Frame, Pending};
+use crate::message::{Identity, Message, ReleaseDone};
+
+use super::activity::Activity;
+use super::key::RemoteKey;
+use super::remote::{finish_written, Action, Actions, Enqueued, Limits, RemoteCore, Timer};
+use super::slots::{Admit, Slots};
+use super::ConnRef;
+
+/// Simulated time, in microseconds.
+type T = u64;
+const MS: T = 1_000;
+const SEC: T = 1_000_000;
+
+/// The simulated network's bandwidth per connection (bytes per millisecond) and how many
+/// unread bytes a connection holds before its writer blocks (the socket buffers).
+const FAST: usize = 50_000;
+const SLOW: usize = 20;
+const WIRE_CAP: usize = 64 * 1024;
+const CHUNK: usize = 16 * 1024;
+/// Frame overhead on the wire (preamble).
+const PREAMBLE: usize = 27;
+
+#[derive(Clone)]
+struct H {
+    id: u64,
+    reason: Rc<RefCell<Option<Error>>>,
+}
+
+impl ConnRef for H {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn close_reason(&self) -> Option<Error> {
+        self.reason.borrow().clone()
+    }
+}
+
+/// How a node misbehaves while a fault lasts.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct Behaviour {
+    /// Accepts connections but never answers the handshake.
+    no_handshake: bool,
+    /// Stops reading its connections.
+    no_read: bool,
+    /// Reads at a trickle.
+    slow_read: bool,
+    /// Its application never releases what it received.
+    no_release: bool,
+    /// Its application releases slowly (longer than the timeout).
+    slow_release: bool,
+}
+
+struct Held {
+    conn: u64,
+    end: usize,
+    req_ack: bool,
+    identity: Identity,
+    serial: u32,
+}
+
+struct SimNode {
+    gen: u32,
+    alive: bool,
+    closing: bool,
+    lim: Limits,
+    slots: usize,
+    park: usize,
+    remotes: BTreeMap<usize, RemoteCore<H>>,
+    held: BTreeMap<u64, Held>,
+    behaviour: Behaviour,
+    paused_until: T,
+    /// Sends of the workload still to make, and how many may be outstanding.
+    to_send: usize,
+    outstanding: usize,
+    window: usize,
+    /// Ever affected by a fault (its sends may fail).
+    faulty: bool,
+}
+
+enum WFrame {
+    Data(Message, bool),
+    Ack(Identity),
+    Noop,
+    /// The writing end closed (FIN): everything before it is still read.
+    Eof,
+}
+
+#[derive(Default)]
+struct Wire {
+    /// Frames and when they become readable.
+    frames: VecDeque<(T, usize, WFrame)>,
+    unread: usize,
+}
+
+struct Writing {
+    frames: Vec<(Frame, u32)>,
+    bytes: usize,
+    done: usize,
+}
+
+struct End {
+    node: usize,
+    gen: u32,
+    writing: Option<Writing>,
+    slots: Slots<Message>,
+    /// The reader stopped: the next frame can neither have a slot nor be parked.
+    blocked: bool,
+    moved: u64,
+    activity: Activity,
+    closed: bool,
+}
+
+struct SimConn {
+    handle: H,
+    /// `ends[0]` dialed, `ends[1]` accepted.
+    ends: [End; 2],
+    /// `wires[e]` carries what `ends[e]` writes.
+    wires: [Wire; 2],
+    up: bool,
+    /// Reset: nothing flows any more.
+    dead: bool,
+    /// Both ways cut (a partition) until healed.
+    cut: bool,
+}
+
+#[derive(Debug)]
+struct SendRec {
+    from: usize,
+    to: usize,
+    sync: bool,
+    at: T,
+    len: usize,
+    done: Option<(T, Result<(), String>)>,
+    delivered: u32,
+    /// The receiver read its frame (it holds a slot or is parked).
+    read: bool,
+    /// Its receiver closed or crashed after reading it: it may be lost.
+    receiver_gone: bool,
+    /// Reported as waiting too long (once).
+    late: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Ev {
+    Work(usize),
+    Timer(usize, u32, Timer),
+    Gc(usize, u32),
+    Write(u64, usize),
+    Read(u64, usize),
+    Handshake(u64),
+    ConnectTimeout(u64),
+    Release(usize, u32, u64),
+    Sweep,
+    Fault(usize),
+    Heal(usize),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Partition(usize, usize),
+    Reset(usize, usize),
+    Behave(usize, Behaviour),
+    Pause(usize),
+    Crash(usize),
+    Close(usize),
+}
+
+struct Queued {
+    at: T,
+    seq: u64,
+    ev: Ev,
+}
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// What one run found.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) seed: u64,
+    pub(crate) trace: u64,
+    pub(crate) messages: usize,
+    pub(crate) events: u64,
+    /// Sends that succeeded, failed; messages delivered to applications.
+    pub(crate) ok: usize,
+    pub(crate) failed: usize,
+    pub(crate) delivered: usize,
+    pub(crate) faults: usize,
+    pub(crate) violations: Vec<String>,
+}
+
+/// Outcomes reported by completions, drained after every event.
+type Outbox = Arc<Mutex<Vec<(usize, Result<(), String>)>>>;
+
+pub(crate) struct Sim {
+    seed: u64,
+    rng: fastrand::Rng,
+    now: T,
+    base: Instant,
+    seq: u64,
+    queue: BinaryHeap<Queued>,
+    nodes: Vec<SimNode>,
+    conns: BTreeMap<u64, SimConn>,
+    next_conn: Cell<u64>,
+    sends: Vec<SendRec>,
+    by_identity: HashMap<Identity, usize>,
+    outbox: Outbox,
+    releases: Arc<Mutex<(u64, u64)>>,
+    next_hold: u64,
+    /// Ground truth: the last progress between two nodes (either way).
+    progress: HashMap<(usize, usize), T>,
+    faults: Vec<(Fault, T, T)>,
+    /// Workload ends, faults heal, then the liveness probe.
+    end_of_work: T,
+    trace: DefaultHasher,
+    events: u64,
+    violations: Vec<String>,
+    /// CHIRP_SIM_TRACE set: every event is printed (for replaying one seed).
+    print_trace: bool,
+}
+
+fn key(n: usize) -> RemoteKey {
+    (IpAddr::V4(Ipv4Addr::LOCALHOST), 2000 + n as u16)
+}
+
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
+
+/// The payload a message of `identity` carries (checked on delivery).
+fn payload(identity: &Identity, len: usize) -> Vec<u8> {
+    let b = identity.as_bytes();
+    (0..len).map(|i| b[i % 16] ^ (i as u8)).collect()
+}
+
+impl Sim {
+    pub(crate) fn new(seed: u64) -> Sim {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let n = rng.usize(2..=5);
+        let nodes = (0..n)
+            .map(|_| {
+                let synchronous = rng.bool();
+                let timeout = Duration::from_millis(rng.u64(300..1500));
+                SimNode {
+                    gen: 0,
+                    alive: true,
+                    closing: false,
+                    lim: Limits {
+                        timeout,
+                        reuse_time: Duration::from_millis(rng.u64(400..3000)).max(timeout),
+                        synchronous,
+                        max_queued: 1024,
+                    },
+                    slots: if synchronous { 1 } else { rng.usize(1..=16) },
+                    park: rng.usize(256..=16 * 1024),
+                    remotes: BTreeMap::new(),
+                    held: BTreeMap::new(),
+                    behaviour: Behaviour::default(),
+                    paused_until: 0,
+                    to_send: rng.usize(50..600),
+                    outstanding: 0,
+                    window: rng.usize(1..=200),
+                    faulty: false,
+                }
+            })
+            .collect();
+        let mut sim = Sim {
+            seed,
+            rng,
+            now: 0,
+            base: Instant::now(),
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            conns: BTreeMap::new(),
+            next_conn: Cell::new(1),
+            sends: Vec::new(),
+            by_identity: HashMap::new(),
+            outbox: Arc::default(),
+            releases: Arc::default(),
+            next_hold: 0,
+            progress: HashMap::new(),
+            faults: Vec::new(),
+            end_of_work: 0,
+            trace: DefaultHasher::new(),
+            events: 0,
+            violations: Vec::new(),
+            print_trace: std::env::var_os("CHIRP_SIM_TRACE").is_some(),
+        };
+        sim.plan();
+        sim
+    }
+
+    /// The faults of this run and when they start and heal; the first events.
+    fn plan(&mut self) {
+        let n = self.nodes.len();
+        self.end_of_work = self.rng.u64(3..12) * SEC;
+        let faults = self.rng.usize(0..=4);
+        for _ in 0..faults {
+            let a = self.rng.usize(0..n);
+            let b = (a + self.rng.usize(1..n)) % n;
+            let behaviour = match self.rng.u8(0..5) {
+                0 => Behaviour {
+                    no_handshake: true,
+                    ..Default::default()
+                },
+                1 => Behaviour {
+                    no_read: true,
+                    ..Default::default()
+                },
+                2 => Behaviour {
+                    slow_read: true,
+                    ..Default::default()
+                },
+                3 => Behaviour {
+                    no_release: true,
+                    ..Default::default()
+                },
+                _ => Behaviour {
+                    slow_release: true,
+                    ..Default::default()
+                },
+            };
+            let fault = match self.rng.u8(0..6) {
+                0 => Fault::Partition(a, b),
+                1 => Fault::Reset(a, b),
+                2 => Fault::Behave(a, behaviour),
+                3 => Fault::Pause(a),
+                4 => Fault::Crash(a),
+                _ => Fault::Close(a),
+            };
+            let start = self.rng.u64(0..self.end_of_work);
+            let heal = (start + self.rng.u64(100 * MS..4 * SEC)).min(self.end_of_work);
+            self.faults.push((fault, start, heal));
+        }
+        for i in 0..self.faults.len() {
+            let (_, start, heal) = self.faults[i];
+            self.at(start, Ev::Fault(i));
+            self.at(heal, Ev::Heal(i));
+        }
+        for node in 0..n {
+            let gen = self.nodes[node].gen;
+            self.at(0, Ev::Work(node));
+            let r = self.reuse(node);
+            let first = self.rng.u64(r / 2..r);
+            self.at(first, Ev::Gc(node, gen));
+        }
+        self.at(10 * MS, Ev::Sweep);
+    }
+
+    fn reuse(&self, node: usize) -> T {
+        self.nodes[node].lim.reuse_time.as_micros() as T
+    }
+
+    fn instant(&self, t: T) -> Instant {
+        self.base + Duration::from_micros(t)
+    }
+
+    fn sim_time(&self, at: Instant) -> T {
+        at.saturating_duration_since(self.base).as_micros() as T
+    }
+
+    fn at(&mut self, at: T, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Queued {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn violation(&mut self, what: String) {
+        if self.violations.len() < 20 {
+            self.violations
+                .push(format!("t={}ms: {what}", self.now / MS));
+        }
+    }
+
+    /// Runs the seed to the end and checks everything.
+    pub(crate) fn run(mut self) -> Report {
+        if std::env::var_os("CHIRP_SIM_VERBOSE").is_some() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                println!(
+                    "node {i}: {:?} slots {} park {} window {} to send {}",
+                    n.lim, n.slots, n.park, n.window, n.to_send
+                );
+            }
+            for f in &self.faults {
+                println!("fault {:?} from {}ms to {}ms", f.0, f.1 / MS, f.2 / MS);
+            }
+        }
+        let limit = self.end_of_work + 60 * SEC;
+        while let Some(q) = self.queue.pop() {
+            if q.at > limit {
+                self.violation(format!("still busy {}s after the workload ended", 60));
+                break;
+            }
+            self.step(q);
+            if self.quiescent() {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    /// One event: the clock moves to it, it is hashed into the trace and handled, and the
+    /// outcomes it caused are checked.
+    fn step(&mut self, q: Queued) {
+        self.now = q.at;
+        self.events += 1;
+        format!("{:?}", q.ev).hash(&mut self.trace);
+        self.now.hash(&mut self.trace);
+        if self.print_trace {
+            println!("{:>9}us {:?}", self.now, q.ev);
+        }
+        self.handle(q.ev);
+        self.collect_outcomes();
+    }
+
+    /// Everything was sent and completed after the end of the workload.
+    fn quiescent(&self) -> bool {
+        self.now > self.end_of_work
+            && self
+                .nodes
+                .iter()
+                .all(|n| !n.alive || (n.to_send == 0 && n.outstanding == 0))
+            && self.nodes.iter().all(|n| n.held.is_empty())
+    }
+
+    fn paused(&self, node: usize) -> Option<T> {
+        let until = self.nodes[node].paused_until;
+        (until > self.now).then_some(until)
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        // A paused node does nothing until it resumes.
+        let node_of = match ev {
+            Ev::Work(n) | Ev::Timer(n, ..) | Ev::Gc(n, _) | Ev::Release(n, ..) => Some(n),
+            Ev::Write(c, e) | Ev::Read(c, e) => self.conns.get(&c).map(|c| c.ends[e].node),
+            _ => None,
+        };
+        if let Some(until) = node_of.and_then(|n| self.paused(n)) {
+            self.at(until, ev);
+            return;
+        }
+        match ev {
+            Ev::Work(n) => self.work(n),
+            Ev::Timer(n, gen, t) => self.timer(n, gen, t),
+            Ev::Gc(n, gen) => self.gc(n, gen),
+            Ev::Write(c, e) => self.write(c, e),
+            Ev::Read(c, e) => self.read(c, e),
+            Ev::Handshake(c) => self.handshake(c),
+            Ev::ConnectTimeout(c) => {
+                if self.conns.get(&c).is_some_and(|c| !c.up) {
+                    let node = self.conns[&c].ends[0].node;
+                    self.shutdown(c, node, Error::timeout("connect"), false);
+                }
+            }
+            Ev::Release(n, gen, hold) => self.release(n, gen, hold),
+            Ev::Sweep => {
+                self.check_now();
+                if self.now < self.end_of_work + 50 * SEC {
+                    self.at(self.now + 10 * MS, Ev::Sweep);
+                }
+            }
+            Ev::Fault(i) => self.fault(i, true),
+            Ev::Heal(i) => self.fault(i, false),
+        }
+    }
+
+    // --- the application -------------------------------------------------------------
+
+    /// The node's application sends what its window allows: single messages, and on
+    /// asynchronous nodes sometimes a batch.
+    fn work(&mut self, n: usize) {
+        let node = &self.nodes[n];
+        if !node.alive || node.closing {
+            return;
+        }
+        let peers = self.nodes.len();
+        let mut room = node
+            .window
+            .saturating_sub(node.outstanding)
+            .min(node.to_send);
+        while room > 0 {
+            let to = (n + self.rng.usize(1..peers)) % peers;
+            let batch = !self.nodes[n].lim.synchronous && self.rng.u8(0..8) == 0;
+            let count = if batch {
+                self.rng.usize(1..=room.min(32))
+            } else {
+                1
+            };
+            self.send(n, to, count);
+            room -= count;
+        }
+        if self.nodes[n].to_send > 0 {
+            let pause = self.rng.u64(0..20 * MS);
+            self.at(self.now + pause, Ev::Work(n));
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, count: usize) {
+        let sync = self.nodes[from].lim.synchronous;
+        let mut messages = Vec::with_capacity(count);
+        for _ in 0..count {
+            let index = self.sends.len();
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&self.rng.u64(..).to_le_bytes());
+            bytes[8..].copy_from_slice(&(index as u64).to_le_bytes());
+            let identity = Identity::from_bytes(bytes);
+            let len = match self.rng.u8(0..20) {
+                0 => self.rng.usize(20_000..120_000),
+                1..=4 => self.rng.usize(17..2000),
+                _ => self.rng.usize(0..17),
+            };
+            let mut msg = Message::new(payload(&identity, len));
+            msg.identity = identity;
+            self.sends.push(SendRec {
+                from,
+                to,
+                sync,
+                at: self.now,
+                len,
+                done: None,
+                delivered: 0,
+                read: false,
+                receiver_gone: false,
+                late: false,
+            });
+            self.by_identity.insert(identity, index);
+            messages.push((index, msg));
+        }
+        // A batch has one completion; each message's outcome is read off it.
+        let batch = (count > 1).then(|| {
+            let (completion, completer) = Completion::pair();
+            let outbox = self.outbox.clone();
+            let members: Vec<(usize, Identity)> =
+                messages.iter().map(|(i, m)| (*i, m.identity)).collect();
+            completion.on_complete(move |r: crate::frame::BatchResult| {
+                let failures = r.err().map(|e| e.failures).unwrap_or_default();
+                let mut o = outbox.lock().unwrap();
+                for (i, identity) in members {
+                    let failed = failures.iter().find(|f| f.message.identity == identity);
+                    o.push((i, failed.map_or(Ok(()), |f| Err(f.error.to_string()))));
+                }
+            });
+            Batch::new(completer)
+        });
+        let mut pendings = Vec::with_capacity(count);
+        for (k, (index, msg)) in messages.into_iter().enumerate() {
+            let done = match &batch {
+                Some(b) => Done::Batch(b.clone(), k),
+                None => {
+                    let (completion, completer) = Completion::pair();
+                    let outbox = self.outbox.clone();
+                    completion.on_complete(move |r: crate::frame::SendResult| {
+                        outbox
+                            .lock()
+                            .unwrap()
+                            .push((index, r.map(drop).map_err(|e| e.error.to_string())));
+                    });
+                    Done::Wait(completer)
+                }
+            };
+            pendings.push(Pending::new(msg, done));
+        }
+        let node = &mut self.nodes[from];
+        node.to_send = node.to_send.saturating_sub(count);
+        node.outstanding += count;
+        if let Some(b) = &batch {
+            b.add(count);
+        }
+        let mut out = Actions::default();
+        {
+            let Sim {
+                nodes,
+                next_conn,
+                now,
+                base,
+                rng,
+                ..
+            } = self;
+            let now = *base + Duration::from_micros(*now);
+            let node = &mut nodes[from];
+            let lim = node.lim.clone();
+            let core = node
+                .remotes
+                .entry(to)
+                .or_insert_with(|| RemoteCore::new(key(to), now, rng.u64(..)));
+            let mut dial = || Ok(new_handle(next_conn));
+            if count == 1 && batch.is_none() {
+                let p = pendings.pop().expect("one message");
+                match core.enqueue(&lim, || now, p, &mut dial, &mut out) {
+                    Enqueued::Queued => {}
+                    Enqueued::Removed(p) | Enqueued::Full(p) => {
+                        let _ = p.finish(Err(Error::Shutdown));
+                    }
+                }
+            } else {
+                let _ = core.enqueue_batch(&lim, || now, &mut pendings, &mut dial, &mut out);
+                for p in pendings.drain(..) {
+                    let _ = p.finish(Err(Error::Shutdown));
+                }
+            }
+        }
+        if let Some(b) = batch {
+            b.built();
+        }
+        self.run_actions(from, out);
+    }
+
+    /// Takes the outcomes completions reported and checks each.
+    fn collect_outcomes(&mut self) {
+        let outcomes = std::mem::take(&mut *self.outbox.lock().unwrap());
+        for (i, r) in outcomes {
+            self.outcome(i, r);
+        }
+    }
+
+    fn outcome(&mut self, i: usize, r: Result<(), String>) {
+        let s = &self.sends[i];
+        if s.done.is_some() {
+            self.violation(format!("send {i} completed twice"));
+            return;
+        }
+        let (from, to, sync, at) = (s.from, s.to, s.sync, s.at);
+        let node = &self.nodes[from];
+        let closing = node.closing || !node.alive;
+        let faulty = node.faulty || self.nodes[to].faulty;
+        match &r {
+            Ok(()) if sync && self.sends[i].delivered == 0 => self.violation(format!(
+                "synchronous send {i} {from}->{to} succeeded but was never delivered"
+            )),
+            Err(e) if e.contains("shut down") && !closing => self.violation(format!(
+                "send {i} {from}->{to} failed with a shutdown on an open node \
+                 (garbage collection failed queued work): {e}"
+            )),
+            Err(e) if !faulty && !closing => self.violation(format!(
+                "send {i} {from}->{to} failed without any fault after {}ms: {e}",
+                (self.now - at) / MS
+            )),
+            _ => {}
+        }
+        self.sends[i].done = Some((self.now, r));
+        let node = &mut self.nodes[from];
+        node.outstanding = node.outstanding.saturating_sub(1);
+        if node.to_send > 0 && node.alive {
+            self.at(self.now, Ev::Work(from));
+        }
+    }
+
+    /// The application at `n` receives `msg` (it holds a slot of `conn`'s end `end`).
+    fn deliver(&mut self, n: usize, conn: u64, end: usize, msg: Message, req_ack: bool) {
+        let Some(&i) = self.by_identity.get(&msg.identity) else {
+            self.violation(format!(
+                "node {n} received a phantom message {}",
+                msg.identity
+            ));
+            return;
+        };
+        let s = &mut self.sends[i];
+        s.delivered += 1;
+        let (to, len, delivered) = (s.to, s.len, s.delivered);
+        if to != n {
+            self.violation(format!("send {i} for node {to} was delivered to node {n}"));
+        }
+        if delivered > 1 {
+            self.violation(format!("send {i} was delivered {delivered} times"));
+        }
+        if msg.data() != payload(&msg.identity, len).as_slice() {
+            self.violation(format!("send {i} arrived with a corrupted payload"));
+        }
+        let hold = self.next_hold;
+        self.next_hold += 1;
+        let node = &mut self.nodes[n];
+        node.held.insert(
+            hold,
+            Held {
+                conn,
+                end,
+                req_ack,
+                identity: msg.identity,
+                serial: msg.serial,
+            },
+        );
+        let b = node.behaviour;
+        let gen = node.gen;
+        let timeout = node.lim.timeout.as_micros() as T;
+        if b.no_release {
+            return; // released when the fault heals
+        }
+        let delay = if b.slow_release {
+            self.rng.u64(timeout..3 * timeout)
+        } else {
+            self.rng.u64(0..MS / 2)
+        };
+        self.at(self.now + delay, Ev::Release(n, gen, hold));
+    }
+
+    /// The application releases a message: its slot frees (a parked message may take it),
+    /// and an ACK is queued if the sender asked for one.
+    fn release(&mut self, n: usize, gen: u32, hold: u64) {
+        if self.nodes[n].gen != gen {
+            return;
+        }
+        let Some(h) = self.nodes[n].held.remove(&hold) else {
+            return;
+        };
+        let Some(c) = self.conns.get(&h.conn) else {
+            return;
+        };
+        let (open, parked) = c.ends[h.end].slots.freed();
+        let peer = c.ends[1 - h.end].node;
+        let (completion, completer) = Completion::pair();
+        let releases = self.releases.clone();
+        releases.lock().unwrap().0 += 1;
+        completion.on_complete(move |_| releases.lock().unwrap().1 += 1);
+        let done = ReleaseDone::new(h.identity, h.serial, Some(completer));
+        if h.req_ack && open && self.nodes[n].alive {
+            let mut out = Actions::default();
+            {
+                let Sim {
+                    nodes,
+                    next_conn,
+                    now,
+                    base,
+                    rng,
+                    ..
+                } = self;
+                let now = *base + Duration::from_micros(*now);
+                let core = nodes[n]
+                    .remotes
+                    .entry(peer)
+                    .or_insert_with(|| RemoteCore::new(key(peer), now, rng.u64(..)));
+                core.queue_ack(done, &mut || Ok(new_handle(next_conn)), &mut out);
+            }
+            self.run_actions(n, out);
+        } else {
+            done.finish();
+        }
+        if parked {
+            self.drain(h.conn, h.end);
+        }
+        // The reader may go on; a closed connection whose last slot this was is gone.
+        self.at(self.now, Ev::Read(h.conn, h.end));
+        self.gc_conn(h.conn);
+    }
+
+    fn drain(&mut self, conn: u64, end: usize) {
+        let mut out = Vec::new();
+        if let Some(c) = self.conns.get(&conn) {
+            c.ends[end].slots.drain(|m, a| out.push((m, a)));
+        }
+        let n = self.conns[&conn].ends[end].node;
+        for (m, a) in out {
+            self.deliver_or_drop(n, conn, end, m, a);
+        }
+    }
+
+    fn deliver_or_drop(&mut self, n: usize, conn: u64, end: usize, msg: Message, req_ack: bool) {
+        let gen_now = self.nodes[n].gen;
+        let gen_conn = self.conns[&conn].ends[end].gen;
+        if !self.nodes[n].alive || gen_now != gen_conn {
+            // The node closed or crashed: what it had read is gone with it.
+            if let Some(&i) = self.by_identity.get(&msg.identity) {
+                self.sends[i].receiver_gone = true;
+            }
+            let (open, parked) = self.conns[&conn].ends[end].slots.freed();
+            let _ = open;
+            if parked {
+                self.drain(conn, end);
+            }
+            return;
+        }
+        self.deliver(n, conn, end, msg, req_ack);
+    }
+
+    // --- the core's actions --------------------------------------------------------------
+
+    fn run_actions(&mut self, n: usize, out: Actions<H>) {
+        for a in out.0 {
+            match a {
+                Action::Send(b) => {
+                    let (p, r) = *b;
+                    let _ = p.finish(r);
+                }
+                Action::Release(r) => r.finish(),
+                Action::Dial(h) => self.dial(n, h),
+                Action::Shutdown(h, e) => self.shutdown(h.id, n, e, false),
+                Action::Kick(h) => self.kick(h.id, n),
+                Action::Timer(at, t) => {
+                    let gen = self.nodes[n].gen;
+                    let at = self.sim_time(at);
+                    self.at(at, Ev::Timer(n, gen, t));
+                }
+            }
+        }
+    }
+
+    fn with_core(
+        &mut self,
+        n: usize,
+        peer: usize,
+        f: impl FnOnce(
+            &mut RemoteCore<H>,
+            &Limits,
+            Instant,
+            &mut dyn FnMut() -> Result<H, Error>,
+            &mut Actions<H>,
+        ),
+    ) {
+        let mut out = Actions::default();
+        {
+            let Sim {
+                nodes,
+                next_conn,
+                now,
+                base,
+                ..
+            } = self;
+            let now = *base + Duration::from_micros(*now);
+            let node = &mut nodes[n];
+            let lim = node.lim.clone();
+            if let Some(core) = node.remotes.get_mut(&peer) {
+                f(core, &lim, now, &mut || Ok(new_handle(next_conn)), &mut out);
+            }
+        }
+        self.run_actions(n, out);
+    }
+
+    fn timer(&mut self, n: usize, gen: u32, t: Timer) {
+        if self.nodes[n].gen != gen || !self.nodes[n].alive {
+            return;
+        }
+        let (Timer::Debounce(k) | Timer::AckDeadline(k) | Timer::Stall(k)) = t;
+        let peer = (k.1 - 2000) as usize;
+        let bytes = self.nodes[n]
+            .remotes
+            .get(&peer)
+            .and_then(|c| c.conn())
+            .and_then(|h| self.conns.get(&h.id))
+            .map(|c| c.ends.iter().find(|e| e.node == n).map_or(0, |e| e.moved));
+        self.with_core(n, peer, |core, lim, now, dial, out| match t {
+            Timer::Debounce(_) => core.unblock(dial, out),
+            Timer::AckDeadline(_) => core.ack_deadline(lim, now, out),
+            Timer::Stall(_) => core.stall_check(lim, now, bytes, out),
+        });
+    }
+
+    /// Garbage collection, as the node's timer runs it.
+    fn gc(&mut self, n: usize, gen: u32) {
+        if self.nodes[n].gen != gen || !self.nodes[n].alive {
+            return;
+        }
+        let now = self.instant(self.now);
+        let reuse = self.nodes[n].lim.reuse_time;
+        let lim = self.nodes[n].lim.clone();
+        // Connections that are not their remote's current one and idle too long.
+        let mut cut = Vec::new();
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            let c = self.conns.get_mut(&id).expect("listed");
+            let Some(e) = c.ends.iter().position(|e| e.node == n && !e.closed) else {
+                continue;
+            };
+            if !c.up {
+                continue;
+            }
+            let peer = c.ends[1 - e].node;
+            let end = &mut c.ends[e];
+            let idle = end.activity.idle_for(now, end.moved, end.slots.held());
+            let current = self.nodes[n]
+                .remotes
+                .get(&peer)
+                .is_some_and(|r| r.is_current(id));
+            if idle > reuse && !current {
+                cut.push(id);
+            }
+        }
+        for id in cut {
+            self.shutdown(id, n, Error::Shutdown, false);
+        }
+        let peers: Vec<usize> = self.nodes[n].remotes.keys().copied().collect();
+        for peer in peers {
+            let core = &self.nodes[n].remotes[&peer];
+            let idle = core.conn().and_then(|h| {
+                let c = self.conns.get_mut(&h.id)?;
+                let up = c.up;
+                let e = c.ends.iter_mut().find(|e| e.node == n && !e.closed)?;
+                up.then(|| e.activity.idle_for(now, e.moved, e.slots.held()))
+            });
+            let core = &self.nodes[n].remotes[&peer];
+            if core.collectable(&lim, now, idle) {
+                let mut core = self.nodes[n].remotes.remove(&peer).expect("listed");
+                let mut out = Actions::default();
+                core.remove(&mut out);
+                self.run_actions(n, out);
+                let mine: Vec<u64> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| {
+                        c.ends.iter().any(|e| e.node == n && !e.closed)
+                            && c.ends.iter().any(|e| e.node == peer)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in mine {
+                    self.shutdown(id, n, Error::Shutdown, false);
+                }
+            }
+        }
+        let r = self.reuse(n);
+        let next = self.now + self.rng.u64(r / 2..r);
+        self.at(next, Ev::Gc(n, gen));
+    }
+
+    // --- connections -------------------------------------------------------------------
+
+    fn new_end(&self, node: usize) -> End {
+        let n = &self.nodes[node];
+        End {
+            node,
+            gen: n.gen,
+            writing: None,
+            slots: Slots::new(n.slots, n.park),
+            blocked: false,
+            moved: 0,
+            activity: Activity::new(self.instant(self.now), 0),
+            closed: false,
+        }
+    }
+
+    fn latency(&mut self) -> T {
+        self.rng.u64(50..2 * MS)
+    }
+
+    fn dial(&mut self, n: usize, h: H) {
+        let peer = self.nodes[n]
+            .remotes
+            .iter()
+            .find(|(_, c)| c.conn().is_some_and(|c| c.id == h.id))
+            .map(|(p, _)| *p);
+        let Some(peer) = peer else { return };
+        let conn = SimConn {
+            handle: h.clone(),
+            ends: [self.new_end(n), self.new_end(peer)],
+            wires: Default::default(),
+            up: false,
+            dead: false,
+            cut: self.partitioned(n, peer),
+        };
+        self.conns.insert(h.id, conn);
+        let timeout = (self.nodes[n].lim.timeout * 2).as_micros() as T;
+        self.at(self.now + timeout, Ev::ConnectTimeout(h.id));
+        let p = &self.nodes[peer];
+        if p.alive && !p.closing && !p.behaviour.no_handshake && !self.partitioned(n, peer) {
+            let l = self.latency() * 2;
+            self.at(self.now + l, Ev::Handshake(h.id));
+        }
+    }
+
+    fn partitioned(&self, a: usize, b: usize) -> bool {
+        self.faults.iter().enumerate().any(|(i, (f, start, heal))| {
+            let _ = i;
+            matches!(f, Fault::Partition(x, y) if pair(*x, *y) == pair(a, b))
+                && *start <= self.now
+                && self.now < *heal
+        })
+    }
+
+    fn handshake(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.up || c.dead || c.ends[0].closed {
+            return;
+        }
+        let (a, b) = (c.ends[0].node, c.ends[1].node);
+        if !self.nodes[b].alive || self.nodes[b].closing || self.nodes[b].gen != c.ends[1].gen {
+            return;
+        }
+        c.up = true;
+        let h = c.handle.clone();
+        self.progress.insert(pair(a, b), self.now);
+        let now = self.instant(self.now);
+        // Both sides attach: the dialer's remote, and the acceptor's remote for the dialer.
+        for (n, peer) in [(a, b), (b, a)] {
+            let mut out = Actions::default();
+            {
+                let Sim { nodes, rng, .. } = self;
+                let core = nodes[n]
+                    .remotes
+                    .entry(peer)
+                    .or_insert_with(|| RemoteCore::new(key(peer), now, rng.u64(..)));
+                if !core.attach(now, &h, &mut out) {
+                    nodes[n].remotes.remove(&peer);
+                }
+            }
+            self.run_actions(n, out);
+        }
+    }
+
+    fn end_of(&self, id: u64, n: usize) -> Option<usize> {
+        let c = self.conns.get(&id)?;
+        c.ends.iter().position(|e| e.node == n && !e.closed)
+    }
+
+    /// Frames are queued: the end's writer takes them unless it is busy.
+    fn kick(&mut self, id: u64, n: usize) {
+        let Some(e) = self.end_of(id, n) else { return };
+        let c = &self.conns[&id];
+        if !c.up || c.ends[e].writing.is_some() {
+            return;
+        }
+        let peer = c.ends[1 - e].node;
+        let h = c.handle.clone();
+        let mut frames = Vec::new();
+        let lim = self.nodes[n].lim.clone();
+        if let Some(core) = self.nodes[n].remotes.get_mut(&peer) {
+            core.take_frames(&lim, &h, &mut frames);
+        }
+        if frames.is_empty() {
+            return;
+        }
+        let bytes = frames
+            .iter()
+            .map(|(f, _)| match f {
+                Frame::User(p) => PREAMBLE + p.msg().data().len(),
+                _ => PREAMBLE,
+            })
+            .sum();
+        let c = self.conns.get_mut(&id).expect("present");
+        c.ends[e].writing = Some(Writing {
+            frames,
+            bytes,
+            done: 0,
+        });
+        self.at(self.now, Ev::Write(id, e));
+    }
+
+    /// One chunk of the end's write goes out, as far as the peer's reading allows.
+    fn write(&mut self, id: u64, e: usize) {
+        let Some(c) = self.conns.get(&id) else { return };
+        if c.ends[e].closed || c.dead {
+            return;
+        }
+        let (a, b) = (c.ends[e].node, c.ends[1 - e].node);
+        let reader = &self.nodes[b];
+        let rate = if reader.behaviour.slow_read {
+            SLOW
+        } else {
+            FAST
+        };
+        let stopped = c.cut || reader.behaviour.no_read || c.ends[1 - e].blocked;
+        let c = self.conns.get_mut(&id).expect("present");
+        let Some(w) = c.ends[e].writing.as_mut() else {
+            return;
+        };
+        if c.wires[e].unread >= WIRE_CAP && stopped {
+            return; // the socket buffers are full; a read resumes it
+        }
+        let chunk = CHUNK.min(w.bytes - w.done).min(rate * 50).max(1);
+        w.done += chunk;
+        c.ends[e].moved += chunk as u64;
+        c.wires[e].unread += chunk;
+        if !stopped {
+            self.progress.insert(pair(a, b), self.now);
+        }
+        let finished = w.done >= w.bytes;
+        let spent = (chunk as T * MS) / rate as T;
+        if !finished {
+            self.at(self.now + spent.max(1), Ev::Write(id, e));
+            return;
+        }
+        // The whole batch is in the wire: it arrives after the latency, in order.
+        let w = c.ends[e].writing.take().expect("writing");
+        let mut frames = w.frames;
+        let lat = self.latency();
+        let c = self.conns.get_mut(&id).expect("present");
+        let last = c.wires[e].frames.back().map_or(0, |f| f.0);
+        let arrive = (self.now + spent + lat).max(last);
+        let mut wire = Vec::new();
+        for (f, serial) in &frames {
+            match f {
+                Frame::User(p) => {
+                    let mut m = Message::new(p.msg().data().to_vec());
+                    m.identity = p.msg().identity;
+                    m.serial = *serial;
+                    let req_ack = self.nodes[a].lim.synchronous;
+                    wire.push((PREAMBLE + m.data().len(), WFrame::Data(m, req_ack)));
+                }
+                Frame::Ack(r) => wire.push((PREAMBLE, WFrame::Ack(r.identity))),
+                Frame::Noop => wire.push((PREAMBLE, WFrame::Noop)),
+            }
+        }
+        // The bytes were counted as unread chunk by chunk; the frames carry them now.
+        c.wires[e].unread -= w.bytes;
+        for (size, f) in wire {
+            c.wires[e].unread += size;
+            c.wires[e].frames.push_back((arrive, size, f));
+        }
+        c.ends[e]
+            .activity
+            .touch(self.base + Duration::from_micros(self.now));
+        let h = c.handle.clone();
+        self.at(arrive, Ev::Read(id, 1 - e));
+        let peer = b;
+        self.with_core(a, peer, |core, lim, now, _, out| {
+            core.written(lim, now, &h, &mut frames, Ok(()), out)
+        });
+        finish_written(&mut frames);
+        self.kick(id, a);
+    }
+
+    /// The end reads what has arrived, as far as its slots and park allow.
+    fn read(&mut self, id: u64, e: usize) {
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if c.ends[e].closed || c.dead {
+                return;
+            }
+            let n = c.ends[e].node;
+            let peer = c.ends[1 - e].node;
+            let node = &self.nodes[n];
+            if c.cut || node.behaviour.no_read || !node.alive || node.gen != c.ends[e].gen {
+                return;
+            }
+            let Some((at, size, f)) = c.wires[1 - e].frames.front() else {
+                c.ends[e].blocked = false;
+                return;
+            };
+            if *at > self.now {
+                let at = *at;
+                self.at(at, Ev::Read(id, e));
+                return;
+            }
+            let (size, cost) = match f {
+                WFrame::Data(m, _) => (*size, m.data().len()),
+                _ => (*size, 0),
+            };
+            let admit = match f {
+                WFrame::Data(..) => match c.ends[e].slots.try_admit(cost) {
+                    Some(Ok(a)) => Some(a),
+                    Some(Err(_)) => return,
+                    None => {
+                        c.ends[e].blocked = true;
+                        return; // backpressure: a release wakes the reader
+                    }
+                },
+                _ => None,
+            };
+            c.ends[e].blocked = false;
+            let (_, _, f) = c.wires[1 - e].frames.pop_front().expect("front");
+            c.wires[1 - e].unread -= size;
+            c.ends[e].moved += size as u64;
+            c.ends[e]
+                .activity
+                .touch(self.base + Duration::from_micros(self.now));
+            self.progress.insert(pair(n, peer), self.now);
+            // The writer on the other end may go on.
+            if c.ends[1 - e].writing.is_some() {
+                self.at(self.now, Ev::Write(id, 1 - e));
+            }
+            match f {
+                WFrame::Data(m, req_ack) => {
+                    if let Some(&i) = self.by_identity.get(&m.identity) {
+                        self.sends[i].read = true;
+                    }
+                    self.with_core(n, peer, |core, _, now, _, _| core.touch(now));
+                    match admit {
+                        Some(Admit::Direct) => self.deliver_or_drop(n, id, e, m, req_ack),
+                        Some(Admit::Park(cost)) => {
+                            let mut out = Vec::new();
+                            self.conns[&id].ends[e]
+                                .slots
+                                .park(m, req_ack, cost, |m, a| out.push((m, a)));
+                            for (m, a) in out {
+                                self.deliver_or_drop(n, id, e, m, a);
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                WFrame::Ack(identity) => {
+                    self.with_core(n, peer, |core, _, now, _, out| {
+                        core.ack_received(now, identity, out)
+                    });
+                }
+                WFrame::Noop => self.with_core(n, peer, |core, _, now, _, _| core.touch(now)),
+                WFrame::Eof => {
+                    self.close_end(id, e, Error::protocol("peer closed the connection"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `n` shuts connection `id` down: its end closes now, the other end reads an EOF
+    /// after what is in flight (or at once, if `reset`).
+    fn shutdown(&mut self, id: u64, n: usize, reason: Error, reset: bool) {
+        let Some(e) = self.end_of(id, n) else { return };
+        self.close_end(id, e, reason.clone());
+        let lat = self.latency();
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if reset || !c.up {
+            c.dead = true;
+            c.wires = Default::default();
+            if !c.ends[1 - e].closed {
+                self.close_end(id, 1 - e, Error::protocol("connection reset"));
+            }
+            return;
+        }
+        let last = c.wires[e].frames.back().map_or(0, |f| f.0);
+        c.wires[e]
+            .frames
+            .push_back(((self.now + lat).max(last), 0, WFrame::Eof));
+        let at = (self.now + lat).max(last);
+        self.at(at, Ev::Read(id, 1 - e));
+    }
+
+    /// One end of a connection closes with `reason`: its node's remote hears of it (and of
+    /// the write that was in flight), nothing more is admitted, what was parked stays.
+    fn close_end(&mut self, id: u64, e: usize, reason: Error) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.ends[e].closed {
+            return;
+        }
+        c.ends[e].closed = true;
+        c.handle.reason.borrow_mut().get_or_insert(reason.clone());
+        c.ends[e].slots.close();
+        let n = c.ends[e].node;
+        let peer = c.ends[1 - e].node;
+        let writing = c.ends[e].writing.take();
+        let h = c.handle.clone();
+        let closing = self.nodes[n].closing || !self.nodes[n].alive;
+        if self.nodes[n].gen != c.ends[e].gen {
+            // A crashed incarnation's end: its node forgot it.
+            self.gc_conn(id);
+            return;
+        }
+        let in_flight = writing.is_some();
+        self.with_core(n, peer, |core, _, now, _, out| {
+            core.conn_closed(now, id, &reason, in_flight, closing, out)
+        });
+        if let Some(w) = writing {
+            let mut frames = w.frames;
+            self.with_core(n, peer, |core, lim, now, _, out| {
+                core.written(lim, now, &h, &mut frames, Err(reason.clone()), out)
+            });
+            // Frames of a removed remote: dropping fails them.
+            drop(frames);
+        }
+        self.gc_conn(id);
+    }
+
+    fn gc_conn(&mut self, id: u64) {
+        let done = self.conns.get(&id).is_some_and(|c| {
+            c.ends
+                .iter()
+                .all(|e| e.closed && e.slots.used() == 0 && !e.slots.held())
+        });
+        if done {
+            self.conns.remove(&id);
+        }
+    }
+
+    // --- faults ----------------------------------------------------------------------
+
+    fn fault(&mut self, i: usize, start: bool) {
+        let (fault, ..) = self.faults[i];
+        match fault {
+            Fault::Partition(a, b) => {
+                self.nodes[a].faulty = true;
+                self.nodes[b].faulty = true;
+                let ids: Vec<u64> = self.conns.keys().copied().collect();
+                for id in ids {
+                    let c = self.conns.get_mut(&id).expect("listed");
+                    if pair(c.ends[0].node, c.ends[1].node) == pair(a, b) {
+                        c.cut = start;
+                        if !start {
+                            self.at(self.now, Ev::Read(id, 0));
+                            self.at(self.now, Ev::Read(id, 1));
+                            self.at(self.now, Ev::Write(id, 0));
+                            self.at(self.now, Ev::Write(id, 1));
+                        }
+                    }
+                }
+            }
+            Fault::Reset(a, b) if start => {
+                self.nodes[a].faulty = true;
+                self.nodes[b].faulty = true;
+                let ids: Vec<u64> = self.conns.keys().copied().collect();
+                for id in ids {
+                    let c = &self.conns[&id];
+                    if pair(c.ends[0].node, c.ends[1].node) == pair(a, b) {
+                        let reason = Error::protocol("connection reset by peer");
+                        self.shutdown(id, a, reason, true);
+                    }
+                }
+            }
+            Fault::Reset(..) => {}
+            Fault::Behave(n, b) => {
+                self.nodes[n].faulty = true;
+                self.nodes[n].behaviour = if start { b } else { Behaviour::default() };
+                if !start {
+                    self.resume(n);
+                }
+            }
+            Fault::Pause(n) => {
+                self.nodes[n].faulty = true;
+                if start {
+                    let (_, s, h) = self.faults[i];
+                    self.nodes[n].paused_until = self.now + (h - s);
+                }
+            }
+            Fault::Crash(n) if start => self.stop_node(n, true),
+            Fault::Close(n) if start => self.stop_node(n, false),
+            Fault::Crash(n) | Fault::Close(n) => self.restart(n),
+        }
+    }
+
+    /// After a fault heals: held messages are released, readers and writers go on.
+    fn resume(&mut self, n: usize) {
+        let gen = self.nodes[n].gen;
+        let holds: Vec<u64> = self.nodes[n].held.keys().copied().collect();
+        for h in holds {
+            self.at(self.now, Ev::Release(n, gen, h));
+        }
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            for e in 0..2 {
+                self.at(self.now, Ev::Read(id, e));
+                self.at(self.now, Ev::Write(id, e));
+            }
+        }
+    }
+
+    /// Close (orderly) or crash (abrupt) node `n`.
+    fn stop_node(&mut self, n: usize, crash: bool) {
+        if !self.nodes[n].alive {
+            return;
+        }
+        self.nodes[n].faulty = true;
+        self.nodes[n].closing = true;
+        let peers: Vec<usize> = self.nodes[n].remotes.keys().copied().collect();
+        for peer in peers {
+            let mut core = self.nodes[n].remotes.remove(&peer).expect("listed");
+            let mut out = Actions::default();
+            core.remove(&mut out);
+            self.run_actions(n, out);
+        }
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.shutdown(id, n, Error::Shutdown, crash);
+        }
+        // What its application held is released with it (nothing more is delivered).
+        let holds: Vec<u64> = self.nodes[n].held.keys().copied().collect();
+        let gen = self.nodes[n].gen;
+        for h in holds {
+            self.release(n, gen, h);
+        }
+        self.nodes[n].alive = false;
+        self.nodes[n].outstanding = 0;
+    }
+
+    fn restart(&mut self, n: usize) {
+        if self.nodes[n].alive {
+            return;
+        }
+        let node = &mut self.nodes[n];
+        node.gen += 1;
+        node.alive = true;
+        node.closing = false;
+        node.behaviour = Behaviour::default();
+        let gen = node.gen;
+        self.at(self.now, Ev::Work(n));
+        let r = self.reuse(n);
+        self.at(self.now + r / 2, Ev::Gc(n, gen));
+    }
+
+    // --- properties ------------------------------------------------------------------
+
+    /// Checked every 10 ms of simulated time: no send waits longer than 3 × timeout
+    /// without its peer making progress.
+    fn check_now(&mut self) {
+        let mut late = Vec::new();
+        for (i, s) in self.sends.iter().enumerate() {
+            if s.done.is_some() || s.late || !self.nodes[s.from].alive || self.nodes[s.from].closing
+            {
+                continue;
+            }
+            let bound = 3 * self.nodes[s.from].lim.timeout.as_micros() as T;
+            let progress = self.progress.get(&pair(s.from, s.to)).copied().unwrap_or(0);
+            let since = s.at.max(progress);
+            if self.now > since + bound {
+                late.push((i, s.from, s.to, (self.now - s.at) / MS));
+            }
+        }
+        for (i, from, to, waited) in late.into_iter().take(3) {
+            self.violation(format!(
+                "send {i} {from}->{to} has waited {waited}ms, over 3 x timeout since its \
+                 peer last made progress"
+            ));
+            self.sends[i].late = true;
+        }
+    }
+
+    /// The end of the run: the workload is over and every fault healed. A probe from
+    /// every live node to every other must be delivered; then every node closes. Checks
+    /// what must hold at quiescence.
+    fn finish(mut self) -> Report {
+        // Liveness after healing: one synchronous-or-not probe per ordered pair.
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].alive)
+            .collect();
+        // Each ordered pair of live nodes must deliver again: a probe, retried (up to five
+        // times) while the aftermath of the faults plays out.
+        let pairs: Vec<(usize, usize)> = live
+            .iter()
+            .flat_map(|&a| live.iter().filter(move |&&b| b != a).map(move |&b| (a, b)))
+            .collect();
+        for &a in &live {
+            self.nodes[a].behaviour = Behaviour::default();
+            self.nodes[a].paused_until = 0;
+        }
+        for &a in &live {
+            self.resume(a);
+        }
+        let deadline = self.now + 30 * SEC;
+        let mut failed_pairs = Vec::new();
+        for (a, b) in pairs {
+            let mut delivered = false;
+            for _ in 0..5 {
+                let probe = self.sends.len();
+                self.send(a, b, 1);
+                while self.sends[probe].done.is_none() {
+                    let Some(q) = self.queue.pop() else { break };
+                    if q.at > deadline {
+                        break;
+                    }
+                    self.step(q);
+                }
+                if matches!(self.sends[probe].done, Some((_, Ok(())))) {
+                    delivered = true;
+                    break;
+                }
+            }
+            if !delivered {
+                failed_pairs.push((a, b));
+            }
+        }
+        // Let the network and the applications settle.
+        while let Some(q) = self.queue.pop() {
+            if q.at > deadline {
+                break;
+            }
+            self.step(q);
+            let idle_network = self.conns.values().all(|c| {
+                c.dead
+                    || c.wires.iter().all(|w| w.frames.is_empty())
+                        && c.ends.iter().all(|e| e.writing.is_none())
+            });
+            if self
+                .nodes
+                .iter()
+                .all(|n| n.held.is_empty() && (!n.alive || n.outstanding == 0))
+                && idle_network
+            {
+                break;
+            }
+        }
+        for (a, b) in failed_pairs {
+            self.violation(format!(
+                "after every fault healed, {a}->{b} did not deliver a probe in five tries"
+            ));
+        }
+        // Nothing read is lost: every message a live receiver read reached its application.
+        let lost: Vec<usize> = self
+            .sends
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.read && s.delivered == 0 && !s.receiver_gone)
+            .filter(|(_, s)| self.nodes[s.to].alive)
+            .map(|(i, _)| i)
+            .collect();
+        for i in lost.into_iter().take(3) {
+            let s = &self.sends[i];
+            let what = format!(
+                "send {i} {}->{} was read by its receiver but never delivered to the application",
+                s.from, s.to
+            );
+            self.violation(what);
+        }
+        // Without a fault on either side, an asynchronous success was delivered.
+        let lost: Vec<usize> = (0..self.sends.len())
+            .filter(|&i| {
+                let s = &self.sends[i];
+                !s.sync
+                    && matches!(s.done, Some((_, Ok(()))))
+                    && s.delivered == 0
+                    && !self.nodes[s.from].faulty
+                    && !self.nodes[s.to].faulty
+            })
+            .collect();
+        if let Some(&i) = lost.first() {
+            let s = format!("{:?}", self.sends[i]);
+            self.violation(format!(
+                "{} asynchronous sends were written without a fault but never delivered, e.g. {s}",
+                lost.len()
+            ));
+        }
+        // Close every node, in order; everything must complete and nothing may remain.
+        for n in 0..self.nodes.len() {
+            self.stop_node(n, false);
+        }
+        while let Some(q) = self.queue.pop() {
+            self.step(q);
+            if self.now > deadline + 60 * SEC {
+                break;
+            }
+        }
+        let open: Vec<usize> = (0..self.sends.len())
+            .filter(|&i| self.sends[i].done.is_none())
+            .collect();
+        if let Some(&i) = open.first() {
+            let s = format!("{:?}", self.sends[i]);
+            self.violation(format!("{} sends never completed, e.g. {s}", open.len()));
+        }
+        let (released, finished) = *self.releases.lock().unwrap();
+        if released != finished {
+            self.violation(format!("{released} releases, {finished} completed"));
+        }
+        if !self.conns.is_empty() {
+            let left = self.conns.len();
+            let (id, c) = self.conns.iter().next().expect("one");
+            let what = format!(
+                "e.g. {id}: up {} dead {} ends {:?}",
+                c.up,
+                c.dead,
+                c.ends
+                    .iter()
+                    .map(|e| (
+                        e.node,
+                        e.closed,
+                        e.slots.used(),
+                        e.slots.held(),
+                        e.writing.is_some()
+                    ))
+                    .collect::<Vec<_>>()
+            );
+            self.violation(format!("{left} connections left after close: {what}"));
+        }
+        let remotes: usize = self.nodes.iter().map(|n| n.remotes.len()).sum();
+        if remotes > 0 {
+            self.violation(format!("{remotes} remotes left after close"));
+        }
+        let ok = self
+            .sends
+            .iter()
+            .filter(|s| matches!(s.done, Some((_, Ok(())))))
+            .count();
+        Report {
+            seed: self.seed,
+            trace: self.trace.finish(),
+            messages: self.sends.len(),
+            events: self.events,
+            ok,
+            failed: self.sends.len() - ok,
+            delivered: self.sends.iter().map(|s| s.delivered as usize).sum(),
+            faults: self.faults.len(),
+            violations: self.violations,
+        }
+    }
+}
+
+fn new_handle(next: &Cell<u64>) -> H {
+    let id = next.get();
+    next.set(id + 1);
+    H {
+        id,
+        reason: Rc::new(RefCell::new(None)),
+    }
+}
+
+/// Runs `seed` and returns its report.
+pub(crate) fn run_seed(seed: u64) -> Report {
+    Sim::new(seed).run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seeds_from_env() -> Option<Vec<u64>> {
+        let one = std::env::var("CHIRP_SIM_SEED").ok()?;
+        Some(vec![one.parse().expect("CHIRP_SIM_SEED is a number")])
+    }
+
+    fn check(seeds: impl IntoIterator<Item = u64>) -> (usize, u64) {
+        let mut messages = 0;
+        let mut events = 0;
+        let mut failed = Vec::new();
+        for seed in seeds {
+            let r = run_seed(seed);
+            if std::env::var_os("CHIRP_SIM_VERBOSE").is_some() {
+                println!(
+                    "seed {}: {} messages ({} ok, {} failed, {} delivered), {} faults, {} events",
+                    r.seed, r.messages, r.ok, r.failed, r.delivered, r.faults, r.events
+                );
+            }
+            messages += r.messages;
+            events += r.events;
+            if !r.violations.is_empty() {
+                failed.push(format!(
+                    "seed {} (replay: scripts/sim.sh --seed {}):\n  {}",
+                    r.seed,
+                    r.seed,
+                    r.violations.join("\n  ")
+                ));
+            }
+        }
+        assert!(failed.is_empty(), "{}", failed.join("\n"));
+        (messages, events)
+    }
+
+    /// The fixed regression set: these seeds run on every `cargo test`.
+    #[test]
+    fn sim_regression_seeds_keep_every_property() {
+        let replay = seeds_from_env();
+        let whole_set = replay.is_none();
+        let (messages, _) = check(replay.unwrap_or_else(|| (1..=200).collect()));
+        if whole_set {
+            assert!(messages > 10_000, "the seeds sent only {messages} messages");
+        }
+    }
+
+    /// Fresh seeds for as long as `CHIRP_SIM_SECONDS` says (scripts/sim.sh; CI runs it).
+    #[test]
+    #[ignore = "explores fresh seeds: scripts/sim.sh --seeds N or CHIRP_SIM_SECONDS"]
+    fn sim_explore_fresh_seeds() {
+        let secs: u64 = std::env::var("CHIRP_SIM_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10);
+        let count: Option<u64> = std::env::var("CHIRP_SIM_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok());
+        let start = crate::rand::u64();
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        let mut messages = 0;
+        loop {
+            let (m, _) = check([start.wrapping_add(n)]);
+            messages += m;
+            n += 1;
+            let done = match count {
+                Some(c) => n >= c,
+                None => t0.elapsed() >= Duration::from_secs(secs),
+            };
+            if done {
+                break;
+            }
+        }
+        let rate = messages as f64 / t0.elapsed().as_secs_f64();
+        println!(
+            "{n} fresh seeds from {start}, {messages} simulated messages, {rate:.0} messages/s"
+        );
+    }
+
+    /// The same seed gives the same run: the traces of two runs hash alike.
+    #[test]
+    fn sim_a_seed_replays_exactly() {
+        for seed in [7, 42, 1234] {
+            let a = run_seed(seed);
+            let b = run_seed(seed);
+            assert_eq!(
+                (a.trace, a.events, a.messages),
+                (b.trace, b.events, b.messages),
+                "seed {seed} ran differently twice"
+            );
+        }
+        assert_ne!(run_seed(1).trace, run_seed(2).trace, "two seeds ran alike");
+    }
+}
