@@ -105,6 +105,17 @@ fn connect_nonblocking(
     Ok(())
 }
 
+/// Bytes written to the socket that the peer has not acknowledged yet (`SIOCOUTQ`): when
+/// it shrinks, the peer is reading. `None` if it cannot be told.
+pub(crate) fn unsent(stream: &TcpStream) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one c_int through the pointer, which points at
+    // `n`, alive across the call; the descriptor is the stream's own.
+    let r = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (r == 0).then_some(n.max(0) as usize)
+}
+
 /// Waits until the socket is writable (or has an error or hang-up), at most `timeout`.
 /// `socket2` has no readiness wait, so this is the one system call made by hand.
 fn wait_writable(sock: &SockRef, timeout: Duration) -> io::Result<bool> {

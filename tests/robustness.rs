@@ -536,3 +536,140 @@ fn fuzzed_streams_through_the_real_reader() {
     node.close();
     back_to_baseline(base);
 }
+
+// --- The protocol core's promises on real sockets (the simulator checks them on every
+// seed: src/proto/sim.rs) ---------------------------------------------------------------
+
+/// Asynchronous mode loses nothing without a fault: a receiver whose consumer takes
+/// nothing until the sender has streamed, been told every message was written, and closed,
+/// still gets every message (they waited in its park; the sender's close used to drop
+/// them).
+#[test]
+fn a_parked_stream_is_delivered_after_its_sender_closed() {
+    let _s = serial();
+    const N: usize = 2000;
+    let (receiver, rx) = inbox_node(config(false));
+    let to = v4(&receiver);
+    let mut c = config(false);
+    c.max_queued = N;
+    let sender = Node::start(c, drop).expect("sender");
+    let sends: Vec<_> = (0..N)
+        .map(|i| sender.send(Message::to(to, (i as u32).to_le_bytes().repeat(4))))
+        .collect();
+    for (i, s) in sends.into_iter().enumerate() {
+        s.wait_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("send {i} never completed"))
+            .unwrap_or_else(|e| panic!("send {i} failed: {}", e.error()));
+    }
+    sender.close();
+    // Nothing was taken yet: the receiver's slots are held, the rest is parked.
+    let mut seen = vec![false; N];
+    for got in 0..N {
+        let msg = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("only {got} of {N} messages arrived"));
+        let i = u32::from_le_bytes(msg.data()[..4].try_into().unwrap()) as usize;
+        assert!(!seen[i], "message {i} arrived twice");
+        seen[i] = true;
+    }
+    receiver.close();
+}
+
+/// A peer that never makes progress (never handshakes; handshakes but never reads) fails
+/// every queued send within 3 x timeout of its queueing, wherever it stands in the queue.
+/// (Each failed connection used to fail one message, then redial: minutes for a queue.)
+#[test]
+fn every_send_to_a_stalled_peer_has_its_outcome_within_three_timeouts() {
+    let _s = serial();
+    for handshakes in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The stalled peer: accepts, maybe handshakes, then never reads or answers.
+        let peer = std::thread::spawn(move || {
+            let (s, _) = listener.accept().expect("accept");
+            if handshakes {
+                let mut s2 = s.try_clone().unwrap();
+                s2.write_all(
+                    &Handshake {
+                        port: addr.port(),
+                        identity: Identity::random(),
+                    }
+                    .encode(),
+                )
+                .unwrap();
+            }
+            s
+        });
+        let mut c = config(false);
+        c.timeout = Duration::from_millis(500);
+        let node = Node::start(c, drop).expect("node");
+        let started = Instant::now();
+        let bound = Duration::from_millis(1500);
+        let sends: Vec<_> = (0..200)
+            .map(|_| node.send(Message::to(addr, vec![7u8; 64 * 1024])))
+            .collect();
+        for (i, s) in sends.into_iter().enumerate() {
+            // Slack for the test's own scheduling, not for the library.
+            let deadline = started + bound + Duration::from_millis(500);
+            let outcome = s.wait_deadline(deadline).unwrap_or_else(|_| {
+                panic!(
+                    "handshakes {handshakes}: send {i} had no outcome {:?} after queueing",
+                    started.elapsed()
+                )
+            });
+            assert!(
+                outcome.is_err() || handshakes,
+                "send {i} to a peer that never handshakes succeeded"
+            );
+        }
+        node.close();
+        drop(peer.join());
+    }
+}
+
+/// Garbage collection never cuts a connection that is moving bytes: one large message to a
+/// peer that reads it slowly, over several reuse times, is delivered whole.
+#[test]
+fn a_slow_transfer_outlives_several_reuse_times() {
+    let _s = serial();
+    // Larger than the kernel's socket buffers on loopback can absorb.
+    const LEN: usize = 16 * 1024 * 1024;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut raw = raw::Raw::accept(&listener);
+        // About 6 MB/s: the transfer takes about three seconds, several reuse times.
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < LEN + libchirp::wire::PREAMBLE_SIZE {
+            use std::io::Read;
+            match raw.stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        got
+    });
+    let mut c = config(false);
+    c.timeout = Duration::from_millis(200);
+    c.reuse_time = Duration::from_millis(500);
+    c.max_msg_size = 32 * 1024 * 1024;
+    let node = Node::start(c, drop).expect("node");
+    let started = Instant::now();
+    let outcome = node
+        .send(Message::to(addr, vec![1u8; LEN]))
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the send never completed");
+    let took = started.elapsed();
+    if let Err(e) = outcome {
+        panic!("cut after {took:?}: {}", e.error());
+    }
+    let got = reader.join().unwrap();
+    assert_eq!(
+        got,
+        LEN + libchirp::wire::PREAMBLE_SIZE,
+        "the peer read {got} bytes"
+    );
+    node.close();
+}

@@ -518,22 +518,48 @@ fn write_blocking(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> R
 /// Writes every slice, blocking (bounded by the socket's write timeout).
 fn write_all_vectored(conn: &Conn, parts: &mut [IoSlice]) -> io::Result<()> {
     let mut bufs: &mut [IoSlice] = parts;
+    let mut unsent = None;
     while !bufs.is_empty() {
         let n = bufs.len().min(MAX_IOV);
-        match crate::sys::send_vectored(&conn.stream, &bufs[..n], true)? {
-            0 => return Err(io::ErrorKind::WriteZero.into()),
-            written => {
+        match crate::sys::send_vectored(&conn.stream, &bufs[..n], true) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => {
                 conn.moved(written);
                 IoSlice::advance_slices(&mut bufs, written)
             }
+            Err(e) => draining(conn, e, &mut unsent)?,
         }
     }
     Ok(())
 }
 
+/// A blocking write timed out (`e`): the kernel wakes a blocked writer only once much of
+/// its send buffer is free, so a peer that reads slowly can leave it asleep for longer
+/// than the timeout. If the socket's unsent bytes shrank since the last look, the peer is
+/// reading: go on (the remote's stall check bounds the whole wait). Any other error, or
+/// no progress, is returned.
+fn draining(conn: &Conn, e: io::Error, unsent: &mut Option<usize>) -> io::Result<()> {
+    if !matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
+        return Err(e);
+    }
+    let now = crate::sys::unsent(&conn.stream);
+    let progress = matches!((*unsent, now), (Some(before), Some(n)) if n < before)
+        || (unsent.is_none() && now.is_some());
+    *unsent = now;
+    if progress {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
 /// Writes all of `buf`, blocking (bounded by the socket's write timeout), counting the
 /// bytes as they go (a slow reader's progress shows before the write ends).
 fn write_all(conn: &Conn, mut buf: &[u8]) -> io::Result<()> {
+    let mut unsent = None;
     while !buf.is_empty() {
         match (&conn.stream).write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -542,7 +568,7 @@ fn write_all(conn: &Conn, mut buf: &[u8]) -> io::Result<()> {
                 buf = &buf[n..];
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => draining(conn, e, &mut unsent)?,
         }
     }
     Ok(())
