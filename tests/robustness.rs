@@ -557,9 +557,12 @@ fn a_parked_stream_is_delivered_after_its_sender_closed() {
         .map(|i| sender.send(Message::to(to, (i as u32).to_le_bytes().repeat(4))))
         .collect();
     for (i, s) in sends.into_iter().enumerate() {
-        s.wait_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("send {i} never completed"))
-            .unwrap_or_else(|e| panic!("send {i} failed: {}", e.error()));
+        let Ok(outcome) = s.wait_timeout(Duration::from_secs(20)) else {
+            panic!("send {i} never completed")
+        };
+        if let Err(e) = outcome {
+            panic!("send {i} failed: {}", e.error());
+        }
     }
     sender.close();
     // Nothing was taken yet: the receiver's slots are held, the rest is parked.
@@ -611,12 +614,12 @@ fn every_send_to_a_stalled_peer_has_its_outcome_within_three_timeouts() {
         for (i, s) in sends.into_iter().enumerate() {
             // Slack for the test's own scheduling, not for the library.
             let deadline = started + bound + Duration::from_millis(500);
-            let outcome = s.wait_deadline(deadline).unwrap_or_else(|_| {
+            let Ok(outcome) = s.wait_deadline(deadline) else {
                 panic!(
                     "handshakes {handshakes}: send {i} had no outcome {:?} after queueing",
                     started.elapsed()
                 )
-            });
+            };
             assert!(
                 outcome.is_err() || handshakes,
                 "send {i} to a peer that never handshakes succeeded"
