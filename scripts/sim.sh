@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The deterministic simulator (src/proto/sim.rs): nodes of the real protocol core over a
 # simulated network and clock, with faults, checking the README's guarantees on every run.
-#   scripts/sim.sh                  the fixed regression seeds (1..200), as `cargo test` runs them
+#   scripts/sim.sh                  the fixed regression seeds 1..200 (`cargo test` runs 1..40)
 #   scripts/sim.sh --seed S         replay one seed exactly (add --trace to print every event)
 #   scripts/sim.sh --seeds N        explore N fresh seeds
 #   scripts/sim.sh --seconds N      explore fresh seeds for N seconds (CI: 120)
@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 filter=sim_regression
+export CHIRP_SIM_REGRESSION="${CHIRP_SIM_REGRESSION:-200}"
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -184,7 +184,14 @@ impl Owner for Link {
         }
         if let Some((node, remote)) = self.both() {
             let mut after = After::default();
-            remote.conn_closed(conn, reason, in_flight, node.is_closed(), &mut after);
+            remote.conn_closed(
+                &node.lim,
+                conn,
+                reason,
+                in_flight,
+                node.is_closed(),
+                &mut after,
+            );
             // A peer that connected to us and left, with nothing pending either way, needs
             // no remote until it comes back (a dialed remote stays: it keeps the reconnect
             // debounce of a failing peer).

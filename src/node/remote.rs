@@ -130,6 +130,7 @@ impl Remote {
     /// `conn` was shut down with `reason` (see [`RemoteCore::conn_closed`]).
     pub(crate) fn conn_closed(
         &self,
+        lim: &Limits,
         conn: &Conn,
         reason: &Error,
         in_flight: bool,
@@ -138,7 +139,7 @@ impl Remote {
     ) {
         let now = Instant::now();
         self.lock()
-            .conn_closed(now, conn.id, reason, in_flight, closing, after);
+            .conn_closed(lim, now, conn.id, reason, in_flight, closing, after);
     }
 
     /// See [`RemoteCore::release_if_vacant`].
@@ -344,7 +345,7 @@ mod tests {
             let reason = Error::Protocol {
                 reason: "peer closed the connection".into(),
             };
-            remote.conn_closed(&conn, &reason, false, false, &mut after);
+            remote.conn_closed(&lim(), &conn, &reason, false, false, &mut after);
             if also_removed {
                 remote.remove(&mut after);
             }
@@ -421,7 +422,7 @@ mod tests {
         let reason = Error::Protocol {
             reason: "peer closed the connection".into(),
         };
-        remote.conn_closed(&conn, &reason, false, false, &mut after);
+        remote.conn_closed(&lim(), &conn, &reason, false, false, &mut after);
         run(after);
         let outcome = report(&remote, &conn, frames, Ok(()), completion);
         assert!(

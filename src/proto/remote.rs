@@ -2,8 +2,8 @@
 //! send queues, serial counter, the synchronous message waiting for its ACK, its current
 //! connection, the reconnect debounce, and the two promises it keeps about time:
 //!
-//! * **The outcome bound.** A queued send never waits longer than [`stall_bound`] (twice
-//!   the timeout) after its peer last made progress: a handshake, bytes moved on the
+//! * **The outcome bound.** A queued send never waits longer than [`stall_bound`] (2.5
+//!   times the timeout) after its peer last made progress: a handshake, bytes moved on the
 //!   current connection, a frame written or received, an ACK. When the peer makes none for
 //!   that long, every message queued for it fails with a timeout that says so, and its
 //!   connection is shut down. A peer that keeps making progress never fails a send for
@@ -41,9 +41,18 @@ pub(crate) struct Limits {
     pub(crate) max_queued: usize,
 }
 
-/// How long a remote's peer may make no progress while sends wait for it.
+/// How long a remote's peer may make no progress while sends wait for it: a connect (up
+/// to twice the timeout) after a reconnect debounce (at most half the timeout, see
+/// [`debounce`]).
 pub(crate) fn stall_bound(lim: &Limits) -> Duration {
-    lim.timeout * 2
+    lim.timeout * 5 / 2
+}
+
+/// The reconnect debounce: 50–549 ms, but at most half the timeout, so that it always
+/// fits the stall bound.
+fn debounce(lim: &Limits, rng: &mut fastrand::Rng) -> Duration {
+    let cap = (lim.timeout.as_millis() as u64 / 2).max(1);
+    Duration::from_millis(rng.u64(50..550).min(cap))
 }
 
 /// A timer a remote asks for; when it fires, the driver calls the matching transition.
@@ -505,6 +514,7 @@ impl<C: ConnRef> RemoteCore<C> {
     /// message, and debounces the reconnect (unless the node is `closing`).
     pub(crate) fn conn_closed(
         &mut self,
+        lim: &Limits,
         now: Instant,
         conn: u64,
         reason: &Error,
@@ -547,9 +557,9 @@ impl<C: ConnRef> RemoteCore<C> {
                 }
             }
             if !closing {
-                // Debounce the reconnect (50–549 ms).
+                // Debounce the reconnect.
                 self.blocked = true;
-                let at = now + Duration::from_millis(self.rng.u64(50..550));
+                let at = now + debounce(lim, &mut self.rng);
                 out.push(Action::Timer(at, Timer::Debounce(self.key)));
             }
         }
