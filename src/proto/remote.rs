@@ -512,6 +512,8 @@ impl<C: ConnRef> RemoteCore<C> {
     /// `conn` was shut down with `reason`. `in_flight`: frames being written take the
     /// failure. Fails the message waiting for its ACK on it, or else exactly one queued
     /// message, and debounces the reconnect (unless the node is `closing`).
+    // Each argument is one fact of the event; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn conn_closed(
         &mut self,
         lim: &Limits,
