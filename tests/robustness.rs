@@ -613,7 +613,7 @@ fn every_send_to_a_stalled_peer_has_its_outcome_within_three_timeouts() {
             .collect();
         for (i, s) in sends.into_iter().enumerate() {
             // Slack for the test's own scheduling, not for the library.
-            let deadline = started + bound + Duration::from_millis(500);
+            let deadline = started + bound + Duration::from_millis(1000);
             let Ok(outcome) = s.wait_deadline(deadline) else {
                 panic!(
                     "handshakes {handshakes}: send {i} had no outcome {:?} after queueing",
