@@ -105,15 +105,28 @@ fn connect_nonblocking(
     Ok(())
 }
 
-/// Bytes written to the socket that the peer has not acknowledged yet (`SIOCOUTQ`): when
-/// it shrinks, the peer is reading. `None` if it cannot be told.
-pub(crate) fn unsent(stream: &TcpStream) -> Option<usize> {
+/// The bytes the peer has moved on this connection so far, as the kernel counts them
+/// (`TCP_INFO`): what it acknowledged of ours plus what we received from it. It grows only
+/// while the peer takes part; bytes merely taken into our own send buffer do not count.
+/// `None` if it cannot be told.
+pub(crate) fn peer_progress(stream: &TcpStream) -> Option<u64> {
     use std::os::fd::AsRawFd;
-    let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one c_int through the pointer, which points at
-    // `n`, alive across the call; the descriptor is the stream's own.
-    let r = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-    (r == 0).then_some(n.max(0) as usize)
+    // SAFETY: `tcp_info` is plain old data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`, which is that large and
+    // alive across the call, and stores the length it wrote in `len`; the descriptor is
+    // the stream's own.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then(|| info.tcpi_bytes_acked + info.tcpi_bytes_received)
 }
 
 /// Waits until the socket is writable (or has an error or hang-up), at most `timeout`.

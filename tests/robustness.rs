@@ -579,54 +579,90 @@ fn a_parked_stream_is_delivered_after_its_sender_closed() {
 }
 
 /// A peer that never makes progress (never handshakes; handshakes but never reads) fails
-/// every queued send within 3 x timeout of its queueing, wherever it stands in the queue.
-/// (Each failed connection used to fail one message, then redial: minutes for a queue.)
+/// every queued send within 3 x timeout of the peer's last progress, wherever the send
+/// stands in the queue. (Each failed connection used to fail one message, then redial:
+/// minutes for a queue.) The peer's last progress is when its kernel last took bytes: the
+/// peer watches its own receive queue.
 #[test]
 fn every_send_to_a_stalled_peer_has_its_outcome_within_three_timeouts() {
     let _s = serial();
     for handshakes in [false, true] {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // The stalled peer: accepts, maybe handshakes, then never reads or answers. Its
+        // receive buffer is small and fixed, so its kernel soon stops taking bytes.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(8).unwrap();
+        let listener: TcpListener = socket.into();
         let addr = listener.local_addr().unwrap();
-        // The stalled peer: accepts, maybe handshakes, then never reads or answers.
-        let peer = std::thread::spawn(move || {
-            let (s, _) = listener.accept().expect("accept");
-            if handshakes {
-                let mut s2 = s.try_clone().unwrap();
-                s2.write_all(
-                    &Handshake {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let last_progress = Arc::new(Mutex::new(Instant::now()));
+        let peer = {
+            let (stop, last_progress) = (stop.clone(), last_progress.clone());
+            std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().expect("accept");
+                *last_progress.lock().unwrap() = Instant::now();
+                if handshakes {
+                    let hs = Handshake {
                         port: addr.port(),
                         identity: Identity::random(),
+                    };
+                    s.write_all(&hs.encode()).unwrap();
+                }
+                // Never reads; notes when its receive queue last grew.
+                s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+                let mut buf = vec![0u8; 16 << 20];
+                let mut queued = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    match s.peek(&mut buf) {
+                        Ok(n) if n != queued => {
+                            queued = n;
+                            *last_progress.lock().unwrap() = Instant::now();
+                        }
+                        Ok(0) => break, // the node closed
+                        Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+                        Err(_) => {}
                     }
-                    .encode(),
-                )
-                .unwrap();
-            }
-            s
-        });
+                }
+            })
+        };
         let mut c = config(false);
         c.timeout = Duration::from_millis(500);
         let node = Node::start(c, drop).expect("node");
         let started = Instant::now();
-        let bound = Duration::from_millis(1500);
         let sends: Vec<_> = (0..200)
             .map(|_| node.send(Message::to(addr, vec![7u8; 64 * 1024])))
             .collect();
+        let mut outcomes = Vec::new();
         for (i, s) in sends.into_iter().enumerate() {
-            // Slack for the test's own scheduling, not for the library.
-            let deadline = started + bound + Duration::from_millis(1000);
-            let Ok(outcome) = s.wait_deadline(deadline) else {
-                panic!(
-                    "handshakes {handshakes}: send {i} had no outcome {:?} after queueing",
-                    started.elapsed()
-                )
+            // Only so that a broken library cannot hang the test.
+            let Ok(outcome) = s.wait_timeout(Duration::from_secs(20)) else {
+                panic!("handshakes {handshakes}: send {i} had no outcome within 20 s")
             };
             assert!(
                 outcome.is_err() || handshakes,
                 "send {i} to a peer that never handshakes succeeded"
             );
+            outcomes.push(Instant::now());
+        }
+        stop.store(true, Ordering::Relaxed);
+        let last = (*last_progress.lock().unwrap()).max(started);
+        // 3 x timeout, plus slack for the test's own scheduling (not the library's).
+        let bound = Duration::from_millis(1500 + 300);
+        for (i, at) in outcomes.iter().enumerate() {
+            assert!(
+                at.saturating_duration_since(last) <= bound,
+                "handshakes {handshakes}: send {i} had its outcome {:?} after the peer's last \
+                 progress ({:?} after queueing)",
+                at.saturating_duration_since(last),
+                at.duration_since(started)
+            );
         }
         node.close();
-        drop(peer.join());
+        peer.join().unwrap();
     }
 }
 

@@ -218,9 +218,6 @@ pub(crate) struct Conn {
     /// When the handshake completed.
     since: OnceLock<Instant>,
     pub(crate) traffic: Traffic,
-    /// Bytes moved either way so far (plaintext read, bytes written): a slow transfer's
-    /// progress, before its frame is complete.
-    moved: AtomicU64,
 }
 
 impl Conn {
@@ -287,7 +284,6 @@ impl Conn {
             info: OnceLock::new(),
             since: OnceLock::new(),
             traffic: Traffic::default(),
-            moved: AtomicU64::new(0),
         }
     }
 
@@ -310,14 +306,12 @@ impl Conn {
         (st.handshaken && !st.closing).then(|| st.active.idle_for(now, bytes, held))
     }
 
-    /// Bytes moved either way so far.
+    /// Bytes the peer has moved so far (see [`crate::sys::peer_progress`]): a slow
+    /// transfer's progress before its frame is complete. One system call; made by the
+    /// stall check and garbage collection, never per message. 0 if it cannot be told (no
+    /// progress is then seen, and a stalled peer is still found).
     pub(crate) fn bytes_moved(&self) -> u64 {
-        self.moved.load(Ordering::Relaxed)
-    }
-
-    /// `n` more bytes moved.
-    fn moved(&self, n: usize) {
-        self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        crate::sys::peer_progress(&self.stream).unwrap_or(0)
     }
 
     /// Whether the connection is encrypted.

@@ -60,7 +60,6 @@ impl<'a> Source<'a> {
         let r = self.read_into(dst.space(), deadline);
         if let Ok(n) = r {
             dst.filled(n);
-            self.conn.moved(n);
         }
         self.buf = dst;
         r

@@ -391,9 +391,7 @@ fn try_write(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> Result
 
 /// A send that never blocks, whatever the socket's mode.
 fn send_nonblocking(conn: &Conn, bufs: &[IoSlice]) -> io::Result<usize> {
-    let n = crate::sys::send_vectored(&conn.stream, bufs, false)?;
-    conn.moved(n);
-    Ok(n)
+    crate::sys::send_vectored(&conn.stream, bufs, false)
 }
 
 /// The writer thread: finishes handoffs, writes batches when direct writers leave them,
@@ -518,16 +516,13 @@ fn write_blocking(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> R
 /// Writes every slice, blocking (bounded by the socket's write timeout).
 fn write_all_vectored(conn: &Conn, parts: &mut [IoSlice]) -> io::Result<()> {
     let mut bufs: &mut [IoSlice] = parts;
-    let mut unsent = None;
+    let mut seen = conn.bytes_moved();
     while !bufs.is_empty() {
         let n = bufs.len().min(MAX_IOV);
         match crate::sys::send_vectored(&conn.stream, &bufs[..n], true) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => {
-                conn.moved(written);
-                IoSlice::advance_slices(&mut bufs, written)
-            }
-            Err(e) => draining(conn, e, &mut unsent)?,
+            Ok(written) => IoSlice::advance_slices(&mut bufs, written),
+            Err(e) => draining(conn, e, &mut seen)?,
         }
     }
     Ok(())
@@ -535,20 +530,19 @@ fn write_all_vectored(conn: &Conn, parts: &mut [IoSlice]) -> io::Result<()> {
 
 /// A blocking write timed out (`e`): the kernel wakes a blocked writer only once much of
 /// its send buffer is free, so a peer that reads slowly can leave it asleep for longer
-/// than the timeout. If the socket's unsent bytes shrank since the last look, the peer is
-/// reading: go on (the remote's stall check bounds the whole wait). Any other error, or
-/// no progress, is returned.
-fn draining(conn: &Conn, e: io::Error, unsent: &mut Option<usize>) -> io::Result<()> {
+/// than the timeout. If the peer moved bytes since the last look (`seen`: the count then;
+/// the first look is the write's start), it is reading: go on (the remote's stall check
+/// bounds the whole wait). Any other error, or no progress, is returned.
+fn draining(conn: &Conn, e: io::Error, seen: &mut u64) -> io::Result<()> {
     if !matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     ) {
         return Err(e);
     }
-    let now = crate::sys::unsent(&conn.stream);
-    let progress = matches!((*unsent, now), (Some(before), Some(n)) if n < before)
-        || (unsent.is_none() && now.is_some());
-    *unsent = now;
+    let now = conn.bytes_moved();
+    let progress = now != *seen;
+    *seen = now;
     if progress {
         Ok(())
     } else {
@@ -556,19 +550,16 @@ fn draining(conn: &Conn, e: io::Error, unsent: &mut Option<usize>) -> io::Result
     }
 }
 
-/// Writes all of `buf`, blocking (bounded by the socket's write timeout), counting the
-/// bytes as they go (a slow reader's progress shows before the write ends).
+/// Writes all of `buf`, blocking (bounded by the socket's write timeout while the peer
+/// takes nothing, see [`draining`]).
 fn write_all(conn: &Conn, mut buf: &[u8]) -> io::Result<()> {
-    let mut unsent = None;
+    let mut seen = conn.bytes_moved();
     while !buf.is_empty() {
         match (&conn.stream).write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                conn.moved(n);
-                buf = &buf[n..];
-            }
+            Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => draining(conn, e, &mut unsent)?,
+            Err(e) => draining(conn, e, &mut seen)?,
         }
     }
     Ok(())

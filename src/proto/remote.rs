@@ -2,11 +2,11 @@
 //! send queues, serial counter, the synchronous message waiting for its ACK, its current
 //! connection, the reconnect debounce, and the two promises it keeps about time:
 //!
-//! * **The outcome bound.** A queued send never waits longer than [`stall_bound`] (2.5
-//!   times the timeout) after its peer last made progress: a handshake, bytes moved on the
-//!   current connection, a frame written or received, an ACK. When the peer makes none for
-//!   that long, every message queued for it fails with a timeout that says so, and its
-//!   connection is shut down. A peer that keeps making progress never fails a send for
+//! * **The outcome bound.** A queued send never waits longer than 2.5 times the timeout
+//!   after its peer last made progress: a handshake, bytes moved on the current
+//!   connection, a frame written or received, an ACK. When the peer makes none for
+//!   [`stall_bound`] (twice the timeout; checked every eighth of that), every message
+//!   queued for it fails with a timeout that says so, and its connection is shut down. A peer that keeps making progress never fails a send for
 //!   waiting, however long the queue.
 //! * **Garbage collection never fails work.** A remote can be collected only when nothing
 //!   is queued, awaiting an ACK or dialing, and its connection is idle
@@ -41,15 +41,21 @@ pub(crate) struct Limits {
     pub(crate) max_queued: usize,
 }
 
-/// How long a remote's peer may make no progress while sends wait for it: a connect (up
-/// to twice the timeout) after a reconnect debounce (at most half the timeout, see
-/// [`debounce`]).
+/// How long a remote's peer may make no progress while sends wait for it: as long as a
+/// connect may take.
 pub(crate) fn stall_bound(lim: &Limits) -> Duration {
-    lim.timeout * 5 / 2
+    lim.timeout * 2
 }
 
-/// The reconnect debounce: 50–549 ms, but at most half the timeout, so that it always
-/// fits the stall bound.
+/// How often the stall check looks while sends wait. Bytes moved between two looks at the
+/// same connection are progress, so a send waits at most the bound and two looks (one to
+/// take a new connection's count, one to compare): 2.5 × timeout.
+fn stall_interval(lim: &Limits) -> Duration {
+    stall_bound(lim) / 8
+}
+
+/// The reconnect debounce: 50–549 ms, but at most half the timeout, so that a redial to a
+/// peer that is back comes well within the stall bound.
 fn debounce(lim: &Limits, rng: &mut fastrand::Rng) -> Duration {
     let cap = (lim.timeout.as_millis() as u64 / 2).max(1);
     Duration::from_millis(rng.u64(50..550).min(cap))
@@ -221,14 +227,14 @@ impl<C: ConnRef> RemoteCore<C> {
         }
         self.timestamp = now;
         self.progress = now;
-        self.arm_stall(lim, out);
+        self.arm_stall(lim, now, out);
     }
 
-    fn arm_stall(&mut self, lim: &Limits, out: &mut Actions<C>) {
+    fn arm_stall(&mut self, lim: &Limits, now: Instant, out: &mut Actions<C>) {
         if !self.stall_timer_armed {
             self.stall_timer_armed = true;
             out.push(Action::Timer(
-                self.progress + stall_bound(lim),
+                now + stall_interval(lim),
                 Timer::Stall(self.key),
             ));
         }
@@ -613,8 +619,8 @@ impl<C: ConnRef> RemoteCore<C> {
     /// The stall timer fired. `conn_bytes`: the current connection's running byte count
     /// (see [`super::activity`]), if there is one. If the peer made no progress for
     /// [`stall_bound`], every queued message fails with a timeout and the connection is
-    /// shut down (which fails the one in flight or awaiting its ACK); else the check is
-    /// armed again for the bound after the last progress.
+    /// shut down (which fails the one in flight or awaiting its ACK); else the check looks
+    /// again after [`stall_interval`].
     pub(crate) fn stall_check(
         &mut self,
         lim: &Limits,
@@ -626,22 +632,23 @@ impl<C: ConnRef> RemoteCore<C> {
         if self.removed || self.quiet() {
             return;
         }
+        // Bytes moved since the last look at the same connection are progress. A
+        // connection seen for the first time only gives the count to compare with next
+        // time: what it moved before is unknown (its handshake already counted).
+        let mut compared = false;
         if let (Some(c), Some(bytes)) = (&self.conn, conn_bytes) {
-            // Bytes moved since the last look at the same connection; a connection seen
-            // for the first time counts only if it has moved any (one still dialing a
-            // dead peer has not).
-            let moved = match self.seen_bytes {
-                Some((id, before)) if id == c.id() => bytes != before,
-                _ => bytes > 0,
-            };
-            self.seen_bytes = Some((c.id(), bytes));
-            if moved {
-                self.progress = self.progress.max(now);
+            if let Some((_, before)) = self.seen_bytes.filter(|(id, _)| *id == c.id()) {
+                compared = true;
+                if bytes != before {
+                    self.progress = self.progress.max(now);
+                }
             }
+            self.seen_bytes = Some((c.id(), bytes));
         }
         let bound = stall_bound(lim);
-        if now.saturating_duration_since(self.progress) < bound {
-            self.arm_stall(lim, out);
+        let stalled = now.saturating_duration_since(self.progress) >= bound;
+        if !stalled || (self.conn.is_some() && !compared) {
+            self.arm_stall(lim, now, out);
             return;
         }
         let err = Error::timeout(format!(

@@ -130,6 +130,7 @@ struct End {
     slots: Slots<Message>,
     /// The reader stopped: the next frame can neither have a slot nor be parked.
     blocked: bool,
+    /// Bytes the peer took from this end or gave it (what TCP_INFO counts).
     moved: u64,
     activity: Activity,
     closed: bool,
@@ -1120,9 +1121,12 @@ impl Sim {
         }
         let chunk = CHUNK.min(w.bytes - w.done).min(rate * 50).max(1);
         w.done += chunk;
-        c.ends[e].moved += chunk as u64;
         c.wires[e].unread += chunk;
         if !stopped {
+            // The peer's kernel takes the chunk: progress on both ends (as TCP_INFO counts
+            // it). Bytes that only fill the wire while the peer does not read are not.
+            c.ends[e].moved += chunk as u64;
+            c.ends[1 - e].moved += chunk as u64;
             self.progress.insert(pair(a, b), self.now);
         }
         let finished = w.done >= w.bytes;
@@ -1214,6 +1218,7 @@ impl Sim {
             let (_, _, f) = c.wires[1 - e].frames.pop_front().expect("front");
             c.wires[1 - e].unread -= size;
             c.ends[e].moved += size as u64;
+            c.ends[1 - e].moved += size as u64;
             c.ends[e]
                 .activity
                 .touch(self.base + Duration::from_micros(self.now));
