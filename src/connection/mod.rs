@@ -194,6 +194,8 @@ struct ConnState {
     threads: u8,
     /// The writer thread runs (it is started on demand and ends when idle).
     writer_running: bool,
+    /// Garbage collection retired it: half-closed, reading until the peer closes too.
+    retiring: bool,
 }
 
 /// One connection: its socket, TLS session, limits, owner and state.
@@ -208,6 +210,8 @@ pub(crate) struct Conn {
     owner: Arc<dyn Owner>,
     /// Set when the socket is shut down (abandons a pending connect).
     closed: AtomicBool,
+    /// The peer ended the stream in an orderly way (its reader saw end of file).
+    peer_eof: AtomicBool,
     state: Mutex<ConnState>,
     writer_cv: Condvar,
     /// Receive slots and the park of messages waiting for one (the reader parks them, up
@@ -265,6 +269,7 @@ impl Conn {
             settings,
             owner,
             closed: AtomicBool::new(false),
+            peer_eof: AtomicBool::new(false),
             state: Mutex::new(ConnState {
                 handshaken: false,
                 closing: false,
@@ -277,6 +282,7 @@ impl Conn {
                     .unwrap_or_else(Instant::now),
                 threads: 1,
                 writer_running: false,
+                retiring: false,
             }),
             writer_cv: Condvar::new(),
             slots,
@@ -303,7 +309,7 @@ impl Conn {
         let bytes = self.bytes_moved();
         let held = self.slots.held();
         let mut st = self.lock();
-        (st.handshaken && !st.closing).then(|| st.active.idle_for(now, bytes, held))
+        (st.handshaken && !st.closing && !st.retiring).then(|| st.active.idle_for(now, bytes, held))
     }
 
     /// Bytes the peer has moved so far (see [`crate::sys::peer_progress`]): a slow
@@ -344,7 +350,7 @@ impl Conn {
     pub(crate) fn kick(self: &Arc<Self>) {
         let streaming = {
             let mut st = self.lock();
-            if !st.handshaken || st.closing {
+            if !st.handshaken || st.closing || st.retiring {
                 return;
             }
             if !st.write.kick() {
@@ -386,6 +392,37 @@ impl Conn {
         }
     }
 
+    /// The reader met the end of the stream: the peer closed its side in an orderly way.
+    /// Returns the reason to shut down with.
+    fn end_of_stream(&self) -> Error {
+        self.peer_eof.store(true, Ordering::Release);
+        Error::protocol("peer closed the connection")
+    }
+
+    /// Whether the peer closed this established connection in an orderly way (end of
+    /// stream, not an error): it read everything we wrote before.
+    pub(crate) fn closed_cleanly(&self) -> bool {
+        self.peer_eof.load(Ordering::Acquire) && self.connected_since().is_some()
+    }
+
+    /// Retires an idle connection (garbage collection): nothing more is written, the
+    /// sending side is half-closed (the peer reads an end of stream after everything we
+    /// wrote), and the reader goes on until the peer closes too, delivering whatever the
+    /// peer sent meanwhile — a peer that had just started to send on it loses nothing.
+    /// The caller bounds the wait (a [`Conn::shutdown`] after the timeout). False if it
+    /// was closing or retiring already.
+    pub(crate) fn retire(self: &Arc<Self>) -> bool {
+        {
+            let mut st = self.lock();
+            if st.closing || st.retiring {
+                return false;
+            }
+            st.retiring = true;
+        }
+        let _ = self.stream.shutdown(Shutdown::Write);
+        true
+    }
+
     /// The connection's first thread could not be started (or must not be): it counts as
     /// ended, so the owner hears `ended`. Call after [`Conn::shutdown`].
     pub(crate) fn abandon(self: &Arc<Self>) {
@@ -409,7 +446,7 @@ impl Conn {
     /// Claims the write side if the connection is idle (nobody writing, no handoff).
     fn claim_write(&self) -> bool {
         let mut st = self.lock();
-        let open = st.handshaken && !st.closing;
+        let open = st.handshaken && !st.closing && !st.retiring;
         st.write.claim(open)
     }
 

@@ -80,7 +80,7 @@ impl<'a> Source<'a> {
             }
             match conn.tls.get() {
                 None => match (&conn.stream).read(dst) {
-                    Ok(0) => return Err(Error::protocol("peer closed the connection")),
+                    Ok(0) => return Err(conn.end_of_stream()),
                     Ok(n) => return Ok(n),
                     Err(e) => self.read_error(e, deadline)?,
                 },
@@ -94,7 +94,7 @@ impl<'a> Source<'a> {
                         self.cipher.resize(17 * 1024, 0);
                     }
                     let n = match (&conn.stream).read(&mut self.cipher) {
-                        Ok(0) => return Err(Error::protocol("peer closed the connection")),
+                        Ok(0) => return Err(conn.end_of_stream()),
                         Ok(n) => n,
                         Err(e) => {
                             self.read_error(e, deadline)?;

@@ -85,13 +85,18 @@ impl Inner {
             .collect()
     }
 
-    /// Takes `remote` out of the table, fails what it holds and shuts its connections down.
-    pub(super) fn remove_remote(&self, remote: &Arc<Remote>, after: &mut After) {
+    /// Takes `remote` out of the table, fails what it holds and retires (garbage
+    /// collection, `graceful`) or shuts down (close) its connections.
+    pub(super) fn remove_remote(&self, remote: &Arc<Remote>, graceful: bool, after: &mut After) {
         self.remotes.remove(remote);
-        remote.remove(after);
+        remote.remove(graceful, after);
         for (conn, link) in self.registered() {
             if link.remote().is_some_and(|r| Arc::ptr_eq(r, remote)) {
-                after.push(Deferred::Shutdown(conn, Error::Shutdown));
+                after.push(if graceful {
+                    Deferred::Retire(conn)
+                } else {
+                    Deferred::Shutdown(conn, Error::Shutdown)
+                });
             }
         }
     }
@@ -118,6 +123,12 @@ impl Inner {
                     r.on_timer(&self.lim, t, &|r| self.dial_conn(r), &mut after);
                 }
             }
+            Timed::Retire(id) => {
+                let conn = self.registry().get(&id).map(|r| r.conn.clone());
+                if let Some(conn) = conn {
+                    conn.shutdown(Error::Shutdown, false);
+                }
+            }
             Timed::Request(id, identity) => {
                 let e = Error::timeout(format!(
                     "no answer to request {identity} within {:?}",
@@ -139,12 +150,12 @@ impl Inner {
         for (conn, link) in self.registered() {
             let idle = conn.idle_for(now).is_some_and(|idle| idle > r);
             if idle && !link.remote().is_some_and(|rem| rem.is_current(&conn)) {
-                after.push(Deferred::Shutdown(conn, Error::Shutdown));
+                after.push(Deferred::Retire(conn));
             }
         }
         for remote in self.remotes.all() {
             if remote.collectable(&self.lim, now) {
-                self.remove_remote(&remote, after);
+                self.remove_remote(&remote, true, after);
             }
         }
     }
@@ -159,7 +170,7 @@ impl Inner {
         log::debug!("closing node {} on port {}", self.identity, self.port);
         let mut after = After::default();
         for remote in self.remotes.all() {
-            self.remove_remote(&remote, &mut after);
+            self.remove_remote(&remote, false, &mut after);
         }
         for (conn, _) in self.registered() {
             after.push(Deferred::Shutdown(conn, Error::Shutdown));

@@ -134,6 +134,12 @@ impl Inner {
                 Deferred::Release(r) => r.finish(),
                 Deferred::Dial(conn) => self.start_dial(conn),
                 Deferred::Shutdown(conn, reason) => conn.shutdown(reason, false),
+                Deferred::Retire(conn) => {
+                    if conn.retire() {
+                        let at = Instant::now() + self.lim.timeout;
+                        self.timers.schedule(at, Timed::Retire(conn.id));
+                    }
+                }
                 Deferred::Kick(conn) => conn.kick(),
                 Deferred::Timer(at, t) => self.timers.schedule(at, Timed::Remote(t)),
             }
@@ -713,7 +719,7 @@ mod tests {
                     .get(&crate::proto::key::key_of(&to))
                     .expect("the remote of the send");
                 let mut after = After::default();
-                inner.remove_remote(&old, &mut after);
+                inner.remove_remote(&old, false, &mut after);
                 inner.run_after(&mut after);
                 assert!(inner.remotes.get(&crate::proto::key::key_of(&to)).is_none());
                 // `old` is still held: the remembered remote upgrades, and must be refused.

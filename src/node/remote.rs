@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::frame::{Frame, Pending};
 use crate::message::{Identity, ReleaseDone};
 use crate::proto::key::{key_of, RemoteKey};
-use crate::proto::remote::{Action, Actions, RemoteCore};
+use crate::proto::remote::{Action, Actions, Ended, RemoteCore};
 use crate::proto::ConnRef;
 
 pub(crate) use crate::proto::remote::{finish_written, Enqueued, Limits, Timer};
@@ -137,9 +137,15 @@ impl Remote {
         closing: bool,
         after: &mut After,
     ) {
+        let ended = Ended {
+            conn: conn.id,
+            reason,
+            in_flight,
+            clean: conn.closed_cleanly(),
+            closing,
+        };
         let now = Instant::now();
-        self.lock()
-            .conn_closed(lim, now, conn.id, reason, in_flight, closing, after);
+        self.lock().conn_closed(lim, now, ended, after);
     }
 
     /// See [`RemoteCore::release_if_vacant`].
@@ -181,9 +187,10 @@ impl Remote {
         st.collectable(lim, now, idle)
     }
 
-    /// Marks the remote removed and fails everything it holds with `Shutdown`.
-    pub(crate) fn remove(&self, after: &mut After) {
-        self.lock().remove(after);
+    /// Marks the remote removed and fails everything it holds with `Shutdown` (see
+    /// [`RemoteCore::remove`]).
+    pub(crate) fn remove(&self, graceful: bool, after: &mut After) {
+        self.lock().remove(graceful, after);
     }
 }
 
@@ -347,7 +354,7 @@ mod tests {
             };
             remote.conn_closed(&lim(), &conn, &reason, false, false, &mut after);
             if also_removed {
-                remote.remove(&mut after);
+                remote.remove(false, &mut after);
             }
             let failed = after
                 .0
@@ -379,6 +386,7 @@ mod tests {
                 Deferred::Release(..) => "release",
                 Deferred::Dial(..) => "dial",
                 Deferred::Shutdown(..) => "shutdown",
+                Deferred::Retire(..) => "retire",
                 Deferred::Timer(..) => "timer",
             })
             .collect()

@@ -92,7 +92,7 @@ impl Inner {
         // The remote was found or made before this check: either close() removes it, or
         // we see that the node closes and remove it ourselves.
         if self.is_closed() {
-            self.remove_remote(&remote, &mut after);
+            self.remove_remote(&remote, false, &mut after);
         }
         self.run_after(&mut after);
     }
@@ -130,7 +130,7 @@ impl Inner {
             }
         }
         if self.is_closed() {
-            self.remove_remote(&remote, &mut after);
+            self.remove_remote(&remote, false, &mut after);
         }
         self.run_after(&mut after);
     }

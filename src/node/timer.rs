@@ -21,6 +21,8 @@ pub(crate) enum Event {
     Metrics,
     /// One of a remote's timers.
     Remote(Timer),
+    /// A retired connection's time to close is up.
+    Retire(u64),
     Request(u64, crate::message::Identity),
 }
 

@@ -84,6 +84,10 @@ pub(crate) enum Action<C> {
     Dial(C),
     /// Shut this connection down with the reason.
     Shutdown(C, Error),
+    /// Retire this idle connection (garbage collection): send no more, half-close it, and
+    /// go on reading until the peer closes too (bounded by the timeout), so that nothing
+    /// the peer sent meanwhile is discarded.
+    Retire(C),
     /// Frames are queued for this connection.
     Kick(C),
     /// Call the timer's transition at this time.
@@ -115,6 +119,19 @@ impl<C> Actions<C> {
     pub(crate) fn reserve(&mut self, n: usize) {
         self.0.reserve(n);
     }
+}
+
+/// How a connection ended, as [`RemoteCore::conn_closed`] needs to know it.
+pub(crate) struct Ended<'a> {
+    pub(crate) conn: u64,
+    pub(crate) reason: &'a Error,
+    /// Frames being written take the failure.
+    pub(crate) in_flight: bool,
+    /// The peer closed the established connection in an orderly way (end of stream): it
+    /// read everything written before, so nothing queued fails for it.
+    pub(crate) clean: bool,
+    /// The node is closing: no reconnect.
+    pub(crate) closing: bool,
 }
 
 /// What a dial needs from the driver: a new connection for this remote (registered, not
@@ -515,21 +532,26 @@ impl<C: ConnRef> RemoteCore<C> {
         self.process(dial, out);
     }
 
-    /// `conn` was shut down with `reason`. `in_flight`: frames being written take the
-    /// failure. Fails the message waiting for its ACK on it, or else exactly one queued
-    /// message, and debounces the reconnect (unless the node is `closing`).
-    // Each argument is one fact of the event; a struct would only rename them.
-    #[allow(clippy::too_many_arguments)]
+    /// A connection ended (see [`Ended`]). After a failure, the message waiting for its
+    /// ACK on it fails, or else exactly one queued message (a peer that cannot be reached
+    /// fails one send per attempt, as in C libchirp). After a clean close nothing fails:
+    /// the message waiting for its ACK goes on waiting until its deadline (the ACK may come
+    /// on another connection), and the queue waits for the next one. Either way the
+    /// reconnect is debounced (unless the node is closing).
     pub(crate) fn conn_closed(
         &mut self,
         lim: &Limits,
         now: Instant,
-        conn: u64,
-        reason: &Error,
-        in_flight: bool,
-        closing: bool,
+        ended: Ended,
         out: &mut Actions<C>,
     ) {
+        let Ended {
+            conn,
+            reason,
+            in_flight,
+            clean,
+            closing,
+        } = ended;
         if self.removed {
             return;
         }
@@ -537,14 +559,15 @@ impl<C: ConnRef> RemoteCore<C> {
             self.conn = None;
             self.attached = false;
         }
-        let mut failed_one = in_flight;
+        let mut failed_one = in_flight || clean;
         if let Some(w) = self.wait_ack.as_ref().filter(|w| w.conn.id() == conn) {
             failed_one = true;
             // An acknowledged one (its ACK arrived while the writer was still reporting the
             // write) was delivered, whatever became of the connection since: it stays, and
-            // the writer's report completes it. Any other fails; one without `pending` is
-            // still with the writer, which fails it.
-            if !w.acked {
+            // the writer's report completes it. After a clean close the peer read it: it
+            // stays too, for its ACK or its deadline. Any other fails; one without
+            // `pending` is still with the writer, which fails it.
+            if !w.acked && !clean {
                 if let Some(p) = self.wait_ack.take().and_then(|w| w.pending) {
                     out.push(Action::send(p, Err(reason.clone())));
                 }
@@ -605,8 +628,19 @@ impl<C: ConnRef> RemoteCore<C> {
                     "no release (ACK) from {}:{} within {:?}",
                     self.key.0, self.key.1, lim.timeout
                 ));
-                // Taking the connection down fails the waiting message with the reason.
-                out.push(Action::Shutdown(w.conn.clone(), err));
+                if w.conn.close_reason().is_none() {
+                    // Taking the connection down fails the waiting message with the reason.
+                    out.push(Action::Shutdown(w.conn.clone(), err));
+                    return;
+                }
+                // Its connection closed cleanly meanwhile: it fails here, and the next
+                // message may go.
+                if let Some(p) = self.wait_ack.take().and_then(|w| w.pending) {
+                    out.push(Action::send(p, Err(err)));
+                }
+                if let (false, Some(c)) = (self.user.is_empty(), &self.conn) {
+                    out.push(Action::Kick(c.clone()));
+                }
             }
             Some(d) => {
                 self.ack_timer_armed = true;
@@ -700,9 +734,10 @@ impl<C: ConnRef> RemoteCore<C> {
             && (self.conn.is_none() || (self.attached && conn_idle.is_some_and(|d| d > r)))
     }
 
-    /// Marks the remote removed and fails everything it holds with `Shutdown`. Its
-    /// connections are the caller's to shut down.
-    pub(crate) fn remove(&mut self, out: &mut Actions<C>) {
+    /// Marks the remote removed and fails everything it holds with `Shutdown`; its current
+    /// connection is retired (garbage collection, `graceful`) or shut down (close). Its
+    /// other connections are the caller's.
+    pub(crate) fn remove(&mut self, graceful: bool, out: &mut Actions<C>) {
         self.removed = true;
         for p in self.user.drain(..) {
             out.push(Action::send(p, Err(Error::Shutdown)));
@@ -720,7 +755,11 @@ impl<C: ConnRef> RemoteCore<C> {
             }
         }
         if let Some(c) = self.conn.take() {
-            out.push(Action::Shutdown(c, Error::Shutdown));
+            out.push(if graceful {
+                Action::Retire(c)
+            } else {
+                Action::Shutdown(c, Error::Shutdown)
+            });
         }
     }
 

@@ -27,7 +27,7 @@ use crate::message::{Identity, Message, ReleaseDone};
 
 use super::activity::Activity;
 use super::key::RemoteKey;
-use super::remote::{finish_written, Action, Actions, Enqueued, Limits, RemoteCore, Timer};
+use super::remote::{finish_written, Action, Actions, Ended, Enqueued, Limits, RemoteCore, Timer};
 use super::slots::{Admit, Slots};
 use super::ConnRef;
 
@@ -125,6 +125,12 @@ struct Writing {
 
 struct End {
     node: usize,
+    /// This side's handle: the connection's id, and this side's own close reason (each
+    /// node has its own `Conn`).
+    handle: H,
+    /// Garbage collection retired it: it writes nothing more, has sent its end of stream,
+    /// and reads until the peer's (or the timeout).
+    retiring: bool,
     gen: u32,
     writing: Option<Writing>,
     slots: Slots<Message>,
@@ -137,7 +143,6 @@ struct End {
 }
 
 struct SimConn {
-    handle: H,
     /// `ends[0]` dialed, `ends[1]` accepted.
     ends: [End; 2],
     /// `wires[e]` carries what `ends[e]` writes.
@@ -179,6 +184,7 @@ enum Ev {
     Sweep,
     Fault(usize),
     Heal(usize),
+    RetireDeadline(u64, usize),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -225,7 +231,6 @@ pub(crate) struct Report {
     pub(crate) failed: usize,
     pub(crate) delivered: usize,
     pub(crate) faults: usize,
-    pub(crate) gc_races: usize,
     pub(crate) violations: Vec<String>,
 }
 
@@ -249,12 +254,6 @@ pub(crate) struct Sim {
     next_hold: u64,
     /// Ground truth: the last progress between two nodes (either way).
     progress: HashMap<(usize, usize), T>,
-    /// When garbage collection last cut a connection between two nodes.
-    gc_cut: HashMap<(usize, usize), T>,
-    /// Sends failed because the peer's garbage collection closed, as idle and not its
-    /// current one, the connection this side had just started to use (a known race: the
-    /// two sides each make the last handshake they saw current).
-    gc_races: usize,
     faults: Vec<(Fault, T, T)>,
     /// Workload ends, faults heal, then the liveness probe.
     end_of_work: T,
@@ -326,8 +325,6 @@ impl Sim {
             releases: Arc::default(),
             next_hold: 0,
             progress: HashMap::new(),
-            gc_cut: HashMap::new(),
-            gc_races: 0,
             faults: Vec::new(),
             end_of_work: 0,
             trace: DefaultHasher::new(),
@@ -511,6 +508,7 @@ impl Sim {
                     self.at(self.now + 10 * MS, Ev::Sweep);
                 }
             }
+            Ev::RetireDeadline(c, n) => self.shutdown(c, n, Error::Shutdown, false),
             Ev::Fault(i) => self.fault(i, true),
             Ev::Heal(i) => self.fault(i, false),
         }
@@ -683,15 +681,6 @@ impl Sim {
                 "send {i} {from}->{to} failed with a shutdown on an open node \
                  (garbage collection failed queued work): {e}"
             )),
-            Err(e)
-                if e.contains("peer closed")
-                    && self
-                        .gc_cut
-                        .get(&pair(from, to))
-                        .is_some_and(|&t| self.now.saturating_sub(t) < 20 * MS) =>
-            {
-                self.gc_races += 1;
-            }
             Err(e) if !faulty && !closing => self.violation(format!(
                 "send {i} {from}->{to} failed without any fault after {}ms: {e}",
                 (self.now - at) / MS
@@ -844,6 +833,7 @@ impl Sim {
                 Action::Release(r) => r.finish(),
                 Action::Dial(h) => self.dial(n, h),
                 Action::Shutdown(h, e) => self.shutdown(h.id, n, e, false),
+                Action::Retire(h) => self.retire(h.id, n),
                 Action::Kick(h) => self.kick(h.id, n),
                 Action::Timer(at, t) => {
                     let gen = self.nodes[n].gen;
@@ -917,7 +907,11 @@ impl Sim {
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             let c = self.conns.get_mut(&id).expect("listed");
-            let Some(e) = c.ends.iter().position(|e| e.node == n && !e.closed) else {
+            let Some(e) = c
+                .ends
+                .iter()
+                .position(|e| e.node == n && !e.closed && !e.retiring)
+            else {
                 continue;
             };
             if !c.up {
@@ -935,10 +929,7 @@ impl Sim {
             }
         }
         for id in cut {
-            let c = &self.conns[&id];
-            self.gc_cut
-                .insert(pair(c.ends[0].node, c.ends[1].node), self.now);
-            self.shutdown(id, n, Error::Shutdown, false);
+            self.retire(id, n);
         }
         let peers: Vec<usize> = self.nodes[n].remotes.keys().copied().collect();
         for peer in peers {
@@ -953,7 +944,7 @@ impl Sim {
             if core.collectable(&lim, now, idle) {
                 let mut core = self.nodes[n].remotes.remove(&peer).expect("listed");
                 let mut out = Actions::default();
-                core.remove(&mut out);
+                core.remove(true, &mut out);
                 self.run_actions(n, out);
                 let mine: Vec<u64> = self
                     .conns
@@ -965,7 +956,7 @@ impl Sim {
                     .map(|(id, _)| *id)
                     .collect();
                 for id in mine {
-                    self.shutdown(id, n, Error::Shutdown, false);
+                    self.retire(id, n);
                 }
             }
         }
@@ -976,10 +967,12 @@ impl Sim {
 
     // --- connections -------------------------------------------------------------------
 
-    fn new_end(&self, node: usize) -> End {
+    fn new_end(&self, node: usize, handle: H) -> End {
         let n = &self.nodes[node];
         End {
             node,
+            handle,
+            retiring: false,
             gen: n.gen,
             writing: None,
             slots: Slots::new(n.slots, n.park),
@@ -1001,9 +994,12 @@ impl Sim {
             .find(|(_, c)| c.conn().is_some_and(|c| c.id == h.id))
             .map(|(p, _)| *p);
         let Some(peer) = peer else { return };
+        let accepted = H {
+            id: h.id,
+            reason: Rc::new(RefCell::new(None)),
+        };
         let conn = SimConn {
-            handle: h.clone(),
-            ends: [self.new_end(n), self.new_end(peer)],
+            ends: [self.new_end(n, h.clone()), self.new_end(peer, accepted)],
             wires: Default::default(),
             up: false,
             dead: false,
@@ -1040,7 +1036,7 @@ impl Sim {
             return;
         }
         c.up = true;
-        let h = c.handle.clone();
+        let handles = [c.ends[0].handle.clone(), c.ends[1].handle.clone()];
         self.progress.insert(pair(a, b), self.now);
         let now = self.instant(self.now);
         // Both sides attach: the dialer's remote, and the acceptor's remote for the dialer.
@@ -1052,7 +1048,7 @@ impl Sim {
                     .remotes
                     .entry(peer)
                     .or_insert_with(|| RemoteCore::new(key(peer), now, rng.u64(..)));
-                if !core.attach(now, &h, &mut out) {
+                if !core.attach(now, &handles[usize::from(n == b)], &mut out) {
                     nodes[n].remotes.remove(&peer);
                 }
             }
@@ -1072,8 +1068,11 @@ impl Sim {
         if !c.up || c.ends[e].writing.is_some() {
             return;
         }
+        if c.ends[e].retiring {
+            return;
+        }
         let peer = c.ends[1 - e].node;
-        let h = c.handle.clone();
+        let h = c.ends[e].handle.clone();
         let mut frames = Vec::new();
         let lim = self.nodes[n].lim.clone();
         if let Some(core) = self.nodes[n].remotes.get_mut(&peer) {
@@ -1165,7 +1164,7 @@ impl Sim {
         c.ends[e]
             .activity
             .touch(self.base + Duration::from_micros(self.now));
-        let h = c.handle.clone();
+        let h = c.ends[e].handle.clone();
         self.at(arrive, Ev::Read(id, 1 - e));
         let peer = b;
         self.with_core(a, peer, |core, lim, now, _, out| {
@@ -1254,18 +1253,42 @@ impl Sim {
                 }
                 WFrame::Noop => self.with_core(n, peer, |core, _, now, _, _| core.touch(now)),
                 WFrame::Eof => {
-                    self.close_end(id, e, Error::protocol("peer closed the connection"));
+                    // An orderly end: this end closes too (its own end of stream goes
+                    // out, which a retiring peer waits for).
+                    let reason = Error::protocol("peer closed the connection");
+                    self.close_end(id, e, reason, true);
+                    self.send_eof(id, e, false);
                     return;
                 }
             }
         }
     }
 
+    /// `n` retires connection `id` (garbage collection): no more writes, its end of stream
+    /// goes out after what it wrote, it reads until the peer's end of stream; after the
+    /// timeout it is shut down.
+    fn retire(&mut self, id: u64, n: usize) {
+        let Some(e) = self.end_of(id, n) else { return };
+        let c = self.conns.get_mut(&id).expect("present");
+        if c.ends[e].retiring {
+            return;
+        }
+        c.ends[e].retiring = true;
+        self.send_eof(id, e, false);
+        let timeout = self.nodes[n].lim.timeout.as_micros() as T;
+        self.at(self.now + timeout, Ev::RetireDeadline(id, n));
+    }
+
     /// `n` shuts connection `id` down: its end closes now, the other end reads an EOF
     /// after what is in flight (or at once, if `reset`).
     fn shutdown(&mut self, id: u64, n: usize, reason: Error, reset: bool) {
         let Some(e) = self.end_of(id, n) else { return };
-        self.close_end(id, e, reason.clone());
+        self.close_end(id, e, reason.clone(), false);
+        self.send_eof(id, e, reset);
+    }
+
+    /// End `e` sends its end of stream after what it wrote (or resets the connection).
+    fn send_eof(&mut self, id: u64, e: usize, reset: bool) {
         let lat = self.latency();
         let Some(c) = self.conns.get_mut(&id) else {
             return;
@@ -1274,7 +1297,7 @@ impl Sim {
             c.dead = true;
             c.wires = Default::default();
             if !c.ends[1 - e].closed {
-                self.close_end(id, 1 - e, Error::protocol("connection reset"));
+                self.close_end(id, 1 - e, Error::protocol("connection reset"), false);
             }
             return;
         }
@@ -1288,7 +1311,7 @@ impl Sim {
 
     /// One end of a connection closes with `reason`: its node's remote hears of it (and of
     /// the write that was in flight), nothing more is admitted, what was parked stays.
-    fn close_end(&mut self, id: u64, e: usize, reason: Error) {
+    fn close_end(&mut self, id: u64, e: usize, reason: Error, clean: bool) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -1296,12 +1319,17 @@ impl Sim {
             return;
         }
         c.ends[e].closed = true;
-        c.handle.reason.borrow_mut().get_or_insert(reason.clone());
+        c.ends[e]
+            .handle
+            .reason
+            .borrow_mut()
+            .get_or_insert(reason.clone());
+        let clean = clean && c.up;
         c.ends[e].slots.close();
         let n = c.ends[e].node;
         let peer = c.ends[1 - e].node;
         let writing = c.ends[e].writing.take();
-        let h = c.handle.clone();
+        let h = c.ends[e].handle.clone();
         let closing = self.nodes[n].closing || !self.nodes[n].alive;
         if self.nodes[n].gen != c.ends[e].gen {
             // A crashed incarnation's end: its node forgot it.
@@ -1309,8 +1337,15 @@ impl Sim {
             return;
         }
         let in_flight = writing.is_some();
+        let ended = Ended {
+            conn: id,
+            reason: &reason,
+            in_flight,
+            clean,
+            closing,
+        };
         self.with_core(n, peer, |core, lim, now, _, out| {
-            core.conn_closed(lim, now, id, &reason, in_flight, closing, out)
+            core.conn_closed(lim, now, ended, out)
         });
         if let Some(w) = writing {
             let mut frames = w.frames;
@@ -1416,7 +1451,7 @@ impl Sim {
         for peer in peers {
             let mut core = self.nodes[n].remotes.remove(&peer).expect("listed");
             let mut out = Actions::default();
-            core.remove(&mut out);
+            core.remove(false, &mut out);
             self.run_actions(n, out);
         }
         let ids: Vec<u64> = self.conns.keys().copied().collect();
@@ -1643,7 +1678,6 @@ impl Sim {
             failed: self.sends.len() - ok,
             delivered: self.sends.iter().map(|s| s.delivered as usize).sum(),
             faults: self.faults.len(),
-            gc_races: self.gc_races,
             violations: self.violations,
         }
     }
@@ -1672,23 +1706,20 @@ mod tests {
         Some(vec![one.parse().expect("CHIRP_SIM_SEED is a number")])
     }
 
-    /// Runs the seeds; panics with every failing seed's report. Returns the messages and
-    /// the GC races (see `Sim::gc_races`) over all of them.
-    fn check(seeds: impl IntoIterator<Item = u64>) -> (usize, usize) {
+    /// Runs the seeds; panics with every failing seed's report. Returns the messages sent
+    /// over all of them.
+    fn check(seeds: impl IntoIterator<Item = u64>) -> usize {
         let mut messages = 0;
-        let mut races = 0;
         let mut failed = Vec::new();
         for seed in seeds {
             let r = run_seed(seed);
             if std::env::var_os("CHIRP_SIM_VERBOSE").is_some() {
                 println!(
-                    "seed {}: {} messages ({} ok, {} failed, {} delivered), {} faults, {} events, \
-                     {} GC races",
-                    r.seed, r.messages, r.ok, r.failed, r.delivered, r.faults, r.events, r.gc_races
+                    "seed {}: {} messages ({} ok, {} failed, {} delivered), {} faults, {} events",
+                    r.seed, r.messages, r.ok, r.failed, r.delivered, r.faults, r.events
                 );
             }
             messages += r.messages;
-            races += r.gc_races;
             if !r.violations.is_empty() {
                 failed.push(format!(
                     "seed {} (replay: scripts/sim.sh --seed {}):\n  {}",
@@ -1699,7 +1730,7 @@ mod tests {
             }
         }
         assert!(failed.is_empty(), "{}", failed.join("\n"));
-        (messages, races)
+        messages
     }
 
     /// The fixed regression set: seeds 1..=40 on every `cargo test` (a debug build), all
@@ -1712,7 +1743,7 @@ mod tests {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(40);
-        let (messages, _) = check(replay.unwrap_or_else(|| (1..=last).collect()));
+        let messages = check(replay.unwrap_or_else(|| (1..=last).collect()));
         if whole_set {
             assert!(messages > 10_000, "the seeds sent only {messages} messages");
         }
@@ -1733,11 +1764,8 @@ mod tests {
         let t0 = Instant::now();
         let mut n = 0u64;
         let mut messages = 0;
-        let mut races = 0;
         loop {
-            let (m, r) = check([start.wrapping_add(n)]);
-            messages += m;
-            races += r;
+            messages += check([start.wrapping_add(n)]);
             n += 1;
             let done = match count {
                 Some(c) => n >= c,
@@ -1749,8 +1777,7 @@ mod tests {
         }
         let rate = messages as f64 / t0.elapsed().as_secs_f64();
         println!(
-            "{n} fresh seeds from {start}: {messages} simulated messages, {rate:.0} messages/s, \
-             {races} sends lost to the GC race"
+            "{n} fresh seeds from {start}: {messages} simulated messages, {rate:.0} messages/s"
         );
     }
 
