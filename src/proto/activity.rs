@@ -3,9 +3,10 @@
 //! frame is complete) and while it is held back by backpressure (received messages hold
 //! its slots or wait in its park): such a connection is never collected.
 //!
-//! The driver keeps a running count of the bytes a connection moved (bumped per system
-//! call, no clock read) and asks [`Activity::idle_for`] when it collects: a count that
-//! changed since the last look means the connection was active then.
+//! The driver reads the bytes the peer has moved so far (in the node, the kernel's
+//! `TCP_INFO` counters: nothing is counted per message) and asks [`Activity::idle_for`]
+//! when it collects: a count that changed since the last look means the connection was
+//! active then.
 
 use std::time::{Duration, Instant};
 
