@@ -3,8 +3,8 @@
 //! connection, the reconnect debounce, and the two promises it keeps about time:
 //!
 //! * **The outcome bound.** A queued send never waits longer than 2.5 times the timeout
-//!   after its peer last made progress: a handshake, bytes moved on the current
-//!   connection, a frame written or received, an ACK. When the peer makes none for
+//!   after its peer last made progress: a handshake, bytes the peer took or sent on the
+//!   current connection (as the driver's kernel counts them), a frame received, an ACK. When the peer makes none for
 //!   [`stall_bound`] (twice the timeout; checked every eighth of that), every message
 //!   queued for it fails with a timeout that says so, and its connection is shut down. A peer that keeps making progress never fails a send for
 //!   waiting, however long the queue.
@@ -167,6 +167,8 @@ pub(crate) struct RemoteCore<C> {
     user: VecDeque<Pending>,
     control: VecDeque<Control>,
     wait_ack: Option<WaitAck<C>>,
+    /// User messages taken by writers and not yet reported ([`RemoteCore::written`]).
+    writing: usize,
     /// The current connection: the one frames are written on.
     conn: Option<C>,
     /// The current connection completed its handshake (false while dialing).
@@ -200,6 +202,7 @@ impl<C: ConnRef> RemoteCore<C> {
             user: VecDeque::new(),
             control: VecDeque::new(),
             wait_ack: None,
+            writing: 0,
             conn: None,
             attached: false,
             blocked: false,
@@ -219,9 +222,9 @@ impl<C: ConnRef> RemoteCore<C> {
         self.conn.as_ref()
     }
 
-    /// Nothing is queued and nothing awaits its ACK.
+    /// Nothing is queued, being written or awaiting its ACK.
     fn quiet(&self) -> bool {
-        self.user.is_empty() && self.wait_ack.is_none()
+        self.user.is_empty() && self.writing == 0 && self.wait_ack.is_none()
     }
 
     /// Before user messages are queued on a quiet remote: the peer's progress and the
@@ -382,6 +385,7 @@ impl<C: ConnRef> RemoteCore<C> {
                         deadline: None,
                     });
                     self.serial = self.serial.wrapping_add(1);
+                    self.writing += 1;
                     out.push((Frame::User(p), self.serial));
                 }
             }
@@ -399,6 +403,7 @@ impl<C: ConnRef> RemoteCore<C> {
                 })
                 .count();
             let mut serial = self.serial;
+            self.writing += n;
             out.extend(self.user.drain(..n).map(|p| {
                 serial = serial.wrapping_add(1);
                 (Frame::User(p), serial)
@@ -422,10 +427,16 @@ impl<C: ConnRef> RemoteCore<C> {
         result: Result<(), Error>,
         out: &mut Actions<C>,
     ) {
+        let users = frames
+            .iter()
+            .filter(|(f, _)| matches!(f, Frame::User(_)))
+            .count();
+        self.writing = self.writing.saturating_sub(users);
         match result {
             Ok(()) => {
+                // In use; but not the peer's progress: a write succeeds as soon as our own
+                // kernel buffered it (the stall check counts what the peer took).
                 self.timestamp = now;
-                self.progress = now;
                 if !lim.synchronous {
                     return;
                 }
@@ -601,11 +612,8 @@ impl<C: ConnRef> RemoteCore<C> {
     /// out of the table) instead of waiting for garbage collection, so peers that come
     /// and go under new advertised ports do not pile up. True if it was.
     pub(crate) fn release_if_vacant(&mut self) -> bool {
-        let vacant = !self.removed
-            && self.conn.is_none()
-            && self.user.is_empty()
-            && self.control.is_empty()
-            && self.wait_ack.is_none();
+        let vacant =
+            !self.removed && self.conn.is_none() && self.quiet() && self.control.is_empty();
         if vacant {
             self.removed = true;
         }
