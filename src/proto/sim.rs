@@ -616,43 +616,25 @@ impl Sim {
         if let Some(b) = &batch {
             b.add(count);
         }
-        let mut out = Actions::default();
-        {
-            let Sim {
-                nodes,
-                next_conn,
-                now,
-                base,
-                rng,
-                ..
-            } = self;
-            let now = *base + Duration::from_micros(*now);
-            let node = &mut nodes[from];
-            let lim = node.lim.clone();
-            let core = node
-                .remotes
-                .entry(to)
-                .or_insert_with(|| RemoteCore::new(key(to), now, rng.u64(..)));
-            let mut dial = || Ok(new_handle(next_conn));
-            if count == 1 && batch.is_none() {
+        let single = batch.is_none();
+        self.on_core(from, to, true, |core, lim, now, dial, out| {
+            if single {
                 let p = pendings.pop().expect("one message");
-                match core.enqueue(&lim, || now, p, &mut dial, &mut out) {
+                match core.enqueue(lim, || now, p, dial, out) {
                     Enqueued::Queued => {}
-                    Enqueued::Removed(p) | Enqueued::Full(p) => {
-                        let _ = p.finish(Err(Error::Shutdown));
-                    }
+                    Enqueued::Removed(p) | Enqueued::Full(p) => pendings.push(p),
                 }
             } else {
-                let _ = core.enqueue_batch(&lim, || now, &mut pendings, &mut dial, &mut out);
-                for p in pendings.drain(..) {
-                    let _ = p.finish(Err(Error::Shutdown));
-                }
+                let _ = core.enqueue_batch(lim, || now, &mut pendings, dial, out);
             }
+        });
+        // What could not be queued fails at once.
+        for p in pendings.drain(..) {
+            let _ = p.finish(Err(Error::Shutdown));
         }
         if let Some(b) = batch {
             b.built();
         }
-        self.run_actions(from, out);
     }
 
     /// Takes the outcomes completions reported and checks each.
@@ -763,24 +745,9 @@ impl Sim {
         completion.on_complete(move |_| releases.lock().unwrap().1 += 1);
         let done = ReleaseDone::new(h.identity, h.serial, Some(completer));
         if h.req_ack && open && self.nodes[n].alive {
-            let mut out = Actions::default();
-            {
-                let Sim {
-                    nodes,
-                    next_conn,
-                    now,
-                    base,
-                    rng,
-                    ..
-                } = self;
-                let now = *base + Duration::from_micros(*now);
-                let core = nodes[n]
-                    .remotes
-                    .entry(peer)
-                    .or_insert_with(|| RemoteCore::new(key(peer), now, rng.u64(..)));
-                core.queue_ack(done, &mut || Ok(new_handle(next_conn)), &mut out);
-            }
-            self.run_actions(n, out);
+            self.on_core(n, peer, true, |core, _, _, dial, out| {
+                core.queue_ack(done, dial, out)
+            });
         } else {
             done.finish();
         }
@@ -844,6 +811,48 @@ impl Sim {
         }
     }
 
+/// Runs `f` on node `n`'s remote for `peer` (made first if `create`; else only if it
+    /// exists) with the node's limits, the simulated time and a dialer, then carries out
+    /// the actions it asked for.
+    fn on_core<R>(
+        &mut self,
+        n: usize,
+        peer: usize,
+        create: bool,
+        f: impl FnOnce(
+            &mut RemoteCore<H>,
+            &Limits,
+            Instant,
+            &mut dyn FnMut() -> Result<H, Error>,
+            &mut Actions<H>,
+        ) -> R,
+    ) -> Option<R> {
+        let mut out = Actions::default();
+        let r = {
+            let Sim {
+                nodes,
+                next_conn,
+                now,
+                base,
+                rng,
+                ..
+            } = self;
+            let now = *base + Duration::from_micros(*now);
+            let node = &mut nodes[n];
+            let lim = node.lim.clone();
+            let core = if create {
+                let new = || RemoteCore::new(key(peer), now, rng.u64(..));
+                Some(node.remotes.entry(peer).or_insert_with(new))
+            } else {
+                node.remotes.get_mut(&peer)
+            };
+            core.map(|core| f(core, &lim, now, &mut || Ok(new_handle(next_conn)), &mut out))
+        };
+        self.run_actions(n, out);
+        r
+    }
+
+    /// [`Sim::on_core`] on an existing remote.
     fn with_core(
         &mut self,
         n: usize,
@@ -856,23 +865,7 @@ impl Sim {
             &mut Actions<H>,
         ),
     ) {
-        let mut out = Actions::default();
-        {
-            let Sim {
-                nodes,
-                next_conn,
-                now,
-                base,
-                ..
-            } = self;
-            let now = *base + Duration::from_micros(*now);
-            let node = &mut nodes[n];
-            let lim = node.lim.clone();
-            if let Some(core) = node.remotes.get_mut(&peer) {
-                f(core, &lim, now, &mut || Ok(new_handle(next_conn)), &mut out);
-            }
-        }
-        self.run_actions(n, out);
+        self.on_core(n, peer, false, f);
     }
 
     fn timer(&mut self, n: usize, gen: u32, t: Timer) {
@@ -1038,21 +1031,15 @@ impl Sim {
         c.up = true;
         let handles = [c.ends[0].handle.clone(), c.ends[1].handle.clone()];
         self.progress.insert(pair(a, b), self.now);
-        let now = self.instant(self.now);
         // Both sides attach: the dialer's remote, and the acceptor's remote for the dialer.
         for (n, peer) in [(a, b), (b, a)] {
-            let mut out = Actions::default();
-            {
-                let Sim { nodes, rng, .. } = self;
-                let core = nodes[n]
-                    .remotes
-                    .entry(peer)
-                    .or_insert_with(|| RemoteCore::new(key(peer), now, rng.u64(..)));
-                if !core.attach(now, &handles[usize::from(n == b)], &mut out) {
-                    nodes[n].remotes.remove(&peer);
-                }
+            let h = &handles[usize::from(n == b)];
+            let attached = self.on_core(n, peer, true, |core, _, now, _, out| {
+                core.attach(now, h, out)
+            });
+            if attached == Some(false) {
+                self.nodes[n].remotes.remove(&peer);
             }
-            self.run_actions(n, out);
         }
     }
 
