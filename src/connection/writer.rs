@@ -516,7 +516,7 @@ fn write_blocking(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> R
 /// Writes every slice, blocking (bounded by the socket's write timeout).
 fn write_all_vectored(conn: &Conn, parts: &mut [IoSlice]) -> io::Result<()> {
     let mut bufs: &mut [IoSlice] = parts;
-    let mut seen = conn.bytes_moved();
+    let mut seen = None;
     while !bufs.is_empty() {
         let n = bufs.len().min(MAX_IOV);
         match crate::sys::send_vectored(&conn.stream, &bufs[..n], true) {
@@ -530,10 +530,11 @@ fn write_all_vectored(conn: &Conn, parts: &mut [IoSlice]) -> io::Result<()> {
 
 /// A blocking write timed out (`e`): the kernel wakes a blocked writer only once much of
 /// its send buffer is free, so a peer that reads slowly can leave it asleep for longer
-/// than the timeout. If the peer moved bytes since the last look (`seen`: the count then;
-/// the first look is the write's start), it is reading: go on (the remote's stall check
-/// bounds the whole wait). Any other error, or no progress, is returned.
-fn draining(conn: &Conn, e: io::Error, seen: &mut u64) -> io::Result<()> {
+/// than the timeout. The first time-out of a write takes the count of bytes the peer has
+/// moved (`seen`) and waits once more; a later one goes on if the peer moved bytes since
+/// (it is reading; the remote's stall check bounds the whole wait). Any other error, or
+/// no progress, is returned.
+fn draining(conn: &Conn, e: io::Error, seen: &mut Option<u64>) -> io::Result<()> {
     if !matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -541,8 +542,8 @@ fn draining(conn: &Conn, e: io::Error, seen: &mut u64) -> io::Result<()> {
         return Err(e);
     }
     let now = conn.bytes_moved();
-    let progress = now != *seen;
-    *seen = now;
+    let progress = seen.map_or(true, |before| before != now);
+    *seen = Some(now);
     if progress {
         Ok(())
     } else {
@@ -553,7 +554,7 @@ fn draining(conn: &Conn, e: io::Error, seen: &mut u64) -> io::Result<()> {
 /// Writes all of `buf`, blocking (bounded by the socket's write timeout while the peer
 /// takes nothing, see [`draining`]).
 fn write_all(conn: &Conn, mut buf: &[u8]) -> io::Result<()> {
-    let mut seen = conn.bytes_moved();
+    let mut seen = None;
     while !buf.is_empty() {
         match (&conn.stream).write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

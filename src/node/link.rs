@@ -155,8 +155,10 @@ impl Owner for Link {
     }
 
     fn deliver(&self, _conn: &Arc<Conn>, msg: Message) {
-        let Some(node) = self.node.upgrade() else {
-            return; // dropping the message releases its slot
+        // After close nothing reaches the application (a connection's parked messages are
+        // delivered as slots free up, which may be later): dropping releases the slot.
+        let Some(node) = self.node.upgrade().filter(|n| !n.is_closed()) else {
+            return;
         };
         match node.requests.take_answered(&msg.identity) {
             Some(done) => {

@@ -811,7 +811,7 @@ impl Sim {
         }
     }
 
-/// Runs `f` on node `n`'s remote for `peer` (made first if `create`; else only if it
+    /// Runs `f` on node `n`'s remote for `peer` (made first if `create`; else only if it
     /// exists) with the node's limits, the simulated time and a dialer, then carries out
     /// the actions it asked for.
     fn on_core<R>(
