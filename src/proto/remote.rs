@@ -62,7 +62,7 @@ fn debounce(lim: &Limits, rng: &mut fastrand::Rng) -> Duration {
 }
 
 /// A timer a remote asks for; when it fires, the driver calls the matching transition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Timer {
     /// [`RemoteCore::unblock`]: the reconnect debounce is over.
     Debounce(RemoteKey),
