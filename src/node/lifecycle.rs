@@ -142,19 +142,32 @@ impl Inner {
         self.run_after(&mut after);
     }
 
-    /// One garbage-collection run: connections that are no longer their remote's current
-    /// one and idle longer than the reuse time, then remotes idle that long.
+    /// One garbage-collection run. Each connection's idleness is read once: connections
+    /// that are not their remote's current one and idle longer than the reuse time are
+    /// retired; a remote is collected only if all its connections are idle that long (the
+    /// least idle one decides) and it has nothing to do.
     pub(super) fn gc(&self, after: &mut After) {
         let now = Instant::now();
         let r = self.lim.reuse_time;
+        let mut least_idle: HashMap<*const Remote, Duration> = HashMap::new();
         for (conn, link) in self.registered() {
-            let idle = conn.idle_for(now).is_some_and(|idle| idle > r);
-            if idle && !link.remote().is_some_and(|rem| rem.is_current(&conn)) {
+            let Some(idle) = conn.idle_for(now) else {
+                continue;
+            };
+            let remote = link.remote();
+            if let Some(rem) = remote {
+                least_idle
+                    .entry(Arc::as_ptr(rem))
+                    .and_modify(|d| *d = (*d).min(idle))
+                    .or_insert(idle);
+            }
+            if idle > r && !remote.is_some_and(|rem| rem.is_current(&conn)) {
                 after.push(Deferred::Retire(conn));
             }
         }
         for remote in self.remotes.all() {
-            if remote.collectable(&self.lim, now) {
+            let idle = least_idle.get(&Arc::as_ptr(&remote)).copied();
+            if remote.collectable(&self.lim, now, idle) {
                 self.remove_remote(&remote, true, after);
             }
         }

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::connection::Conn;
 use crate::error::Error;
@@ -179,12 +179,14 @@ impl Remote {
     }
 
     /// Whether garbage collection may remove this remote (see
-    /// [`RemoteCore::collectable`]); its current connection's idleness is read under the
-    /// remote's lock (remote, then connection: the allowed order).
-    pub(crate) fn collectable(&self, lim: &Limits, now: Instant) -> bool {
-        let st = self.lock();
-        let idle = st.conn().and_then(|c| c.idle_for(now));
-        st.collectable(lim, now, idle)
+    /// [`RemoteCore::collectable`]); `conn_idle`: the least idle of its connections.
+    pub(crate) fn collectable(
+        &self,
+        lim: &Limits,
+        now: Instant,
+        conn_idle: Option<Duration>,
+    ) -> bool {
+        self.lock().collectable(lim, now, conn_idle)
     }
 
     /// Marks the remote removed and fails everything it holds with `Shutdown` (see

@@ -723,10 +723,11 @@ impl<C: ConnRef> RemoteCore<C> {
     }
 
     /// Whether garbage collection may remove this remote at `now`: unused for longer than
-    /// the reuse time, nothing queued, awaiting an ACK or to be acknowledged, not dialing,
-    /// not debouncing a reconnect, and its connection (if any) idle that long too
-    /// (`conn_idle`: from [`super::activity::Activity::idle_for`], `None` when it cannot
-    /// be told, which keeps the remote).
+    /// the reuse time, nothing queued, being written, awaiting an ACK or to be
+    /// acknowledged, not dialing, not debouncing a reconnect, and its connections idle
+    /// that long too (`conn_idle`: the least idle of its established connections, from
+    /// [`super::activity::Activity::idle_for`]; `None` when there is none, which keeps a
+    /// remote that has a current connection).
     pub(crate) fn collectable(
         &self,
         lim: &Limits,

@@ -152,6 +152,8 @@ struct SimConn {
     dead: bool,
     /// Both ways cut (a partition) until healed.
     cut: bool,
+    /// Ground truth: when the peer last took or sent bytes on it (or its handshake).
+    active: T,
 }
 
 #[derive(Debug)]
@@ -169,6 +171,8 @@ struct SendRec {
     receiver_gone: bool,
     /// Reported as waiting too long (once).
     late: bool,
+    /// Its receiver's application released it.
+    released: bool,
 }
 
 #[derive(Clone, Copy, Debug, Hash)]
@@ -575,6 +579,7 @@ impl Sim {
                 read: false,
                 receiver_gone: false,
                 late: false,
+                released: false,
             });
             self.by_identity.insert(identity, index);
             self.open.insert(index);
@@ -663,6 +668,9 @@ impl Sim {
             Ok(()) if sync && self.sends[i].delivered == 0 => self.violation(format!(
                 "synchronous send {i} {from}->{to} succeeded but was never delivered"
             )),
+            Ok(()) if sync && !self.sends[i].released => self.violation(format!(
+                "synchronous send {i} {from}->{to} succeeded before its receiver released it"
+            )),
             Err(e) if e.contains("shut down") && !closing => self.violation(format!(
                 "send {i} {from}->{to} failed with a shutdown on an open node \
                  (garbage collection failed queued work): {e}"
@@ -739,6 +747,9 @@ impl Sim {
         let Some(h) = self.nodes[n].held.remove(&hold) else {
             return;
         };
+        if let Some(&i) = self.by_identity.get(&h.identity) {
+            self.sends[i].released = true;
+        }
         let Some(c) = self.conns.get(&h.conn) else {
             return;
         };
@@ -900,8 +911,11 @@ impl Sim {
         let now = self.instant(self.now);
         let reuse = self.nodes[n].lim.reuse_time;
         let lim = self.nodes[n].lim.clone();
-        // Connections that are not their remote's current one and idle too long.
+        // Each established connection's idleness is read once: connections that are not
+        // their remote's current one and idle too long are retired; a remote is collected
+        // only if all its connections are idle (the least idle of them decides).
         let mut cut = Vec::new();
+        let mut least_idle: BTreeMap<usize, Duration> = BTreeMap::new();
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             let c = self.conns.get_mut(&id).expect("listed");
@@ -918,6 +932,10 @@ impl Sim {
             let peer = c.ends[1 - e].node;
             let end = &mut c.ends[e];
             let idle = end.activity.idle_for(now, end.moved, end.slots.held());
+            least_idle
+                .entry(peer)
+                .and_modify(|d| *d = (*d).min(idle))
+                .or_insert(idle);
             let current = self.nodes[n]
                 .remotes
                 .get(&peer)
@@ -931,15 +949,8 @@ impl Sim {
         }
         let peers: Vec<usize> = self.nodes[n].remotes.keys().copied().collect();
         for peer in peers {
-            let core = &self.nodes[n].remotes[&peer];
-            let idle = core.conn().and_then(|h| {
-                let c = self.conns.get_mut(&h.id)?;
-                let up = c.up;
-                let e = c.ends.iter_mut().find(|e| e.node == n && !e.closed)?;
-                up.then(|| e.activity.idle_for(now, e.moved, e.slots.held()))
-            });
-            let core = &self.nodes[n].remotes[&peer];
-            if core.collectable(&lim, now, idle) {
+            let idle = least_idle.get(&peer).copied();
+            if self.nodes[n].remotes[&peer].collectable(&lim, now, idle) {
                 let mut core = self.nodes[n].remotes.remove(&peer).expect("listed");
                 let mut out = Actions::default();
                 core.remove(true, &mut out);
@@ -1002,6 +1013,7 @@ impl Sim {
             up: false,
             dead: false,
             cut: self.partitioned(n, peer),
+            active: self.now,
         };
         self.conns.insert(h.id, conn);
         let timeout = (self.nodes[n].lim.timeout * 2).as_micros() as T;
@@ -1034,6 +1046,7 @@ impl Sim {
             return;
         }
         c.up = true;
+        c.active = self.now;
         let handles = [c.ends[0].handle.clone(), c.ends[1].handle.clone()];
         self.progress.insert(pair(a, b), self.now);
         // Both sides attach: the dialer's remote, and the acceptor's remote for the dialer.
@@ -1118,6 +1131,7 @@ impl Sim {
             // it). Bytes that only fill the wire while the peer does not read are not.
             c.ends[e].moved += chunk as u64;
             c.ends[1 - e].moved += chunk as u64;
+            c.active = self.now;
             self.progress.insert(pair(a, b), self.now);
         }
         let finished = w.done >= w.bytes;
@@ -1210,6 +1224,7 @@ impl Sim {
             c.wires[1 - e].unread -= size;
             c.ends[e].moved += size as u64;
             c.ends[1 - e].moved += size as u64;
+            c.active = self.now;
             c.ends[e]
                 .activity
                 .touch(self.base + Duration::from_micros(self.now));
@@ -1261,10 +1276,29 @@ impl Sim {
     /// timeout it is shut down.
     fn retire(&mut self, id: u64, n: usize) {
         let Some(e) = self.end_of(id, n) else { return };
-        let c = self.conns.get_mut(&id).expect("present");
+        let c = &self.conns[&id];
         if c.ends[e].retiring {
             return;
         }
+        // Garbage collection never cuts a connection that is making progress or is held
+        // back by backpressure.
+        let moved = self.now - c.active;
+        let reuse = self.nodes[n].lim.reuse_time.as_micros() as T;
+        if c.up && moved <= reuse {
+            let what = format!(
+                "node {n} retired connection {id}, whose peer moved bytes {}ms ago (reuse \
+                 time {}ms)",
+                moved / MS,
+                reuse / MS
+            );
+            self.violation(what);
+        }
+        if self.conns[&id].ends[e].slots.held() {
+            self.violation(format!(
+                "node {n} retired connection {id}, whose received messages hold its slots"
+            ));
+        }
+        let c = self.conns.get_mut(&id).expect("present");
         c.ends[e].retiring = true;
         self.send_eof(id, e, false);
         let timeout = self.nodes[n].lim.timeout.as_micros() as T;
