@@ -362,7 +362,7 @@ fn try_write(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> Result
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         return Ok(Outcome::Rest(cipher[off..].to_vec()));
                     }
-                    Err(e) => return Err(write_error(e)),
+                    Err(e) => return Err(write_error(conn, e)),
                 }
             }
             Ok(Outcome::Done)
@@ -381,7 +381,7 @@ fn try_write(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> Result
                         }
                         return Ok(Outcome::Rest(rest));
                     }
-                    Err(e) => return Err(write_error(e)),
+                    Err(e) => return Err(write_error(conn, e)),
                 }
             }
             Ok(Outcome::Done)
@@ -416,7 +416,7 @@ pub(crate) fn run(conn: &Arc<Conn>) {
                 // A direct writer filled the socket: finish its batch.
                 drop(st);
                 frames = h.frames;
-                result = write_all(conn, &h.rest).map_err(write_error);
+                result = write_all(conn, &h.rest).map_err(|e| write_error(conn, e));
             }
             Step::Wait => {
                 // A direct writer is active (it hands over or finishes by itself), or
@@ -481,7 +481,12 @@ pub(crate) fn run(conn: &Arc<Conn>) {
     }
 }
 
-fn write_error(e: io::Error) -> Error {
+/// What a failed write reports: the connection's own close reason if it was shut down
+/// meanwhile (a write cut short by the shutdown is not the cause), else the OS error.
+fn write_error(conn: &Conn, e: io::Error) -> Error {
+    if let Some(reason) = conn.close_reason() {
+        return reason;
+    }
     if matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -503,13 +508,13 @@ fn write_blocking(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> R
             } else {
                 tls.encrypt(parts, cipher)?;
             }
-            write_all(conn, cipher).map_err(write_error)?;
+            write_all(conn, cipher).map_err(|e| write_error(conn, e))?;
             if cipher.capacity() > 1 << 20 {
                 *cipher = Vec::new();
             }
             Ok(())
         }
-        None => write_all_vectored(conn, parts).map_err(write_error),
+        None => write_all_vectored(conn, parts).map_err(|e| write_error(conn, e)),
     }
 }
 
