@@ -73,6 +73,8 @@ struct Behaviour {
     no_release: bool,
     /// Its application releases slowly (longer than the timeout).
     slow_release: bool,
+    /// A buggy peer: with each release it also acknowledges an identity it never got.
+    bogus_acks: bool,
 }
 
 struct Held {
@@ -308,7 +310,12 @@ impl Sim {
                     held: BTreeMap::new(),
                     behaviour: Behaviour::default(),
                     paused_until: 0,
-                    to_send: rng.usize(50..600),
+                    // A quarter of the nodes only receive.
+                    to_send: if rng.u8(0..4) == 0 {
+                        0
+                    } else {
+                        rng.usize(50..600)
+                    },
                     outstanding: 0,
                     window: rng.usize(1..=200),
                     faulty: false,
@@ -347,11 +354,11 @@ impl Sim {
     fn plan(&mut self) {
         let n = self.nodes.len();
         self.end_of_work = self.rng.u64(3..12) * SEC;
-        let faults = self.rng.usize(0..=4);
+        let faults = self.rng.usize(0..=5);
         for _ in 0..faults {
             let a = self.rng.usize(0..n);
             let b = (a + self.rng.usize(1..n)) % n;
-            let behaviour = match self.rng.u8(0..5) {
+            let behaviour = match self.rng.u8(0..6) {
                 0 => Behaviour {
                     no_handshake: true,
                     ..Default::default()
@@ -368,17 +375,21 @@ impl Sim {
                     no_release: true,
                     ..Default::default()
                 },
-                _ => Behaviour {
+                4 => Behaviour {
                     slow_release: true,
                     ..Default::default()
                 },
+                _ => Behaviour {
+                    bogus_acks: true,
+                    ..Default::default()
+                },
             };
-            let fault = match self.rng.u8(0..6) {
+            let fault = match self.rng.u8(0..8) {
                 0 => Fault::Partition(a, b),
                 1 => Fault::Reset(a, b),
-                2 => Fault::Behave(a, behaviour),
-                3 => Fault::Pause(a),
-                4 => Fault::Crash(a),
+                2..=4 => Fault::Behave(a, behaviour),
+                5 => Fault::Pause(a),
+                6 => Fault::Crash(a),
                 _ => Fault::Close(a),
             };
             let start = self.rng.u64(0..self.end_of_work);
@@ -761,7 +772,15 @@ impl Sim {
         completion.on_complete(move |_| releases.lock().unwrap().1 += 1);
         let done = ReleaseDone::new(h.identity, h.serial, Some(completer));
         if h.req_ack && open && self.nodes[n].alive {
+            let bogus = self.nodes[n].behaviour.bogus_acks.then(|| {
+                let mut b = [0u8; 16];
+                b[..8].copy_from_slice(&self.rng.u64(..).to_le_bytes());
+                ReleaseDone::new(Identity::from_bytes(b), 0, None)
+            });
             self.on_core(n, peer, true, |core, _, _, dial, out| {
+                if let Some(b) = bogus {
+                    core.queue_ack(b, dial, out);
+                }
                 core.queue_ack(done, dial, out)
             });
         } else {
