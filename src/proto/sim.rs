@@ -977,8 +977,10 @@ impl Sim {
                 let mine: Vec<u64> = self
                     .conns
                     .iter()
+                    // As the node does: the connections attached to this remote (a
+                    // handshake still under way belongs to no remote yet).
                     .filter(|(_, c)| {
-                        c.ends.iter().any(|e| e.node == n && !e.closed)
+                        c.up && c.ends.iter().any(|e| e.node == n && !e.closed)
                             && c.ends.iter().any(|e| e.node == peer)
                     })
                     .map(|(id, _)| *id)
