@@ -128,6 +128,13 @@ pub(crate) fn run(config: Config, o: Opts, signals: Signals) -> Result<(), Fail>
     while !node.is_closed() {
         if signals.stop.try_recv().is_ok() {
             node.close();
+            // Close completed every send still pending: report each.
+            for (s, c) in pending.drain(..) {
+                match c.wait_timeout(Duration::from_secs(5)) {
+                    Ok(r) => report(s, r),
+                    Err(_) => return Err(Fail(format!("send {s} had no outcome after close"))),
+                }
+            }
             break;
         }
         let now = start.elapsed();
@@ -143,9 +150,26 @@ pub(crate) fn run(config: Config, o: Opts, signals: Signals) -> Result<(), Fail>
             }
         }
         if !sending {
-            stop.store(true, Ordering::Relaxed);
+            // "Not sending" only once every send has its outcome.
             if pending.is_empty() {
+                stop.store(true, Ordering::Relaxed);
                 break;
+            }
+            // Still waiting well past the bound: say on what (a checker that fails shows it).
+            let late = now.saturating_sub(o.send_for);
+            if late > Duration::from_secs(5) && late.as_millis() % 1000 < 20 {
+                for r in node.remotes() {
+                    eprintln!(
+                        "waiting: {} sends pending; remote {} queued {} in flight {} slots {} \
+                         connected {}",
+                        pending.len(),
+                        r.address,
+                        r.queued,
+                        r.in_flight,
+                        r.slots_in_use,
+                        r.connected_since.is_some()
+                    );
+                }
             }
             std::thread::sleep(Duration::from_millis(20)); // polling the last outcomes
             continue;

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use support::{pki, Line, Net, Proc};
 
 const HOSTS: usize = 4;
+/// The nodes' `--timeout`.
+const TIMEOUT: Duration = Duration::from_secs(1);
 const PORT: u16 = 7000;
 /// After the last fault heals, every node must again complete a send to every peer within
 /// this long: a timeout (1 s) and a reconnect debounce (≤ 0.55 s) per broken connection,
@@ -64,6 +66,8 @@ struct Logged {
 /// One node process (one generation of a host).
 struct NodeProc {
     host: usize,
+    /// The name it logs under (host and generation).
+    name: String,
     proc: Proc,
     out: Vec<Logged>,
     status: Vec<String>,
@@ -127,7 +131,7 @@ impl Chaos {
         let mut args: Vec<String> = vec![
             "chaos-node".into(),
             "--name".into(),
-            name,
+            name.clone(),
             "--port".into(),
             PORT.to_string(),
             "--peers".into(),
@@ -139,7 +143,7 @@ impl Chaos {
             "--seed".into(),
             seed,
             "--timeout".into(),
-            "1".into(),
+            TIMEOUT.as_secs().to_string(),
             "--reuse-time".into(),
             "3".into(),
             "--cert-chain".into(),
@@ -160,6 +164,7 @@ impl Chaos {
         proc.listening();
         self.nodes.push(NodeProc {
             host,
+            name,
             proc,
             out: Vec::new(),
             status: Vec::new(),
@@ -400,6 +405,7 @@ fn check(c: &Chaos, synchronous: bool, healed: Instant, seed: u64) {
     // (origin, seq) -> (destination host, read at)
     let mut tries: HashMap<(String, u64), (usize, Instant)> = HashMap::new();
     let mut oks: Vec<((String, u64), Instant)> = Vec::new();
+    let mut outcomes: HashMap<(String, u64), Instant> = HashMap::new();
     let mut errs = 0usize;
     let mut recvs: HashMap<(String, u64), Vec<usize>> = HashMap::new();
     let mut bad = Vec::new();
@@ -411,8 +417,15 @@ fn check(c: &Chaos, synchronous: bool, healed: Instant, seed: u64) {
                     let to = *host_of_addr.get(*to).expect("a peer address");
                     tries.insert((name.to_string(), seq.parse().unwrap()), (to, l.at));
                 }
-                ["ok", name, seq] => oks.push(((name.to_string(), seq.parse().unwrap()), l.at)),
-                ["err", ..] => errs += 1,
+                ["ok", name, seq] => {
+                    let key = (name.to_string(), seq.parse().unwrap());
+                    outcomes.insert(key.clone(), l.at);
+                    oks.push((key, l.at));
+                }
+                ["err", name, seq, ..] => {
+                    errs += 1;
+                    outcomes.insert((name.to_string(), seq.parse().unwrap()), l.at);
+                }
                 ["recv", _me, origin, seq, status] => {
                     if *status != "good" {
                         bad.push(l.text.clone());
@@ -456,6 +469,33 @@ fn check(c: &Chaos, synchronous: bool, healed: Instant, seed: u64) {
             );
         }
     }
+    // Every send of a node that was not killed has its outcome, within 3 x timeout of the
+    // later of its start and the heal (every peer makes progress again from the heal on),
+    // plus the harness's slack in reading the lines. A SIGKILLed generation cannot report.
+    let live: HashSet<String> = c
+        .live
+        .iter()
+        .flatten()
+        .map(|&i| c.nodes[i].name.clone())
+        .collect();
+    let bound = 3 * TIMEOUT + Duration::from_secs(2);
+    let mut checked = 0usize;
+    for (key, (to, tried)) in &tries {
+        if !live.contains(&key.0) {
+            continue;
+        }
+        checked += 1;
+        let Some(at) = outcomes.get(key) else {
+            panic!("send {key:?} to host {to} never had an outcome (seed {seed})");
+        };
+        let since = (*tried).max(healed);
+        let took = at.saturating_duration_since(since);
+        assert!(
+            took <= bound,
+            "send {key:?} to host {to} had its outcome {took:?} after it could be delivered \
+             (bound {bound:?}, seed {seed})"
+        );
+    }
     // After the heal: every ordered pair delivers again, within the bound.
     let mut first_after: HashMap<(usize, usize), Instant> = HashMap::new();
     for (key, at) in &oks {
@@ -482,7 +522,9 @@ fn check(c: &Chaos, synchronous: bool, healed: Instant, seed: u64) {
     }
     let unique: HashSet<&(String, u64)> = recvs.keys().collect();
     eprintln!(
-        "chaos ({}): {} sends, {} completed, {} failed, {} received (each once), {} node generations; every pair delivering {:?} after the heal at most",
+        "chaos ({}): {} sends, {} completed, {} failed ({checked} of the sends had to have \
+         an outcome and had it within the bound), {} received (each once), {} node \
+         generations; every pair delivering {:?} after the heal at most",
         if synchronous { "sync" } else { "async" },
         tries.len(),
         oks.len(),

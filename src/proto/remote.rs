@@ -127,8 +127,8 @@ pub(crate) struct Ended<'a> {
     pub(crate) reason: &'a Error,
     /// Frames being written take the failure.
     pub(crate) in_flight: bool,
-    /// The peer closed the established connection in an orderly way (end of stream): it
-    /// read everything written before, so nothing queued fails for it.
+    /// The peer closed the established connection in an orderly way (end of stream), as
+    /// garbage collection does: nothing queued fails for it.
     pub(crate) clean: bool,
     /// The node is closing: no reconnect.
     pub(crate) closing: bool,
@@ -543,12 +543,11 @@ impl<C: ConnRef> RemoteCore<C> {
         self.process(dial, out);
     }
 
-    /// A connection ended (see [`Ended`]). After a failure, the message waiting for its
-    /// ACK on it fails, or else exactly one queued message (a peer that cannot be reached
-    /// fails one send per attempt, as in C libchirp). After a clean close nothing fails:
-    /// the message waiting for its ACK goes on waiting until its deadline (the ACK may come
-    /// on another connection), and the queue waits for the next one. Either way the
-    /// reconnect is debounced (unless the node is closing).
+    /// A connection ended (see [`Ended`]). The message waiting for its ACK on it fails;
+    /// else, after a failure, exactly one queued message does (a peer that cannot be
+    /// reached fails one send per attempt, as in C libchirp), and after a clean close none
+    /// (the queue waits for the next connection). Either way the reconnect is debounced
+    /// (unless the node is closing).
     pub(crate) fn conn_closed(
         &mut self,
         lim: &Limits,
@@ -575,10 +574,10 @@ impl<C: ConnRef> RemoteCore<C> {
             failed_one = true;
             // An acknowledged one (its ACK arrived while the writer was still reporting the
             // write) was delivered, whatever became of the connection since: it stays, and
-            // the writer's report completes it. After a clean close the peer read it: it
-            // stays too, for its ACK or its deadline. Any other fails; one without
-            // `pending` is still with the writer, which fails it.
-            if !w.acked && !clean {
+            // the writer's report completes it. Any other fails (also after a clean close:
+            // its ACK can no longer come on this connection); one without `pending` is still
+            // with the writer, which fails it.
+            if !w.acked {
                 if let Some(p) = self.wait_ack.take().and_then(|w| w.pending) {
                     out.push(Action::send(p, Err(reason.clone())));
                 }
@@ -636,19 +635,8 @@ impl<C: ConnRef> RemoteCore<C> {
                     "no release (ACK) from {}:{} within {:?}",
                     self.key.0, self.key.1, lim.timeout
                 ));
-                if w.conn.close_reason().is_none() {
-                    // Taking the connection down fails the waiting message with the reason.
-                    out.push(Action::Shutdown(w.conn.clone(), err));
-                    return;
-                }
-                // Its connection closed cleanly meanwhile: it fails here, and the next
-                // message may go.
-                if let Some(p) = self.wait_ack.take().and_then(|w| w.pending) {
-                    out.push(Action::send(p, Err(err)));
-                }
-                if let (false, Some(c)) = (self.user.is_empty(), &self.conn) {
-                    out.push(Action::Kick(c.clone()));
-                }
+                // Taking the connection down fails the waiting message with the reason.
+                out.push(Action::Shutdown(w.conn.clone(), err));
             }
             Some(d) => {
                 self.ack_timer_armed = true;
