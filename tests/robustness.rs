@@ -579,8 +579,8 @@ fn a_parked_stream_is_delivered_after_its_sender_closed() {
 }
 
 /// A peer that never makes progress (never handshakes; handshakes but never reads) fails
-/// every queued send within 3 x timeout of the peer's last progress, wherever the send
-/// stands in the queue. (Each failed connection used to fail one message, then redial:
+/// every queued send within 2.5 x timeout of the peer's last progress (README; within the
+/// issue's 3 x), wherever the send stands in the queue. (Each failed connection used to fail one message, then redial:
 /// minutes for a queue.) The peer's last progress is when its kernel last took bytes: the
 /// peer watches its own receive queue.
 #[test]
@@ -650,8 +650,8 @@ fn every_send_to_a_stalled_peer_has_its_outcome_within_three_timeouts() {
         }
         stop.store(true, Ordering::Relaxed);
         let last = (*last_progress.lock().unwrap()).max(started);
-        // 3 x timeout, plus slack for the test's own scheduling (not the library's).
-        let bound = Duration::from_millis(1500 + 300);
+        // 2.5 x timeout, plus slack for the test's own scheduling (not the library's).
+        let bound = Duration::from_millis(1250 + 500);
         for (i, at) in outcomes.iter().enumerate() {
             assert!(
                 at.saturating_duration_since(last) <= bound,
