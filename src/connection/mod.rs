@@ -367,14 +367,18 @@ impl Conn {
     /// nothing): the socket is shut down, which ends both threads, and the owner is told.
     /// `in_flight_failed`: the caller already failed the frames it was writing.
     pub(crate) fn shutdown(self: &Arc<Self>, reason: Error, in_flight_failed: bool) {
-        let (writing, handoff) = {
+        let (writing, handoff, reason) = {
             let mut st = self.lock();
             if st.closing {
                 return;
             }
             st.closing = true;
+            // A retired connection ends by garbage collection, however its last read ended
+            // (usually the peer's answering end of stream).
+            let reason = if st.retiring { Error::Shutdown } else { reason };
             st.close_reason = Some(reason.clone());
-            st.write.close()
+            let (writing, handoff) = st.write.close();
+            (writing, handoff, reason)
         };
         self.writer_cv.notify_all();
         // Nothing more is admitted; parked messages were read and are still delivered as
