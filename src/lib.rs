@@ -184,7 +184,7 @@
 //! when it is expired, not yet valid or not issued by a CA in the file, and warns when it
 //! expires within [`Config::cert_expiry_warning`]; [`Stats::certificate`] shows its expiry
 //! and [`Node::reload_tls`] puts a renewed one in place without a restart.
-//! [`pki::TestPki`] makes a throwaway PKI for tests:
+//! `pki::TestPki` (cargo feature `pki`, for tests and trials) makes a throwaway PKI:
 //!
 //! ```
 //! use libchirp::{pki::TestPki, queue::Chirp, Config, Message};
@@ -230,21 +230,25 @@
 //! ```
 //!
 //! Each connection failure fails exactly one queued message (the one in flight, or else the
-//! oldest queued one); the others wait for the next connection. [`Node::close`] completes
-//! everything still pending with [`Error::Shutdown`].
+//! oldest queued one); the others wait for the next connection. But no send waits longer
+//! than 2.5 × `timeout` after its peer last made progress (a handshake, bytes taken or sent,
+//! an ACK): a peer that is unreachable, stalled or too slow fails everything queued for it
+//! with [`Error::Timeout`]. [`Node::close`] completes everything still pending with
+//! [`Error::Shutdown`].
 //!
 //! ## Threads, and what a handler may do
 //!
-//! Every connection has a reader thread and a writer thread. Sends return a [`Completion`]
-//! immediately. On an idle connection the sending thread writes the frame itself with one
-//! non-blocking system call (no thread hand-off); while a write is under way, frames queue
-//! and the active writer takes all of them into its next write; the writer thread only
-//! finishes what the socket could not take at once. Sends made by a handler on a reader
-//! thread ([`Node::start_inline`]) are gathered while that thread works through a read
-//! buffer and written in about four writes of at most four frames each, so replies to a
-//! burst share system calls while the peer already gets work. The [`pool`] interface runs
-//! your handler on a fixed thread pool; the [`queue`] interface hands messages out through a
-//! blocking channel.
+//! Every connection has a reader thread; its writer thread starts only when a write could
+//! not finish at once, and ends again after a short idle spell. Sends return a
+//! [`Completion`] immediately. On an idle connection the sending thread writes the frame
+//! itself with one non-blocking system call (no thread hand-off); while a write is under
+//! way, frames queue and the active writer takes all of them into its next write; the
+//! writer thread only finishes what the socket could not take at once. Sends made by a
+//! handler on a reader thread ([`Node::start_inline`]) are gathered while that thread works
+//! through a read buffer and written in about four writes (of at most 64 frames each), so
+//! replies to a burst share system calls while the peer already gets work. The [`pool`]
+//! interface runs your handler on a fixed thread pool; the [`queue`] interface hands
+//! messages out through a blocking channel.
 //!
 //! When all of a connection's slots are taken, the reader *parks* further messages (up to
 //! the read buffer's size) and goes on reading, so ACK and NOOP frames behind them are still
@@ -300,6 +304,26 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## The public API in one place
+//!
+//! Covered by semver (a change is a breaking release unless it only adds):
+//!
+//! * nodes: [`Node`] (with [`Peer`] for one remote), and the two receiving front ends
+//!   [`pool::Chirp`] and [`queue::Chirp`];
+//! * configuration: [`Config`] and what a node made of it, [`Effective`];
+//! * messages: [`Message`], [`Identity`], [`Payload`];
+//! * outcomes: [`Completion`] and [`Completer`], [`Error`] with its causes [`TlsError`] and
+//!   [`ProtocolError`], [`SendError`] and [`BatchError`] (both hand messages back), and
+//!   [`Result`];
+//! * observing: [`Stats`], [`RemoteInfo`], [`Event`] and the [`Events`] stream,
+//!   [`Certificate`].
+//!
+//! Outside the promise: [`wire`] (the frame codec, for fuzzers and protocol tools) and
+//! `pki` (a throwaway certificate authority for tests, only with the cargo feature `pki`).
+//! Items marked `#[doc(hidden)]` are diagnostics for the crate's own tests. The repository
+//! keeps a snapshot of this surface (`tests/public-api.txt`), and CI fails when the API
+//! changes without it.
+//!
 //! ## Differences from C libchirp
 //!
 //! Deliberate divergences (all invisible on the wire): the 16-byte configured identity is
@@ -322,6 +346,7 @@ mod frame;
 mod message;
 mod node;
 mod outcome;
+#[cfg(feature = "pki")]
 pub mod pki;
 pub mod pool;
 mod proto;
@@ -336,7 +361,7 @@ pub use completion::{Completer, Completion};
 pub use config::{Config, Effective};
 pub use error::{Error, Result};
 pub use message::{Identity, Message, Payload};
-pub use node::{Event, Node, Peer, RemoteInfo, Stats};
+pub use node::{Event, Events, Node, Peer, RemoteInfo, Stats};
 pub use outcome::{BatchError, SendError};
 pub use tls::Certificate;
 

@@ -4,6 +4,9 @@
 //!
 //! Never use these for production: the keys are written unencrypted to the directory given.
 //!
+//! Only with the cargo feature `pki` (off by default). This is test tooling, **not covered
+//! by the crate's semver promise**: it may change in any release.
+//!
 //! # Examples
 //!
 //! ```

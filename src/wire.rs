@@ -1,6 +1,10 @@
 //! The libchirp 1.2.1 wire format: the 18-byte connection handshake and the 27-byte message
 //! preamble. Pure encoding and decoding, no I/O (see `PROTOCOL.md` §1).
 //!
+//! **Outside the semver promise.** This module is public for the crate's fuzzers, tests and
+//! protocol tools (a raw peer, a decoder); its items may change in any release. Programs
+//! that send and receive messages never need it.
+//!
 //! All integers are big-endian. A preamble is followed by `header_len` header bytes and then
 //! `data_len` data bytes; nothing separates frames.
 

@@ -43,8 +43,8 @@ fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Replays a `reader` input on the node at `addr` as the fuzz target does: cut points, then
 /// the byte stream, then a well-formed peer, which must be served.
-fn replay_reader(addr: SocketAddr, events: &crossbeam_channel::Receiver<Event>, input: &[u8]) {
-    while events.try_recv().is_ok() {}
+fn replay_reader(addr: SocketAddr, events: &libchirp::Events, input: &[u8]) {
+    while events.try_recv().is_some() {}
     let (&n, rest) = input.split_first().unwrap_or((&0, &[]));
     let n = usize::from(n % 8).min(rest.len());
     let (cuts, mut stream) = rest.split_at(n);

