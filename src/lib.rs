@@ -297,7 +297,8 @@
 //! sending.wait()?;
 //! let s = server.stats();
 //! assert_eq!((s.accepted, s.msgs_in, s.bytes_in, s.acks_out), (1, 1, 8, 1));
-//! assert!(matches!(events.recv_timeout(Duration::from_secs(5))?, Event::Connected { incoming: true, .. }));
+//! let first = events.recv_timeout(Duration::from_secs(5)).ok_or("no event within 5 s")?;
+//! assert!(matches!(first, Event::Connected { incoming: true, .. }));
 //! for remote in server.remotes() {
 //!     println!("{} {:?}: {} in, {} out", remote.address, remote.identity, remote.msgs_in, remote.msgs_out);
 //! }
@@ -312,8 +313,8 @@
 //!   [`pool::Chirp`] and [`queue::Chirp`];
 //! * configuration: [`Config`] and what a node made of it, [`Effective`];
 //! * messages: [`Message`], [`Identity`], [`Payload`];
-//! * outcomes: [`Completion`] and [`Completer`], [`Error`] with its causes [`TlsError`] and
-//!   [`ProtocolError`], [`SendError`] and [`BatchError`] (both hand messages back), and
+//! * outcomes: [`Completion`] and [`Completer`], [`Error`] with its causes [`TlsError`],
+//!   [`ProtocolError`] and [`FrameError`], [`SendError`] and [`BatchError`] (both hand messages back), and
 //!   [`Result`];
 //! * observing: [`Stats`], [`RemoteInfo`], [`Event`] and the [`Events`] stream,
 //!   [`Certificate`].
@@ -359,7 +360,7 @@ pub mod wire;
 
 pub use completion::{Completer, Completion};
 pub use config::{Config, Effective};
-pub use error::{Error, Result};
+pub use error::{Error, FrameError, ProtocolError, Result, TlsError};
 pub use message::{Identity, Message, Payload};
 pub use node::{Event, Events, Node, Peer, RemoteInfo, Stats};
 pub use outcome::{BatchError, SendError};

@@ -197,18 +197,22 @@ fn chain_pem(k: &PKey<Private>, leaf: &X509, ca: &X509) -> Result<Vec<u8>, Error
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    fs::write(path, bytes).map_err(|err| Error::Io {
-        kind: err.kind(),
-        reason: format!("writing {}: {err}", path.display()),
+    fs::write(path, bytes).map_err(|err| {
+        Error::io(std::io::Error::new(
+            err.kind(),
+            format!("writing {}: {err}", path.display()),
+        ))
     })
 }
 
 impl TestPki {
     /// Generates a fresh PKI into `dir` (created if missing).
     pub fn generate(dir: &Path) -> Result<TestPki, Error> {
-        fs::create_dir_all(dir).map_err(|err| Error::Io {
-            kind: err.kind(),
-            reason: format!("creating {}: {err}", dir.display()),
+        fs::create_dir_all(dir).map_err(|err| {
+            Error::io(std::io::Error::new(
+                err.kind(),
+                format!("creating {}: {err}", dir.display()),
+            ))
         })?;
         let (ca_key, ca_cert) = ca("libchirp test CA")?;
         let (fca_key, fca_cert) = ca("foreign test CA")?;
@@ -270,9 +274,11 @@ impl TestPki {
         not_after: SystemTime,
     ) -> Result<PathBuf, Error> {
         let read = |p: &Path| {
-            fs::read(p).map_err(|err| Error::Io {
-                kind: err.kind(),
-                reason: format!("reading {}: {err}", p.display()),
+            fs::read(p).map_err(|err| {
+                Error::io(std::io::Error::new(
+                    err.kind(),
+                    format!("reading {}: {err}", p.display()),
+                ))
             })
         };
         let ca_key = PKey::private_key_from_pem(&read(&self.ca_key)?).map_err(e("CA key"))?;

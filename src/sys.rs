@@ -182,11 +182,7 @@ pub(crate) fn read_until(
             {
                 continue;
             }
-            Err(e) => {
-                return Err(Error::protocol(format!(
-                    "reading from the peer failed: {e}"
-                )))
-            }
+            Err(e) => return Err(Error::broken("reading from the peer", e)),
         }
     }
 }

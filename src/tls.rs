@@ -25,7 +25,7 @@ use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509NameRef, X509Ref, X509StoreContext, X509};
 
-use crate::error::Error;
+use crate::error::{Error, TlsError};
 
 /// libchirp's TLS ≤ 1.2 cipher list: finite-field DHE only.
 pub(crate) const CIPHER_LIST: &str =
@@ -202,21 +202,25 @@ fn check_own_certificate(
     let fail = |reason: String| file_error(path, "certificate chain", reason);
     let cert = Certificate::of(&certs[0]);
     let now = SystemTime::now();
+    let with_kind = |e: Error, k: TlsError| match e {
+        Error::Tls { reason, .. } => Error::tls_kind(k, reason),
+        other => other,
+    };
     if now < cert.not_before {
-        return Err(fail(format!(
+        return Err(with_kind(fail(format!(
             "the node certificate ({}) is not valid yet: valid from {} to {}; use one that is valid now, or check this machine's clock",
             cert.subject,
             utc(cert.not_before),
             utc(cert.not_after)
-        )));
+        )), TlsError::CertificateNotYetValid));
     }
     if now > cert.not_after {
-        return Err(fail(format!(
+        return Err(with_kind(fail(format!(
             "the node certificate ({}) expired on {} (valid from {}); peers refuse an expired certificate: renew it",
             cert.subject,
             utc(cert.not_after),
             utc(cert.not_before)
-        )));
+        )), TlsError::CertificateExpired));
     }
     // Verify as a peer would: every certificate in the file is trusted (as the TLS context
     // trusts them), the ones after the node certificate also form its chain.
@@ -415,12 +419,16 @@ pub(crate) struct TlsSession {
     peer: Option<Certificate>,
 }
 
-fn ssl_error(e: openssl::ssl::Error) -> Error {
-    let detail = match e.ssl_error() {
+fn ssl_detail(e: openssl::ssl::Error) -> String {
+    match e.ssl_error() {
         Some(stack) => stack.to_string(),
         None => e.to_string(),
-    };
-    Error::tls(detail)
+    }
+}
+
+/// A failure of an established session.
+fn ssl_error(e: openssl::ssl::Error) -> Error {
+    Error::tls_kind(TlsError::Session, ssl_detail(e))
 }
 
 /// What one decrypt step produced.
@@ -461,7 +469,8 @@ impl TlsSession {
                 Err(e) if e.code() == ErrorCode::WANT_READ => {
                     let n = crate::sys::read_until(sock, &mut buf, deadline)
                         .map_err(|e| match e {
-                            Error::Protocol { .. } => Error::tls(
+                            Error::Protocol { .. } => Error::tls_kind(
+                                TlsError::Handshake,
                                 "peer closed the connection during the TLS handshake (is it speaking TLS, with a certificate from our CA?)",
                             ),
                             other => other,
@@ -471,13 +480,11 @@ impl TlsSession {
                 Err(e) if e.code() == ErrorCode::WANT_WRITE => continue,
                 Err(e) => {
                     let verify = stream.ssl().verify_result();
-                    let mut err = ssl_error(e);
-                    if let Error::Tls { reason } = &mut err {
-                        if verify != openssl::x509::X509VerifyResult::OK {
-                            reason.push_str(&format!(" (peer certificate: {})", verify));
-                        }
+                    let mut reason = ssl_detail(e);
+                    if verify != openssl::x509::X509VerifyResult::OK {
+                        reason.push_str(&format!(" (peer certificate: {})", verify));
                     }
-                    return Err(err);
+                    return Err(Error::tls_kind(TlsError::of_handshake(&reason), reason));
                 }
             }
         }
@@ -590,7 +597,10 @@ fn flush_outgoing(bio: &mut MemBio, mut sock: &TcpStream, deadline: Instant) -> 
         ) {
             Error::timeout("TLS handshake write")
         } else {
-            Error::tls(format!("writing the TLS handshake failed: {e}"))
+            Error::tls_kind(
+                TlsError::Handshake,
+                format!("writing the TLS handshake failed: {e}"),
+            )
         }
     })
 }

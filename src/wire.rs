@@ -82,41 +82,8 @@ pub struct Preamble {
     pub kind_bits: u8,
 }
 
-/// Why a preamble was refused. Each of these closes the connection it arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreambleError {
-    /// `header_len + data_len` exceeds the receiver's maximum message size.
-    TooLarge {
-        /// The announced total size (computed without overflow).
-        size: u64,
-        /// The configured maximum.
-        max: u64,
-    },
-    /// An ACK or NOOP carried a header or data.
-    ControlWithPayload,
-    /// An ACK or NOOP also had the REQ_ACK bit set.
-    ControlWithReqAck,
-}
-
-impl std::fmt::Display for PreambleError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PreambleError::TooLarge { size, max } => write!(
-                f,
-                "peer announced a message of {size} bytes, more than the maximum of {max}"
-            ),
-            PreambleError::ControlWithPayload => {
-                write!(
-                    f,
-                    "peer sent an ACK or NOOP frame that carries header or data"
-                )
-            }
-            PreambleError::ControlWithReqAck => {
-                write!(f, "peer sent an ACK or NOOP frame with the REQ_ACK bit set")
-            }
-        }
-    }
-}
+/// Why a preamble was refused (the crate's [`FrameError`](crate::FrameError)).
+pub use crate::error::FrameError as PreambleError;
 
 impl Preamble {
     /// Encodes the preamble into its 27 wire bytes (field order: identity, serial, data

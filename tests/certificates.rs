@@ -91,7 +91,22 @@ fn an_expired_own_certificate_is_refused_at_start_with_its_dates() {
     let chain = pki(0).issue_node("expired", from, to).unwrap();
     let e = start_err(&chain);
     let text = e.to_string();
-    assert!(matches!(e, Error::Tls { .. }), "a TLS error: {e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::Tls {
+                kind: libchirp::TlsError::CertificateExpired,
+                ..
+            }
+        ),
+        "an expired certificate: {e:?}"
+    );
+    let cause = std::error::Error::source(&e).map(|c| c.to_string());
+    assert_eq!(
+        cause.as_deref(),
+        Some("a certificate has expired"),
+        "the source names the problem"
+    );
     for part in [
         chain.display().to_string(),
         "CN=expired.libchirp.test".into(),

@@ -47,6 +47,7 @@ proptest! {
             }
             Err(PreambleError::ControlWithPayload) => prop_assert!(size > 0),
             Err(PreambleError::ControlWithReqAck) => prop_assert!(p.kind_bits & 1 != 0),
+            Err(other) => prop_assert!(false, "an error this test does not know: {other:?}"),
         }
     }
 

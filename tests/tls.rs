@@ -147,7 +147,16 @@ fn certificate_files_are_checked_at_start() {
         c.dh_params = Some(dh);
         let err = Node::start(c, drop).unwrap_err();
         let text = err.to_string();
-        assert!(matches!(err, Error::Tls { .. }), "{text}");
+        assert!(
+            matches!(
+                err,
+                Error::Tls {
+                    kind: libchirp::TlsError::Setup,
+                    ..
+                }
+            ),
+            "a configuration problem: {text}"
+        );
         assert!(text.contains(file) && text.contains(reason), "{text}");
     }
     std::fs::remove_dir_all(&dir).ok();
@@ -267,9 +276,21 @@ fn strangers_are_refused_and_everyone_else_is_served() {
         .send(Message::to(v4(&stranger_rx_node), b"hello?".to_vec()))
         .wait()
         .unwrap_err();
+    // Our side verified the stranger's certificate: the error says so, down its chain.
+    let chain = error_chain(err.error());
     assert!(
-        matches!(err.error(), Error::Tls { .. } | Error::Protocol { .. }),
-        "{err}"
+        matches!(
+            err.error(),
+            Error::Tls {
+                kind: libchirp::TlsError::UnknownIssuer,
+                ..
+            }
+        ),
+        "{chain}"
+    );
+    assert!(
+        chain.contains("not signed by a trusted CA"),
+        "the chain names the problem: {chain}"
     );
     assert!(srx.try_recv().is_err());
     // A plaintext node sending to a TLS node fails in bounded time too.
@@ -474,4 +495,15 @@ fn plaintext_listener_is_refused_by_a_tls_dialer() {
     assert!(started.elapsed() < Duration::from_secs(3));
     node.close();
     t.join().unwrap();
+}
+
+/// An error and its sources, one per line, as `anyhow` or `eyre` would print them.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(&format!("\ncaused by: {c}"));
+        cause = c.source();
+    }
+    out
 }

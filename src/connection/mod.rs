@@ -511,10 +511,10 @@ impl Conn {
                 st.threads -= 1;
             }
             self.shutdown(
-                Error::Io {
-                    kind: e.kind(),
-                    reason: format!("cannot start the connection's writer thread: {e}"),
-                },
+                Error::io(io::Error::new(
+                    e.kind(),
+                    format!("cannot start the connection's writer thread: {e}"),
+                )),
                 false,
             );
         }
@@ -660,7 +660,7 @@ fn establish(
                 io::ErrorKind::Interrupted => Error::Shutdown,
                 _ => Error::CannotConnect {
                     addr: conn.peer,
-                    reason: e.to_string(),
+                    source: std::sync::Arc::new(e),
                 },
             },
         )?;
@@ -694,7 +694,7 @@ fn establish(
     conn.stream.set_write_timeout(Some(remaining))?;
     (&conn.stream)
         .write_all(bytes)
-        .map_err(|e| Error::protocol(format!("writing the handshake failed: {e}")))?;
+        .map_err(|e| Error::broken("writing the handshake", e))?;
     // Steady state: a write that makes no progress for `timeout` fails the connection.
     conn.stream.set_write_timeout(Some(conn.settings.timeout))?;
     // Theirs: tolerate it arriving in pieces.

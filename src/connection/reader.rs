@@ -130,9 +130,7 @@ impl<'a> Source<'a> {
                     self.conn.settings.timeout
                 ))),
             },
-            _ => Err(Error::protocol(format!(
-                "reading from the peer failed: {e}"
-            ))),
+            _ => Err(Error::broken("reading from the peer", e)),
         }
     }
 
@@ -206,12 +204,7 @@ fn read_loop(conn: &Arc<Conn>, src: &mut Source) -> Result<(), Error> {
         // buffer, not per message.
         let mut alive = false;
         while let Some(pre) = peek_preamble(src.buf.data()) {
-            let kind = pre.validate(max).map_err(|e| match e {
-                crate::wire::PreambleError::TooLarge { size, max } => {
-                    Error::MessageTooLarge { size, max }
-                }
-                other => Error::protocol(other.to_string()),
-            })?;
+            let kind = pre.validate(max).map_err(Error::frame)?;
             match kind {
                 FrameKind::Ack => {
                     src.buf.consume(PREAMBLE_SIZE);

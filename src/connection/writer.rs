@@ -493,7 +493,7 @@ fn write_error(conn: &Conn, e: io::Error) -> Error {
     ) {
         Error::timeout("writing to the peer made no progress (is it reading?)")
     } else {
-        Error::protocol(format!("writing to the peer failed: {e}"))
+        Error::broken("writing to the peer", e)
     }
 }
 

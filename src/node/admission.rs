@@ -83,9 +83,11 @@ impl Inner {
             conn.abandon();
             return;
         }
-        self.start_conn(conn, |e| Error::Io {
-            kind: e.kind(),
-            reason: format!("cannot start the connection's thread: {e}"),
+        self.start_conn(conn, |e| {
+            Error::io(io::Error::new(
+                e.kind(),
+                format!("cannot start the connection's thread: {e}"),
+            ))
         });
     }
 
@@ -145,7 +147,7 @@ pub(super) fn bind(cfg: &Effective) -> Result<(Vec<TcpListener>, u16), Error> {
     let backlog = c.backlog;
     let in_use = |addr: SocketAddr, e: io::Error| Error::AddressInUse {
         addr,
-        reason: e.to_string(),
+        source: Arc::new(e),
     };
     let attempts = if c.port == 0 { 16 } else { 1 };
     let mut last_err = None;

@@ -35,7 +35,7 @@ impl Inner {
         )
         .map_err(|e| Error::CannotConnect {
             addr,
-            reason: e.to_string(),
+            source: Arc::new(e),
         })?;
         let conn = Arc::new(conn);
         registry.insert(
@@ -52,9 +52,11 @@ impl Inner {
     /// Starts the thread that dials and then reads `conn`.
     pub(super) fn start_dial(self: &Arc<Self>, conn: Arc<Conn>) {
         let addr = conn.peer;
-        self.start_conn(conn, |e| Error::Io {
-            kind: e.kind(),
-            reason: format!("cannot start the thread of the connection to {addr}: {e}"),
+        self.start_conn(conn, |e| {
+            Error::io(std::io::Error::new(
+                e.kind(),
+                format!("cannot start the thread of the connection to {addr}: {e}"),
+            ))
         });
     }
 

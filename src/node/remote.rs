@@ -336,12 +336,7 @@ mod tests {
     fn an_acknowledged_message_is_delivered_whatever_happens_to_its_connection_after() {
         for (writer_result, also_removed) in [
             (Ok(()), false),
-            (
-                Err(Error::Protocol {
-                    reason: "peer closed the connection".into(),
-                }),
-                false,
-            ),
+            (Err(Error::protocol("peer closed the connection")), false),
             (Ok(()), true),
         ] {
             let (remote, conn, completion, frames) = written_but_unreported();
@@ -351,9 +346,7 @@ mod tests {
                 after.0.is_empty(),
                 "nothing completes before the writer reports"
             );
-            let reason = Error::Protocol {
-                reason: "peer closed the connection".into(),
-            };
+            let reason = Error::protocol("peer closed the connection");
             remote.conn_closed(&lim(), &conn, &reason, false, false, &mut after);
             if also_removed {
                 remote.remove(false, &mut after);
@@ -429,9 +422,7 @@ mod tests {
     fn an_unacknowledged_message_fails_with_its_connection() {
         let (remote, conn, completion, frames) = written_but_unreported();
         let mut after = After::default();
-        let reason = Error::Protocol {
-            reason: "peer closed the connection".into(),
-        };
+        let reason = Error::protocol("peer closed the connection");
         remote.conn_closed(&lim(), &conn, &reason, false, false, &mut after);
         run(after);
         let outcome = report(&remote, &conn, frames, Ok(()), completion);

@@ -250,8 +250,13 @@ impl Counters {
         incoming: bool,
         node_closing: bool,
     ) {
-        let peer_closed =
-            matches!(reason, Error::Protocol { reason } if reason.starts_with("peer closed"));
+        let peer_closed = matches!(
+            reason,
+            Error::Protocol {
+                kind: crate::error::ProtocolError::Closed,
+                ..
+            }
+        );
         if !handshaken && incoming && !node_closing {
             bump(match reason {
                 Error::Tls { .. } => &self.refused_tls,

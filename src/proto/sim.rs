@@ -1844,8 +1844,10 @@ mod tests {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(40);
-        let messages =
-            check(replay.unwrap_or_else(|| (1..=last).chain(FOUND.iter().copied()).collect()), false);
+        let messages = check(
+            replay.unwrap_or_else(|| (1..=last).chain(FOUND.iter().copied()).collect()),
+            false,
+        );
         if whole_set {
             assert!(messages > 10_000, "the seeds sent only {messages} messages");
         }
