@@ -1,5 +1,6 @@
 //! The `metrics` feature: the node's statistics reach a `metrics` recorder under their
 //! documented names, with the right values. (Run with `--features metrics`.)
+#[path = "integration/support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;

@@ -1,5 +1,7 @@
 //! Hostile input, faults and load, end to end (issue 8). The tests in this binary count the
 //! process's threads and file descriptors, so they run one at a time (SERIAL).
+// Its own test binary: these tests count the whole process's threads and descriptors.
+#[path = "integration/support/mod.rs"]
 mod support;
 
 use std::io::Write;

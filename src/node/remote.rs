@@ -330,7 +330,7 @@ mod tests {
 
     /// The ACK arrives before the writer reported its write, then the connection closes
     /// (the peer acknowledged and left), then the writer reports: delivered. (A race once
-    /// lost by tests/deadlock.rs under load: the send failed with "peer closed the
+    /// lost by tests/integration/deadlock.rs under load: the send failed with "peer closed the
     /// connection" although its ACK had arrived.)
     #[test]
     fn an_acknowledged_message_is_delivered_whatever_happens_to_its_connection_after() {

@@ -5,7 +5,7 @@
 //! Every test here is `#[ignore]`d, so a plain `cargo test` reports them as not run rather
 //! than passing without the peer; `cargo test -- --include-ignored` (CI) runs them, and
 //! each fails with a clear message when the peer is missing.
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,5 +1,5 @@
 //! The pool and queue interfaces and request/response (issue 5).
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, OnceLock};

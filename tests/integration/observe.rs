@@ -1,6 +1,6 @@
 //! Observing a node: every counter and event of `Node::stats()`, `Node::remotes()` and
 //! `Node::events()`, each caused by a scenario that should move it.
-mod support;
+use crate::support;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;

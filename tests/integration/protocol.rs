@@ -1,6 +1,6 @@
-//! Wire-level behaviour checked with a hand-driven peer (tests/support/raw.rs):
+//! Wire-level behaviour checked with a hand-driven peer (tests/integration/support/raw.rs):
 //! PROTOCOL.md §1–§3.
-mod support;
+use crate::support;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! Node behaviour through the public API: lifecycle, connections, sync/async, slots,
 //! release, messages and errors (issue 2).
-mod support;
+use crate::support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! queued or in flight is lost, a bad file changes nothing, a CA is rolled in two steps).
 //! The namespaced reload under a steady stream, driven through `chirp` and SIGHUP, is in
 //! `cli/tests/certificates.rs`.
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -5,7 +5,7 @@
 //!     reading (parking the messages it cannot deliver yet), so the ACK it waits for is seen;
 //! (b) a synchronous sender that sends, waits for the send, and only then receives the
 //!     answer, against echoes written the safe way (release the request before waiting).
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Admission control and bounded memory: connection caps, the half-open cap and the
 //! per-remote queue bound refuse the one connection or message involved, count it, and
 //! leave the node serving everyone else.
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -133,7 +133,7 @@ fn half_open_connections_are_capped_and_real_peers_are_served_again_once_they_go
     assert_eq!(recv(&inbox, "echo").data(), b"during");
     // The silent ones go (their handshake fails); new peers are served again. (That
     // silent sockets are also closed when their handshake time runs out is proved in
-    // tests/protocol.rs.)
+    // tests/integration/protocol.rs.)
     drop(silent);
     assert!(eventually(Duration::from_secs(10), || echo
         .stats()

@@ -1,6 +1,6 @@
 //! `Node::peer` and `Peer::send_batch`: the streaming path. Every message of a batch is
 //! delivered in order or handed back, in order, with its error; one completion per batch.
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

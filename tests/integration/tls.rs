@@ -1,6 +1,6 @@
 //! Mutual TLS as libchirp does it (issue 4), against our own node and a hand-driven OpenSSL
 //! client. Every test makes a throwaway PKI at test time.
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
