@@ -524,7 +524,11 @@ impl Conn {
 impl SlotOwner for Conn {
     fn release_slot(self: Arc<Self>, req_ack: bool, done: ReleaseDone) {
         let (open, parked) = self.slots.freed();
-        if req_ack && open {
+        // An orderly end (we retired the connection, or the peer ended it cleanly) does
+        // not cancel the ACK: the sender still waits for it, and it goes out on another
+        // connection.
+        let orderly = !open && (self.lock().retiring || self.closed_cleanly());
+        if req_ack && (open || orderly) {
             // The ACK goes through the owner: it is written on the remote's current
             // connection, which need not be this one.
             self.owner.ack_due(&self, done);

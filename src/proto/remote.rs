@@ -158,6 +158,8 @@ struct WaitAck<C> {
     acked: bool,
     /// Set when the write finished: the ACK must arrive before it.
     deadline: Option<Instant>,
+    /// Its connection ended cleanly and it waits on for its ACK (on another connection).
+    orphaned: bool,
 }
 
 /// One remote's state.
@@ -412,6 +414,7 @@ impl<C: ConnRef> RemoteCore<C> {
                         pending: None,
                         acked: false,
                         deadline: None,
+                        orphaned: false,
                     });
                     self.serial = self.serial.wrapping_add(1);
                     self.hold(conn, 1);
@@ -603,12 +606,34 @@ impl<C: ConnRef> RemoteCore<C> {
             failed_one = true;
             // An acknowledged one (its ACK arrived while the writer was still reporting the
             // write) was delivered, whatever became of the connection since: it stays, and
-            // the writer's report completes it. Any other fails (also after a clean close:
-            // its ACK can no longer come on this connection); one without `pending` is still
-            // with the writer, which fails it.
-            if !w.acked {
+            // the writer's report completes it.
+            //
+            // After a clean close (the peer's orderly end of stream: its garbage collection
+            // retired the connection, or it closed) an unacknowledged one keeps waiting
+            // until its ACK deadline: a retiring peer still reads and delivers what crossed
+            // its end of stream, and sends the ACK on a new connection. A deadline already
+            // past fails it now, as the ACK deadline would have.
+            //
+            // Any other fails with the connection; one without `pending` is still with the
+            // writer, which fails it.
+            let expired = w.deadline.is_some_and(|d| d <= now);
+            if !w.acked && clean && !expired {
+                let w = self.wait_ack.as_mut().expect("matched above");
+                w.orphaned = true;
+                if let Some(d) = w.deadline {
+                    if !self.ack_timer_armed {
+                        self.ack_timer_armed = true;
+                        out.push(Action::Timer(d, Timer::AckDeadline(self.key)));
+                    }
+                }
+            } else if !w.acked {
+                let err = if clean {
+                    self.ack_timeout(lim)
+                } else {
+                    reason.clone()
+                };
                 if let Some(p) = self.wait_ack.take().and_then(|w| w.pending) {
-                    out.push(Action::send(p, Err(reason.clone())));
+                    out.push(Action::send(p, Err(err)));
                 }
             }
         }
@@ -654,16 +679,38 @@ impl<C: ConnRef> RemoteCore<C> {
         self.process(dial, out);
     }
 
+    fn ack_timeout(&self, lim: &Limits) -> Error {
+        Error::timeout(format!(
+            "no release (ACK) from {}:{} within {:?}",
+            self.key.0, self.key.1, lim.timeout
+        ))
+    }
+
+    /// Taken out of the remotes table: an ACK queued here would never go out.
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed
+    }
+
     /// The ACK deadline check for the waiting synchronous message.
     pub(crate) fn ack_deadline(&mut self, lim: &Limits, now: Instant, out: &mut Actions<C>) {
         self.ack_timer_armed = false;
         let Some(w) = &self.wait_ack else { return };
         match w.deadline {
+            Some(d) if d <= now && w.orphaned => {
+                // Its connection ended cleanly before (see `conn_closed`): fail it here.
+                let err = self.ack_timeout(lim);
+                if let Some(p) = self.wait_ack.take().and_then(|w| w.pending) {
+                    out.push(Action::send(p, Err(err)));
+                }
+                // The next synchronous message may go.
+                if !self.user.is_empty() {
+                    if let Some(c) = &self.conn {
+                        out.push(Action::Kick(c.clone()));
+                    }
+                }
+            }
             Some(d) if d <= now => {
-                let err = Error::timeout(format!(
-                    "no release (ACK) from {}:{} within {:?}",
-                    self.key.0, self.key.1, lim.timeout
-                ));
+                let err = self.ack_timeout(lim);
                 // Taking the connection down fails the waiting message with the reason.
                 out.push(Action::Shutdown(w.conn.clone(), err));
             }

@@ -133,6 +133,8 @@ struct End {
     /// Garbage collection retired it: it writes nothing more, has sent its end of stream,
     /// and reads until the peer's (or the timeout).
     retiring: bool,
+    /// The end closed after the peer's orderly end of stream.
+    ended_clean: bool,
     gen: u32,
     writing: Option<Writing>,
     slots: Slots<Message>,
@@ -771,7 +773,13 @@ impl Sim {
         releases.lock().unwrap().0 += 1;
         completion.on_complete(move |_| releases.lock().unwrap().1 += 1);
         let done = ReleaseDone::new(h.identity, h.serial, Some(completer));
-        if h.req_ack && open && self.nodes[n].alive {
+        // An orderly end (retired here, or ended by the peer's end of stream) still sends
+        // the ACK, through the remote, as `Conn::release_slot` does.
+        // A closing node sends nothing more (its remotes are gone: the ACK would make one).
+        let orderly = !open
+            && (c.ends[h.end].retiring || c.ends[h.end].ended_clean)
+            && !self.nodes[n].closing;
+        if h.req_ack && (open || orderly) && self.nodes[n].alive {
             let bogus = self.nodes[n].behaviour.bogus_acks.then(|| {
                 let mut b = [0u8; 16];
                 b[..8].copy_from_slice(&self.rng.u64(..).to_le_bytes());
@@ -1004,6 +1012,7 @@ impl Sim {
             node,
             handle,
             retiring: false,
+            ended_clean: false,
             gen: n.gen,
             writing: None,
             slots: Slots::new(n.slots, n.park),
@@ -1367,6 +1376,7 @@ impl Sim {
             return;
         }
         c.ends[e].closed = true;
+        c.ends[e].ended_clean = clean && c.up;
         c.ends[e]
             .handle
             .reason
@@ -1519,6 +1529,13 @@ impl Sim {
     fn restart(&mut self, n: usize) {
         if self.nodes[n].alive {
             return;
+        }
+        if !self.nodes[n].remotes.is_empty() {
+            let peers: Vec<usize> = self.nodes[n].remotes.keys().copied().collect();
+            self.violation(format!(
+                "node {n} kept remotes {peers:?} across its stop: a stopped node makes none"
+            ));
+            self.nodes[n].remotes.clear();
         }
         let node = &mut self.nodes[n];
         node.gen += 1;
@@ -1765,32 +1782,9 @@ mod tests {
         Some(vec![one.parse().expect("CHIRP_SIM_SEED is a number")])
     }
 
-    /// One bug is known and open, and exploration meets it now and then: a synchronous
-    /// send written on an idle connection just as the peer's garbage collection retires it
-    /// fails with "peer closed the connection" (the peer's end of stream crosses the
-    /// message, which the peer may still deliver but can no longer acknowledge). Fixing it
-    /// needs the retiring side to refuse what it cannot acknowledge and the sender to retry
-    /// it, without a duplicate when the peer's node closes instead. Exploration prints every
-    /// run that meets it with its replay command, and fails on anything else.
-    /// `KNOWN_OPEN_SEED` replays one (an ignored test, so it shows as not passing).
-    fn known_open(violation: &str) -> bool {
-        violation.contains("failed without any fault after")
-            && violation.ends_with("protocol error: peer closed the connection")
-    }
-
-    const KNOWN_OPEN_SEED: u64 = 7_487_452_059_835_064_340;
-
-    /// Replays the known open bug (see `known_open`): fails until it is fixed.
-    #[test]
-    #[ignore = "known open bug: a synchronous send crossing the peer's garbage collection fails"]
-    fn sim_known_open_bug_replays() {
-        check([KNOWN_OPEN_SEED], false);
-    }
-
-    /// Runs the seeds; panics with every failing seed's report (with `tolerate_known`, runs
-    /// whose every violation is the known open bug are printed instead). Returns the
-    /// messages sent over all of them.
-    fn check(seeds: impl IntoIterator<Item = u64>, tolerate_known: bool) -> usize {
+    /// Runs the seeds; panics with every failing seed's report. Returns the messages sent
+    /// over all of them.
+    fn check(seeds: impl IntoIterator<Item = u64>) -> usize {
         let mut messages = 0;
         let mut failed = Vec::new();
         for seed in seeds {
@@ -1811,11 +1805,7 @@ mod tests {
                 r.seed,
                 r.violations.join("\n  ")
             );
-            if tolerate_known && r.violations.iter().all(|v| known_open(v)) {
-                println!("KNOWN OPEN BUG (not a new failure): {report}");
-            } else {
-                failed.push(report);
-            }
+            failed.push(report);
         }
         assert!(failed.is_empty(), "{}", failed.join("\n"));
         messages
@@ -1831,6 +1821,20 @@ mod tests {
         // the stall check shut down only the current connection, and the replaced one's
         // messages waited for the partition to heal, past the outcome bound.
         6_102_522_731_837_709_846,
+        // A synchronous send written on an idle connection just as the peer's garbage
+        // collection retired it: the peer's end of stream crossed the message, which the
+        // peer delivered but could not acknowledge on that connection, and the send failed
+        // with "peer closed the connection". Now it waits for its ACK on a new connection.
+        7_487_452_059_835_064_340,
+        8_279_208_436_807_565_487,
+        8_279_208_436_807_567_706,
+        8_279_208_436_807_549_051,
+        8_279_208_436_807_555_379,
+        8_279_208_436_807_600_553,
+        // The first attempt at that fix: a node crashing while its application held a
+        // message released it with an ACK through a new remote, which outlived the crash
+        // with a connection its new incarnation never heard of (its sends waited forever).
+        11_293_403_243_967_242_318,
     ];
 
     /// The fixed regression set: seeds 1..=40 on every `cargo test` (a debug build), all
@@ -1844,10 +1848,8 @@ mod tests {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(40);
-        let messages = check(
-            replay.unwrap_or_else(|| (1..=last).chain(FOUND.iter().copied()).collect()),
-            false,
-        );
+        let messages =
+            check(replay.unwrap_or_else(|| (1..=last).chain(FOUND.iter().copied()).collect()));
         if whole_set {
             assert!(messages > 10_000, "the seeds sent only {messages} messages");
         }
@@ -1870,7 +1872,7 @@ mod tests {
         let mut n = 0u64;
         let mut messages = 0;
         loop {
-            messages += check([start.wrapping_add(n)], true);
+            messages += check([start.wrapping_add(n)]);
             n += 1;
             let done = match count {
                 Some(c) => n >= c,

@@ -420,3 +420,100 @@ fn an_idle_connection_outlives_the_mid_frame_timeout() {
     assert_eq!(node.stats().closed(), 0, "{:?}", node.stats());
     node.close();
 }
+
+/// Accepts one connection from a node within `d` and exchanges handshakes.
+fn accept_within(listener: &TcpListener, d: Duration) -> Option<Raw> {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + d;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                let port = listener.local_addr().unwrap().port();
+                let raw = Raw::from_stream(s, port);
+                return Some(raw);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// The race between a send and the peer's garbage collection, sender's side: the peer ends
+/// the connection in order (its end of stream) just after our synchronous message went
+/// out, and acknowledges it afterwards on a new connection. The send succeeds: an orderly
+/// end does not fail a message that may still be acknowledged.
+#[test]
+fn a_message_that_crossed_the_peers_end_of_stream_waits_for_its_ack_on_a_new_connection() {
+    let mut c = config(true);
+    c.timeout = Duration::from_secs(5);
+    let (node, _rx) = inbox_node(c);
+    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sending = node.send(Message::to(
+        peer.local_addr().unwrap(),
+        b"crossing".to_vec(),
+    ));
+    let mut first = accept_within(&peer, Duration::from_secs(10)).expect("the node dials");
+    let msg = first.read_frame();
+    assert_eq!(msg.kind & TYPE_REQ_ACK, TYPE_REQ_ACK, "{msg:?}");
+    // Our end of stream crosses the message; the node closes its side in turn.
+    first.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(
+        first.closed_within(Duration::from_secs(10)),
+        "the node ends the connection after our end of stream"
+    );
+    let sending = match sending.try_wait() {
+        Err(pending) => pending,
+        Ok(r) => panic!("the send completed at the orderly end, without its ACK: {r:?}"),
+    };
+    // The ACK comes on a new connection.
+    let mut second = Raw::connect(v4(&node), peer.local_addr().unwrap().port());
+    second.ack(msg.identity, msg.serial);
+    match sending.wait_timeout(Duration::from_secs(10)) {
+        Ok(Ok(m)) => assert_eq!(m.data(), b"crossing"),
+        Ok(Err(e)) => panic!("the send failed although its ACK came: {e}"),
+        Err(_) => panic!("no outcome within 10 s of the ACK"),
+    }
+    node.close();
+}
+
+/// The same race, retiring side: the node's garbage collection retires an idle connection
+/// (its end of stream goes out), a synchronous message arrives on it just after, and the
+/// node delivers it and sends its ACK on a new connection to the sender's advertised port.
+#[test]
+fn a_message_arriving_on_a_retired_connection_is_acknowledged_on_a_new_connection() {
+    let mut c = config(true);
+    c.timeout = Duration::from_secs(1);
+    c.reuse_time = Duration::from_secs(3);
+    let (node, rx) = inbox_node(c);
+    let me = TcpListener::bind("127.0.0.1:0").unwrap();
+    let my_port = me.local_addr().unwrap().port();
+    let mut raw = Raw::connect(v4(&node), my_port);
+    // Idle: the node retires the connection after the reuse time.
+    raw.stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let n = std::io::Read::read(&mut raw.stream, &mut b).expect("the node's end of stream");
+    assert_eq!(n, 0, "the node sent nothing but its end of stream");
+    // A message crosses it.
+    let id = Identity::random();
+    raw.send_frame(id, 1, TYPE_REQ_ACK, b"", b"late");
+    let got = recv(&rx, "the message that crossed the end of stream");
+    assert_eq!(got.data(), b"late");
+    drop(got); // released: the ACK is due
+    let mut back = accept_within(&me, Duration::from_secs(10))
+        .expect("the node dials our advertised port to acknowledge");
+    let ack = back.read_frame();
+    assert_eq!(
+        (ack.kind, ack.identity),
+        (TYPE_ACK, id),
+        "the ACK for the message, on the new connection: {ack:?}"
+    );
+    node.close();
+}

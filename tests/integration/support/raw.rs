@@ -58,6 +58,11 @@ impl Raw {
         )
     }
 
+    /// Exchanges handshakes on an accepted stream, advertising `my_port`.
+    pub fn from_stream(stream: TcpStream, my_port: u16) -> Raw {
+        Raw::start(stream, my_port, Identity::random())
+    }
+
     /// Accepts one connection from a node and exchanges handshakes.
     pub fn accept(listener: &TcpListener) -> Raw {
         let port = listener.local_addr().unwrap().port();
