@@ -88,10 +88,15 @@ run ack-wrong-message "an ACK completes whatever message awaits one" || failed=1
 
 restore
 mutate retry-duplicates src/proto/remote.rs \
-  '                if let Some(p) = self.wait_ack.take().and_then(|w| w.pending) {
-                    out.push(Action::send(p, Err(reason.clone())));
+  '                    reason.clone()
+                };
+                if let Some(p) = self.wait_ack.take().and_then(|w| w.pending) {
+                    out.push(Action::send(p, Err(err)));
                 }' \
-  '                if let Some(p) = self.wait_ack.take().and_then(|w| w.pending) {
+  '                    reason.clone()
+                };
+                let _ = err;
+                if let Some(p) = self.wait_ack.take().and_then(|w| w.pending) {
                     self.user.push_front(p);
                 }'
 run retry-duplicates "a message awaiting its ACK is resent after a lost connection" || failed=1

@@ -63,8 +63,15 @@ pub struct Config {
     pub synchronous: bool,
     /// Read buffer size per connection (0 = 64 KiB).
     pub buffer_size: u32,
-    /// Largest header + data accepted from (and sent to) a peer.
+    /// Largest header + data accepted from a peer; by default also the largest this node
+    /// sends (see `check_outgoing_size`).
     pub max_msg_size: u32,
+    /// Refuse at `send` a message larger than `max_msg_size`, with
+    /// [`Error::MessageTooLarge`] (default true). A peer's limit is its own: set this to
+    /// false when peers accept larger messages than this node does (python-chirp and C
+    /// libchirp check only on receipt; a peer that refuses a message closes the
+    /// connection, which fails the send).
+    pub check_outgoing_size: bool,
     /// IPv4 listen address, `None` to not listen on IPv4.
     pub bind_v4: Option<Ipv4Addr>,
     /// IPv6 listen address, `None` to not listen on IPv6.
@@ -116,6 +123,7 @@ impl Default for Config {
             synchronous: true,
             buffer_size: 0,
             max_msg_size: 100 * 1024 * 1024,
+            check_outgoing_size: true,
             bind_v4: Some(Ipv4Addr::UNSPECIFIED),
             bind_v6: Some(Ipv6Addr::UNSPECIFIED),
             identity: Identity::zero(),

@@ -359,6 +359,25 @@ impl Message {
         }
     }
 
+    /// Frees the message's slot *without* acknowledging it: for a message your application
+    /// could not process. A synchronous sender is not told it was delivered: its send fails
+    /// when its timeout passes (and it closes that connection), as if the message had never
+    /// been released. For an asynchronous sender (no ACK asked) this is [`release`]. Does
+    /// nothing when the message holds no slot.
+    ///
+    /// ```
+    /// let mut msg = libchirp::Message::new(&b"a local message holds no slot"[..]);
+    /// msg.refuse();
+    /// assert!(!msg.has_slot());
+    /// ```
+    ///
+    /// [`release`]: Message::release
+    pub fn refuse(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.refuse();
+        }
+    }
+
     /// Total payload size: header plus data.
     pub fn payload_len(&self) -> u64 {
         self.header.len() as u64 + self.data.len() as u64
@@ -452,6 +471,12 @@ impl Slot {
         let (completion, done) = Completion::pair();
         self.do_release(Some(done));
         completion
+    }
+
+    /// Frees the slot without an ACK.
+    pub(crate) fn refuse(mut self) {
+        self.req_ack = false;
+        self.do_release(None);
     }
 
     fn do_release(&mut self, done: Option<Completer<(Identity, u32)>>) {

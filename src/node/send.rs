@@ -155,7 +155,12 @@ impl Node {
                 "at most 65535 bytes",
             ));
         }
-        let max = u64::from(self.inner.cfg.config.max_msg_size);
+        let cfg = &self.inner.cfg.config;
+        let max = if cfg.check_outgoing_size {
+            u64::from(cfg.max_msg_size)
+        } else {
+            u64::from(u32::MAX)
+        };
         if msg.payload_len() > max || msg.data.len() as u64 > u64::from(u32::MAX) {
             return Err(Error::MessageTooLarge {
                 size: msg.payload_len(),

@@ -105,6 +105,45 @@ fn auto_release_off_releases_manually_or_on_drop() {
 }
 
 #[test]
+fn a_refused_message_is_not_acknowledged_and_its_sender_times_out() {
+    let mut c = pool_config(true);
+    c.auto_release = false;
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let k = kept.clone();
+    let receiver = pool::Chirp::new(c, move |_, msg| {
+        k.lock().unwrap().push(msg);
+        Ok(())
+    })
+    .unwrap();
+    let mut sc = pool_config(true);
+    sc.timeout = Duration::from_millis(400);
+    let sender = pool::Chirp::new(sc, |_, _| Ok(())).unwrap();
+    let s1 = sender.send(Message::to(v4(&receiver), b"refused".to_vec()));
+    assert!(
+        eventually(Duration::from_secs(5), || kept.lock().unwrap().len() == 1),
+        "the message never reached the handler"
+    );
+    let mut m = kept.lock().unwrap().pop().unwrap();
+    m.refuse();
+    assert!(!m.has_slot(), "refuse() left the slot held");
+    let err = s1
+        .wait_timeout(Duration::from_secs(5))
+        .expect("the send has its outcome within its timeout")
+        .expect_err("a refused message was reported delivered");
+    assert!(err.error().is_timeout(), "expected a timeout, got {err:?}");
+    // The slot is free: the next message is delivered and acknowledged.
+    let s2 = sender.send(Message::to(v4(&receiver), b"kept".to_vec()));
+    assert!(
+        eventually(Duration::from_secs(5), || kept.lock().unwrap().len() == 1),
+        "the next message never reached the handler"
+    );
+    kept.lock().unwrap().pop().unwrap().release().wait();
+    s2.wait_timeout(Duration::from_secs(5))
+        .expect("the second send has its outcome")
+        .expect("the second message was released");
+}
+
+#[test]
 fn handler_errors_and_panics_are_logged_and_survived() {
     logs();
     let mut c = pool_config(true);

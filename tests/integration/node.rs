@@ -297,6 +297,28 @@ fn sending_messages_that_cannot_be_sent_fails_at_once() {
 }
 
 #[test]
+fn without_the_outgoing_check_a_message_over_the_own_limit_reaches_a_peer_that_accepts_it() {
+    let mut c = config(true);
+    c.max_msg_size = 100;
+    c.check_outgoing_size = false;
+    let (sender, _) = inbox_node(c);
+    let (receiver, inbox) = inbox_node(config(true));
+    let big = Message::to(v4(&receiver), vec![7; 1000]);
+    let sending = sender.send(big);
+    let got = inbox
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the message was delivered");
+    assert_eq!(got.data(), &[7; 1000][..], "the payload changed");
+    drop(got); // released: the ACK goes out
+    sending
+        .wait_timeout(Duration::from_secs(10))
+        .expect("an outcome within the timeout")
+        .expect("the receiver allows 1,000 bytes");
+    sender.close();
+    receiver.close();
+}
+
+#[test]
 fn close_fails_pending_operations_and_later_sends() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let to: SocketAddr = listener.local_addr().unwrap();
