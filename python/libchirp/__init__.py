@@ -48,11 +48,22 @@ __all__ = (
     "Loop",
     "MessageBase",
     "MessageThread",
+    "RequestError",
+    "lib",
 )
 
 __version__ = _native.__version__
 
 _log = logging.getLogger("libchirp")
+
+
+class RequestError(ConnectionError, TimeoutError):
+    """A request whose message could not be delivered: no answer will come.
+
+    python-chirp reports this as ``TimeoutError`` once ``TIMEOUT`` has passed; here it comes
+    as soon as the send failed, and is both a ``TimeoutError`` (so ``except TimeoutError``
+    written for python-chirp catches it) and a ``ConnectionError``. ``ecode`` is the send's.
+    """
 
 
 class ChirpFuture(Future):
@@ -77,6 +88,16 @@ class ChirpFuture(Future):
             answer._release_quietly()
         return answer
 
+    def set_exception(self, exception):
+        """As :meth:`concurrent.futures.Future.set_exception`; a connection failure becomes
+        a :class:`RequestError`, which is also a ``TimeoutError``."""
+        if isinstance(exception, ConnectionError) and not isinstance(exception, TimeoutError):
+            wrapped = RequestError(*exception.args)
+            wrapped.ecode = getattr(exception, "ecode", None)
+            wrapped.__cause__ = exception
+            exception = wrapped
+        Future.set_exception(self, exception)
+
     def send_result(self, timeout=None):
         """Wait until the request was sent (synchronous: released by the peer) and return it.
 
@@ -84,6 +105,8 @@ class ChirpFuture(Future):
         """
         return self._send_fut.result(timeout)
 
+
+_MAX_BUFFER = 16 * 1024 * 1024
 
 # Config: name -> (kind, default, range or None). The kinds follow libchirp's C types.
 _U8 = (0, 2**8 - 1)
@@ -215,7 +238,9 @@ class Config(object):
             "backlog": v["BACKLOG"],
             "max_slots": v["MAX_SLOTS"],
             "synchronous": v["SYNCHRONOUS"],
-            "buffer_size": v["BUFFER_SIZE"],
+            # The read buffer is a size hint: python-chirp takes any size, the crate at
+            # most 16 MiB (beyond, a larger buffer changes nothing a program can see).
+            "buffer_size": min(v["BUFFER_SIZE"], _MAX_BUFFER),
             "max_msg_size": v["MAX_MSG_SIZE"],
             "bind_v4": v["BIND_V4"],
             "bind_v6": v["BIND_V6"],
@@ -239,7 +264,11 @@ class MessageBase(object):
     identity, so sending it back is a reply the sender can match.
     """
 
+    # ``__dict__`` and ``__weakref__``: programs tag messages (``msg.tag = ...``) and hold
+    # weak references to them, as python-chirp's messages allow.
     __slots__ = (
+        "__dict__",
+        "__weakref__",
         "_identity",
         "_serial",
         "_header",
@@ -389,6 +418,12 @@ class MessageThread(MessageBase):
 
     release = release_slot
 
+    def _refuse(self):
+        """Free the slot without an acknowledgement (a handler failed)."""
+        slot = self._slot
+        if slot is not None:
+            slot.refuse()
+
     def _release_quietly(self):
         """Release without a future (AUTO_RELEASE: nobody waits for the outcome)."""
         slot = self._slot
@@ -516,6 +551,45 @@ def _signals_release():
             signal.signal(signal.SIGTERM, _signals_previous)
 
 
+def _check_files(config):
+    """The TLS files must exist (python-chirp: ``ValueError``, ``ecode`` 1)."""
+    if config.DISABLE_ENCRYPTION:
+        return
+    for name in ("CERT_CHAIN_PEM", "DH_PARAMS_PEM"):
+        path = getattr(config, name)
+        if path is not None and not os.path.exists(path):
+            e = ValueError("Config: %s %s does not exist." % (name, path))
+            e.ecode = lib.CH_VALUE_ERROR
+            raise e
+
+
+class _Constants(object):
+    """libchirp's error codes, as python-chirp's C binding exposes them (``lib.CH_*``):
+    compare an exception's ``ecode`` with them."""
+
+    CH_SUCCESS = 0
+    CH_VALUE_ERROR = 1
+    CH_UV_ERROR = 2
+    CH_PROTOCOL_ERROR = 3
+    CH_EADDRINUSE = 4
+    CH_FATAL = 5
+    CH_TLS_ERROR = 6
+    CH_TIMEOUT = 9
+    CH_ENOMEM = 10
+    CH_SHUTDOWN = 11
+    CH_CANNOT_CONNECT = 12
+    CH_USED = 14
+    CH_MORE = 15
+    CH_BUSY = 16
+    CH_EMPTY = 17
+    CH_WRITE_ERROR = 18
+    CH_INIT_FAIL = 19
+
+
+#: libchirp's error codes (``lib.CH_TIMEOUT`` ...), as in python-chirp.
+lib = _Constants()
+
+
 class ChirpBase(object):
     """What the pool and queue interfaces share: starting, sending, requests, stopping.
 
@@ -534,6 +608,7 @@ class ChirpBase(object):
         if not isinstance(config, Config):
             raise TypeError("config must be a libchirp Config, not %s" % type(config).__name__)
         config._seal()
+        _check_files(config)
         self._ch_loop = loop
         self._ch_config = config
         self._auto_release = config.AUTO_RELEASE
@@ -584,8 +659,9 @@ class ChirpBase(object):
         Its result is the message, once the peer released it (synchronous mode) or once it
         was written (asynchronous mode). ``result()`` raises ``ConnectionError`` (cannot
         connect, connection lost, chirp stopped), ``TimeoutError``, ``ValueError`` (no
-        address, too large), or ``MemoryError`` (1,024 messages already queued for that
-        peer: wait for earlier sends to complete).
+        address), or ``MemoryError`` (about a million messages already queued for that
+        peer). A message larger than this node's ``MAX_MSG_SIZE`` is sent: the receiver
+        judges it by its own limit (and closes the connection if it refuses it).
         Sending one message twice before the first send completed raises ``RuntimeError``.
         """
         fut = Future()
@@ -604,7 +680,9 @@ class ChirpBase(object):
 
         ``result()`` is the answer (the first message that arrives with this message's
         identity), released on return unless ``auto_release`` is False;
-        ``send_result()`` is what ``send()`` would give. An answer that does not arrive
+        ``send_result()`` is what ``send()`` would give. If the request cannot be
+        delivered, ``result()`` raises :class:`RequestError` at once (a ``TimeoutError``
+        and a ``ConnectionError``). An answer that does not arrive
         within ``TIMEOUT`` fails with ``TimeoutError`` (and is delivered as an ordinary
         message should it arrive later). The identity is registered before sending.
         """

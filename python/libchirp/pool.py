@@ -39,10 +39,14 @@ def _run_handler(chirp, msg):
     try:
         chirp.handler(msg)
     except Exception:
+        # As python-chirp: a failed handler's message is not released, so a synchronous
+        # sender is not told it was delivered (its send times out). Its slot is freed
+        # without an acknowledgement rather than held until stop().
         _log.exception("libchirp.pool: the handler raised for %r", msg)
-    finally:
-        if chirp._auto_release:
-            msg._release_quietly()
+        msg._refuse()
+        return
+    if chirp._auto_release:
+        msg._release_quietly()
 
 
 class Chirp(ChirpBase, ThreadPoolExecutor):
@@ -50,8 +54,9 @@ class Chirp(ChirpBase, ThreadPoolExecutor):
 
     Subclass it and implement :meth:`handler`; it runs on the pool's threads, so share only
     thread-safe things between calls. With ``Config.AUTO_RELEASE`` (the default) a message
-    is released when the handler returns (or raises: the exception is logged on the
-    ``libchirp`` logger). ``**kwargs`` go to ``ThreadPoolExecutor`` (``max_workers``,
+    is released when the handler returns. A handler that raises has the exception logged on
+    the ``libchirp`` logger and its message is not released (as python-chirp): a
+    synchronous sender's send fails with ``TimeoutError``. ``**kwargs`` go to ``ThreadPoolExecutor`` (``max_workers``,
     ``thread_name_prefix``, ...).
 
     :param Loop loop: the loop (see :class:`libchirp.Loop`)

@@ -273,6 +273,14 @@ impl Slot {
         lock(&self.msg).as_ref().is_some_and(Message::has_slot)
     }
 
+    /// Frees the slot without an ACK (a handler failed): a synchronous sender times out,
+    /// as with python-chirp, where the message stays unreleased.
+    fn refuse(&self) {
+        if let Some(mut msg) = lock(&self.msg).take() {
+            msg.refuse();
+        }
+    }
+
     /// Releases the slot: `node`'s dispatcher completes `fut` with `(identity, serial)` once
     /// the ACK (if the sender asked for one) was written; with `fut` None nobody is told
     /// (an automatic release). Returns False when there was no slot to release (the caller
@@ -393,6 +401,12 @@ fn config_from(cfg: &Bound<'_, PyDict>) -> PyResult<Config> {
     // Python decides when to release (AUTO_RELEASE is the Python layer's business): the
     // crate never releases on its own before the message is dropped.
     c.auto_release = false;
+    // As python-chirp: MAX_MSG_SIZE limits what is received; the peer judges what is sent.
+    c.check_outgoing_size = false;
+    // python-chirp queues without a bound; a burst of sends collected as futures must
+    // complete. Bounded still (about a million messages per peer, each the size of its
+    // data plus about 200 bytes), so a runaway program fails with MemoryError.
+    c.max_queued = 1 << 20;
     Ok(c)
 }
 

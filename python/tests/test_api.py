@@ -202,15 +202,66 @@ def test_a_handler_without_implementation_releases_whatever_auto_release_says(no
     assert send.send(to(libchirp.pool.Message(), plain)).result(timeout=10)
 
 
-def test_a_handler_that_raises_is_logged_and_the_message_released(nodes, caplog):
+def test_a_handler_that_raises_is_logged_and_the_sender_times_out(nodes, caplog):
+    """As python-chirp: the message of a failed handler is not released, so the
+    synchronous sender is not told it was delivered; the next message goes through."""
     class Bad(libchirp.pool.Chirp):
         def handler(self, msg):
-            raise ValueError("handler exploded")
+            if msg.data == b"explode":
+                raise ValueError("handler exploded")
 
     bad = nodes.start(Bad, config())
-    send = nodes.start(libchirp.pool.Chirp, config())
-    assert send.send(to(libchirp.pool.Message(), bad)).result(timeout=10)
+    send = nodes.start(libchirp.pool.Chirp, config(TIMEOUT=0.5, REUSE_TIME=2.0))
+    m = to(libchirp.pool.Message(), bad)
+    m.data = b"explode"
+    with pytest.raises(TimeoutError) as e:
+        send.send(m).result(timeout=10)
+    assert e.value.ecode == libchirp.lib.CH_TIMEOUT, repr(e.value)
     assert eventually(lambda: "handler exploded" in caplog.text), caplog.text
+    ok = to(libchirp.pool.Message(), bad)
+    ok.data = b"fine"
+    assert send.send(ok).result(timeout=10) is ok
+
+
+def test_messages_take_attributes_and_weak_references():
+    import weakref
+
+    m = libchirp.pool.Message()
+    m.tag = "mine"
+    ref = weakref.ref(m)
+    assert m.tag == "mine" and ref() is m, (m.tag, ref())
+
+
+def test_version_module_and_error_constants():
+    import libchirp.version
+
+    assert libchirp.version.__version__ == libchirp.__version__, libchirp.version.__version__
+    assert (libchirp.lib.CH_VALUE_ERROR, libchirp.lib.CH_TIMEOUT,
+            libchirp.lib.CH_ENOMEM, libchirp.lib.CH_CANNOT_CONNECT) == (1, 9, 10, 12)
+
+
+def test_a_missing_tls_file_raises_value_error_ecode_1(tmp_path):
+    loop = libchirp.Loop()
+    for missing in ("CERT_CHAIN_PEM", "DH_PARAMS_PEM"):
+        c = config()
+        c.DISABLE_ENCRYPTION = False
+        present = tmp_path / "present.pem"
+        present.write_text("not read: the other file is missing")
+        c.CERT_CHAIN_PEM = str(present)
+        c.DH_PARAMS_PEM = str(present)
+        setattr(c, missing, str(tmp_path / "missing.pem"))
+        with pytest.raises(ValueError) as e:
+            libchirp.queue.Chirp(loop, c)
+        assert e.value.ecode == 1 and "missing.pem" in str(e.value), (missing, repr(e.value))
+    loop.stop()
+
+
+def test_a_buffer_size_over_16_mib_is_accepted(nodes):
+    recv = nodes.start(libchirp.queue.Chirp, config(BUFFER_SIZE=32 * 1024 * 1024))
+    send = nodes.start(libchirp.pool.Chirp, config())
+    fut = send.send(to(libchirp.pool.Message(), recv))
+    assert recv.get(timeout=10).data == b""
+    assert fut.result(timeout=10)
 
 
 def test_reply_by_replacing_data(nodes):
@@ -354,14 +405,25 @@ def test_send_without_destination_raises_value_error(nodes):
     assert "port" in str(e.value), str(e.value)
 
 
-def test_too_large_raises_value_error(nodes):
-    recv = nodes.start(libchirp.pool.Chirp, config())
+def test_a_message_over_the_senders_own_limit_reaches_a_receiver_that_allows_it(nodes):
+    """As python-chirp: MAX_MSG_SIZE limits what a node receives, not what it sends."""
+    recv = nodes.start(libchirp.queue.Chirp, config())
     send = nodes.start(libchirp.pool.Chirp, config(MAX_MSG_SIZE=1000))
     m = to(libchirp.pool.Message(), recv)
     m.data = bytes(2000)
-    with pytest.raises(ValueError) as e:
-        send.send(m).result(timeout=10)
-    assert "exceeds" in str(e.value), str(e.value)
+    fut = send.send(m)
+    assert len(recv.get(timeout=10).data) == 2000
+    assert fut.result(timeout=10) is m
+
+
+def test_a_message_over_the_receivers_limit_fails_the_send(nodes):
+    recv = nodes.start(libchirp.queue.Chirp, config(MAX_MSG_SIZE=1000))
+    send = nodes.start(libchirp.pool.Chirp, config(TIMEOUT=2.0))
+    m = to(libchirp.pool.Message(), recv)
+    m.data = bytes(2000)
+    with pytest.raises((ConnectionError, TimeoutError)) as e:
+        send.send(m).result(timeout=30)
+    assert e.value.ecode in (3, 9, 11, 12), repr(e.value)
 
 
 # --- queue ---------------------------------------------------------------------------------
@@ -552,18 +614,33 @@ def test_stop_from_a_done_callback_on_the_dispatcher_thread():
     assert eventually(lambda: native_threads() == before), (before, native_threads())
 
 
-def test_too_many_queued_for_one_peer_raises_memory_error(nodes):
-    """Synchronous mode sends one message at a time per peer; the rest wait in its queue,
-    which holds 1,024. Beyond that a send fails at once (python-chirp's MemoryError for
-    exhausted resources), and the earlier ones are unaffected."""
-    hold = nodes.start(libchirp.queue.Chirp, config(AUTO_RELEASE=False))
+def test_a_burst_of_requests_without_a_window_is_answered(nodes):
+    """python-chirp queues without a bound: 2,000 requests sent at once are all answered."""
+    class Echo(libchirp.pool.Chirp):
+        def handler(self, msg):
+            self.send(msg).result()
+
+    echo = nodes.start(Echo, config(), max_workers=2)
     send = nodes.start(libchirp.pool.Chirp, config(TIMEOUT=30.0, REUSE_TIME=90.0))
-    futs = [send.send(to(libchirp.pool.Message(), hold)) for _ in range(1100)]
-    refused = [f for f in futs[1024:] if f.done() and isinstance(f.exception(), MemoryError)]
-    assert len(refused) >= 70, "%d of the last 76 refused" % len(refused)
-    e = refused[0].exception()
-    assert e.ecode == 10 and "max_queued" in str(e), repr(e)
-    assert not futs[1].done(), "an earlier send still waits for its turn"
-    first = hold.get(timeout=10)
-    first.release().result(timeout=10)
-    futs[0].result(timeout=10)
+    futs = []
+    for i in range(2000):
+        m = to(libchirp.pool.Message(), echo)
+        m.data = b"%d" % i
+        futs.append((m.identity, send.request(m)))
+    answered = 0
+    for identity, f in futs:
+        if f.result(timeout=60).identity == identity:
+            answered += 1
+    assert answered == 2000, "%d of 2,000 answered" % answered
+
+
+def test_a_request_to_a_peer_that_is_down_is_also_a_timeout_error(nodes):
+    gone = libchirp.queue.Chirp(nodes.loop, config())
+    port = gone.port
+    gone.stop()
+    send = nodes.start(libchirp.pool.Chirp, config())
+    m = libchirp.pool.Message()
+    m.address, m.port = "127.0.0.1", port
+    with pytest.raises(TimeoutError) as e:
+        send.request(m).result(timeout=30)
+    assert isinstance(e.value, ConnectionError) and e.value.ecode == 12, repr(e.value)
