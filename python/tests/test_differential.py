@@ -5,7 +5,7 @@ The programs (``tests/differential/``) cover the differences found between the t
 burst with no window, a message over the sender's own ``MAX_MSG_SIZE``, a ``BUFFER_SIZE``
 over 16 MiB, tagging messages and weak references, ``libchirp.version`` and the ``CH_*``
 codes, a handler that raises, a request to a peer that is down), the ``Config`` checks at
-start (missing TLS files among them), the queue interface, and ``stop()`` with work
+start (missing TLS files among them), the queue and asyncio interfaces, and ``stop()`` with work
 pending. A difference kept on purpose is listed in ``DELIBERATE`` with its reason (and in
 the README); any other difference fails.
 """
@@ -20,7 +20,7 @@ import pytest
 from conftest import child_env, peer_python
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "differential")
-PROGRAMS = ["burst", "limits", "failures", "config_checks", "queue_stop"]
+PROGRAMS = ["burst", "limits", "failures", "config_checks", "queue_stop", "asyncio_echo"]
 
 # (program, the line's text up to its colon) -> why ours differs there.
 DELIBERATE = {
