@@ -237,8 +237,11 @@ def pki():
 
 
 def native_threads():
-    """Threads of this process (Rust threads included, which threading does not list)."""
-    return len(os.listdir("/proc/self/task"))
+    """Threads of this process (Rust threads included, which threading does not list), as
+    a set of thread ids: a test checks that the threads it started are gone
+    (``eventually(lambda: not native_threads() - before)``), whatever an earlier test's
+    threads (an idle executor's workers collected late) do meanwhile."""
+    return set(os.listdir("/proc/self/task"))
 
 
 def eventually(pred, timeout=10.0):
