@@ -386,13 +386,19 @@ def test_request_storm_loses_no_answer(nodes, chirp, synchronous, echo_kind, req
 # --- errors --------------------------------------------------------------------------------
 
 
-def test_send_to_nobody_raises_connection_error(nodes):
+def sender_and_message_to_a_port_nobody_listens_on(nodes):
+    """A started sender, and a message addressed to a port a chirp listened on and left."""
     gone = libchirp.queue.Chirp(nodes.loop, config())
     port = gone.port
     gone.stop()
     send = nodes.start(libchirp.pool.Chirp, config())
     m = libchirp.pool.Message()
     m.address, m.port = "127.0.0.1", port
+    return send, m
+
+
+def test_send_to_nobody_raises_connection_error(nodes):
+    send, m = sender_and_message_to_a_port_nobody_listens_on(nodes)
     with pytest.raises(ConnectionError) as e:
         send.send(m).result(timeout=30)
     assert e.value.ecode == 12 and "cannot connect" in str(e.value), repr(e.value)
@@ -637,12 +643,7 @@ def test_a_burst_of_requests_without_a_window_is_answered(nodes):
 
 
 def test_a_request_to_a_peer_that_is_down_is_also_a_timeout_error(nodes):
-    gone = libchirp.queue.Chirp(nodes.loop, config())
-    port = gone.port
-    gone.stop()
-    send = nodes.start(libchirp.pool.Chirp, config())
-    m = libchirp.pool.Message()
-    m.address, m.port = "127.0.0.1", port
+    send, m = sender_and_message_to_a_port_nobody_listens_on(nodes)
     with pytest.raises(TimeoutError) as e:
         send.request(m).result(timeout=30)
     assert isinstance(e.value, ConnectionError) and e.value.ecode == 12, repr(e.value)
