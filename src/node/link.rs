@@ -173,17 +173,16 @@ impl Owner for Link {
         match self.both() {
             Some((node, remote)) if !node.is_closed() => {
                 let mut after = After::default();
-                // A retired connection's remote was collected: the ACK goes through the
-                // remote now in the table (made, and dialed, if need be). The sender waits
-                // for it: the message crossed our end of stream and was delivered.
-                let fresh;
-                let remote = if remote.lock().is_removed() {
-                    fresh = node.remotes.get_or_create(remote.dial_addr);
-                    &fresh
-                } else {
-                    remote
-                };
-                remote.queue_ack(done, &|r| node.dial_conn(r), &mut after);
+                let dial = |r: &Arc<Remote>| node.dial_conn(r);
+                if let Err(done) = remote.queue_ack(done, &dial, &mut after) {
+                    // A retired connection's remote was collected: the ACK goes through the
+                    // remote now in the table (made, and dialed, if need be). The sender
+                    // waits for it: the message crossed our end of stream and was delivered.
+                    let fresh = node.remotes.get_or_create(remote.dial_addr);
+                    if let Err(done) = fresh.queue_ack(done, &dial, &mut after) {
+                        done.finish(); // removed again at once: the node is closing
+                    }
+                }
                 node.run_after(&mut after);
             }
             _ => done.finish(),

@@ -123,8 +123,20 @@ impl Remote {
     }
 
     /// A released message asked for an ACK: queue it.
-    pub(crate) fn queue_ack(self: &Arc<Self>, done: ReleaseDone, dial: Dialer, after: &mut After) {
-        self.lock().queue_ack(done, &mut || dial(self), after);
+    /// Hands `done` back when this remote was taken out of the table (its ACK would never go
+    /// out here): the caller queues it on the remote now in the table.
+    pub(crate) fn queue_ack(
+        self: &Arc<Self>,
+        done: ReleaseDone,
+        dial: Dialer,
+        after: &mut After,
+    ) -> Result<(), ReleaseDone> {
+        let mut core = self.lock();
+        if core.is_removed() {
+            return Err(done);
+        }
+        core.queue_ack(done, &mut || dial(self), after);
+        Ok(())
     }
 
     /// `conn` was shut down with `reason` (see [`RemoteCore::conn_closed`]).
