@@ -101,14 +101,46 @@ def role_send(port, to, synchronous, window, count):
         loop.stop()
 
 
+def role_request(port, to, synchronous, window, count):
+    """The job-queue client: a pool chirp keeping WINDOW request()s outstanding, each
+    answered by the echo (the worker)."""
+    import libchirp
+    import libchirp.pool
+
+    loop = libchirp.Loop()
+    chirp = libchirp.pool.Chirp(loop, config(port, synchronous))
+    try:
+        def one():
+            m = libchirp.pool.Message()
+            m.address, m.port, m.data = "127.0.0.1", to, b"0123456789abcdef"
+            return chirp.request(m)
+
+        one().result(timeout=30)  # warm up: the connection is set up outside
+        pending = []
+        start = time.perf_counter()
+        sent = back = 0
+        while back < count:
+            while sent < count and sent - back < window:
+                pending.append(one())
+                sent += 1
+            pending.pop(0).result(timeout=30)
+            back += 1
+        elapsed = time.perf_counter() - start
+        print("done %.6f" % elapsed, flush=True)
+    finally:
+        chirp.stop()
+        loop.stop()
+
+
 def cpu_of(pid_status):
     _, _, ru = pid_status
     return ru.ru_utime + ru.ru_stime
 
 
-def run_once(python, synchronous, window, count):
+def run_once(python, synchronous, window, count, role="send"):
     """One measured run: echo and sender processes of one implementation; returns
-    (round trips per second, CPU seconds per round trip)."""
+    (round trips per second, CPU seconds per round trip). ``role``: ``send`` (a queue
+    chirp's sends, answers from its queue) or ``request`` (a pool chirp's requests)."""
     me = os.path.abspath(__file__)
     mode = "sync" if synchronous else "async"
     eport, sport = free_port(), free_port()
@@ -119,7 +151,7 @@ def run_once(python, synchronous, window, count):
         line = echo.stdout.readline()
         if line.strip() != "listening":
             raise RuntimeError("echo printed %r" % line)
-        send = subprocess.Popen([python, me, "send", str(sport), str(eport), mode, str(window), str(count)],
+        send = subprocess.Popen([python, me, role, str(sport), str(eport), mode, str(window), str(count)],
                                 stdout=subprocess.PIPE, text=True, env=env)
         out = send.stdout.read()
         s_status = os.wait4(send.pid, 0)
@@ -141,9 +173,10 @@ def run_once(python, synchronous, window, count):
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "echo":
         return role_echo(int(sys.argv[2]), sys.argv[3] == "sync")
-    if len(sys.argv) > 1 and sys.argv[1] == "send":
-        return role_send(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "sync",
-                         int(sys.argv[5]), int(sys.argv[6]))
+    if len(sys.argv) > 1 and sys.argv[1] in ("send", "request"):
+        role = role_send if sys.argv[1] == "send" else role_request
+        return role(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "sync",
+                    int(sys.argv[5]), int(sys.argv[6]))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ours", required=True)
     p.add_argument("--theirs", required=True)
@@ -153,26 +186,32 @@ def main():
     print("Python round trips, 16-byte messages, %d per run, medians of %d alternating runs" % (args.count, args.runs))
     print("%-6s %6s %16s %16s %8s %18s %18s" % ("mode", "window", "ours rt/s", "python-chirp", "ratio",
                                                 "ours CPU us/rt", "theirs CPU us/rt"))
-    for synchronous in (True, False):
-        for window in (1, 16):
-            res = {"ours": [], "theirs": []}
-            for _ in range(args.runs):
-                for who in ("ours", "theirs"):
-                    try:
-                        res[who].append(run_once(getattr(args, who), synchronous, window, args.count))
-                    except Exception as e:  # a figure missing is reported, not fatal
-                        print("  %s %s window %d: run failed: %s" % (who, "sync" if synchronous else "async", window, e))
-            if not res["ours"] or not res["theirs"]:
-                continue
-            o = statistics.median(r for r, _ in res["ours"])
-            t = statistics.median(r for r, _ in res["theirs"])
-            oc = statistics.median(c for _, c in res["ours"]) * 1e6
-            tc = statistics.median(c for _, c in res["theirs"]) * 1e6
-            print("%-6s %6d %16.0f %16.0f %7.2fx %18.1f %18.1f" % (
-                "sync" if synchronous else "async", window, o, t, o / t, oc, tc))
-            print("%-6s %6s %16s %16s   (range of the runs)" % (
-                "", "", "%.0f-%.0f" % (min(r for r, _ in res["ours"]), max(r for r, _ in res["ours"])),
-                "%.0f-%.0f" % (min(r for r, _ in res["theirs"]), max(r for r, _ in res["theirs"]))))
+    # The job queue: a pool worker in synchronous mode answering request()s, 50 outstanding.
+    points = [(True, 1, "send"), (True, 16, "send"), (False, 1, "send"), (False, 16, "send"),
+              (True, 50, "request")]
+    for synchronous, window, role in points:
+        if role == "request":
+            print("job queue: a synchronous pool worker, a client with %d outstanding request()s"
+                  % window)
+        res = {"ours": [], "theirs": []}
+        for _ in range(args.runs):
+            for who in ("ours", "theirs"):
+                try:
+                    res[who].append(run_once(getattr(args, who), synchronous, window, args.count, role))
+                except Exception as e:  # a figure missing is reported, not fatal
+                    print("  %s %s window %d %s: run failed: %s" % (
+                        who, "sync" if synchronous else "async", window, role, e))
+        if not res["ours"] or not res["theirs"]:
+            continue
+        o = statistics.median(r for r, _ in res["ours"])
+        t = statistics.median(r for r, _ in res["theirs"])
+        oc = statistics.median(c for _, c in res["ours"]) * 1e6
+        tc = statistics.median(c for _, c in res["theirs"]) * 1e6
+        print("%-6s %6d %16.0f %16.0f %7.2fx %18.1f %18.1f" % (
+            "sync" if synchronous else "async", window, o, t, o / t, oc, tc))
+        print("%-6s %6s %16s %16s   (range of the runs)" % (
+            "", "", "%.0f-%.0f" % (min(r for r, _ in res["ours"]), max(r for r, _ in res["ours"])),
+            "%.0f-%.0f" % (min(r for r, _ in res["theirs"]), max(r for r, _ in res["theirs"]))))
 
 
 if __name__ == "__main__":

@@ -62,8 +62,11 @@ mutate gc-fails-work src/proto/remote.rs \
             && self.control.is_empty()' \
   ''
 mutate gc-fails-work src/proto/remote.rs \
-  '            && (self.conn.is_none() || (self.attached && conn_idle.is_some_and(|d| d > r)))' \
-  '            && conn_idle.is_none_or(|_| true)'
+  '                None => conn_idle.map_or(true, |d| d > r),' \
+  '                None => true,'
+mutate gc-fails-work src/proto/remote.rs \
+  '                Some(_) => self.attached && conn_idle.is_some_and(|d| d > r),' \
+  '                Some(_) => true,'
 run gc-fails-work "bug 2: garbage collection ignores queued work and dials" || failed=1
 
 restore

@@ -5,6 +5,7 @@
 #   scripts/sim.sh --seed S         replay one seed exactly (add --trace to print every event)
 #   scripts/sim.sh --seeds N        explore N fresh seeds
 #   scripts/sim.sh --seconds N      explore fresh seeds for N seconds (CI: 120)
+#   add --survey to go on past failing seeds and list each one's first violation
 # A failing seed is printed with the command that replays it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +16,10 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --seed) export CHIRP_SIM_SEED="$2"; export CHIRP_SIM_VERBOSE=1; shift ;;
     --trace) export CHIRP_SIM_TRACE=1 ;;
+    --survey) export CHIRP_SIM_SURVEY=1 ;;
     --seeds) export CHIRP_SIM_SEEDS="$2"; filter=sim_explore; args=(--ignored); shift ;;
     --seconds) export CHIRP_SIM_SECONDS="$2"; filter=sim_explore; args=(--ignored); shift ;;
-    *) echo "usage: scripts/sim.sh [--seed S [--trace] | --seeds N | --seconds N]" >&2; exit 2 ;;
+    *) echo "usage: scripts/sim.sh [--seed S [--trace] | --seeds N | --seconds N] [--survey]" >&2; exit 2 ;;
   esac
   shift
 done

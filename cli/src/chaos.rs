@@ -10,6 +10,9 @@
 //! recv NAME FROM SEQ good|bad   a message arrived (FROM: the sender's NAME), checksum checked
 //! ```
 //!
+//! SIGUSR1 stalls the consumer: what arrives is logged but held, unreleased (slots fill,
+//! the node stops reading and acknowledging), until SIGUSR2 releases it all.
+//!
 //! after `listening on PORT` a line `baseline threads=N fds=N connections=N` (before it
 //! sends anything), and on stderr, every second, `status threads=N fds=N connections=N
 //! sending=BOOL`.
@@ -18,7 +21,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libchirp::{Completion, Config, Message, Node, SendError};
@@ -74,6 +77,9 @@ pub(crate) fn run(config: Config, o: Opts, signals: Signals) -> Result<(), Fail>
         ));
     }
     let me = o.name.clone();
+    let stalled = Arc::new(AtomicBool::new(false));
+    let held: Arc<Mutex<Vec<Message>>> = Arc::default();
+    consumer_stalls(stalled.clone(), held.clone())?;
     let node = Arc::new(Node::start(config, move |m: Message| {
         let from = m.address().map(|a| a.ip().to_string()).unwrap_or_default();
         match decode(m.data()) {
@@ -84,7 +90,12 @@ pub(crate) fn run(config: Config, o: Opts, signals: Signals) -> Result<(), Fail>
             None => line(format!("recv {me} ? 0 bad from {from}")),
         }
         // Released when dropped, after the line is out: a synchronous sender's send
-        // completes only once this node has logged the message.
+        // completes only once this node has logged the message. A stalled consumer holds
+        // it instead (at most the slots of each connection).
+        let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+        if stalled.load(Ordering::Acquire) {
+            h.push(m);
+        }
     })?);
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -203,6 +214,34 @@ pub(crate) fn run(config: Config, o: Opts, signals: Signals) -> Result<(), Fail>
         let _ = signals.stop.recv();
     }
     node.close();
+    Ok(())
+}
+
+/// SIGUSR1 stalls the consumer, SIGUSR2 ends the stall and releases what it held (a small
+/// named thread reads the signals).
+fn consumer_stalls(stalled: Arc<AtomicBool>, held: Arc<Mutex<Vec<Message>>>) -> Result<(), Fail> {
+    use signal_hook::consts::{SIGUSR1, SIGUSR2};
+    let mut signals = signal_hook::iterator::Signals::new([SIGUSR1, SIGUSR2])
+        .map_err(|e| Fail(format!("cannot handle SIGUSR1/SIGUSR2: {e}")))?;
+    std::thread::Builder::new()
+        .name("chirp-chaos-stall".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            for signal in signals.forever() {
+                // Under the lock the handler checks the flag in: nothing is held after
+                // the release.
+                let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+                stalled.store(signal == SIGUSR1, Ordering::Release);
+                let released = if signal == SIGUSR2 {
+                    std::mem::take(&mut *h)
+                } else {
+                    Vec::new()
+                };
+                drop(h);
+                drop(released);
+            }
+        })
+        .map_err(|e| Fail(format!("cannot start the signal thread: {e}")))?;
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! A randomized fault schedule across four namespaced hosts (TLS between them, by the
 //! default rule): every host runs `chirp chaos-node`, sending to random peers, while a
 //! seeded nemesis cuts links, drops packets silently one way at random rates (nftables),
-//! SIGKILLs and restarts nodes (a new identity each time) and SIGSTOPs/SIGCONTs them. Then
+//! SIGKILLs and restarts nodes (a new identity each time), SIGSTOPs/SIGCONTs them and stalls
+//! their consumers (the application holds what it receives, unreleased). Then
 //! everything heals, and a checker reads every node's log:
 //!
 //! * both modes: no corrupted payload (checksums), no message received that was never sent,
@@ -93,6 +94,9 @@ enum Fault {
     Cut(usize),
     Drop(usize),
     Stopped(usize),
+    /// The node's application stops releasing what it receives (SIGUSR1; SIGUSR2 ends it):
+    /// its slots fill, it stops reading and acknowledging, while its process runs on.
+    Stalled(usize),
     Killed(usize),
 }
 
@@ -183,7 +187,7 @@ impl Chaos {
 
     fn busy(&self, host: usize) -> bool {
         self.faults.iter().any(|(_, f)| {
-            matches!(f, Fault::Cut(h) | Fault::Drop(h) | Fault::Stopped(h) | Fault::Killed(h) if *h == host)
+            matches!(f, Fault::Cut(h) | Fault::Drop(h) | Fault::Stopped(h) | Fault::Stalled(h) | Fault::Killed(h) if *h == host)
         })
     }
 
@@ -194,7 +198,7 @@ impl Chaos {
             return;
         }
         let until = Instant::now() + self.rng.millis(500, 3000);
-        let fault = match self.rng.below(4) {
+        let fault = match self.rng.below(5) {
             0 => {
                 self.net.cut(host);
                 Fault::Cut(host)
@@ -216,6 +220,10 @@ impl Chaos {
                 self.signal(host, "-STOP");
                 Fault::Stopped(host)
             }
+            3 => {
+                self.signal(host, "-USR1");
+                Fault::Stalled(host)
+            }
             _ => {
                 self.signal(host, "-KILL");
                 if let Some(i) = self.live[host].take() {
@@ -228,6 +236,7 @@ impl Chaos {
             Fault::Cut(_) => "link cut",
             Fault::Drop(_) => "packets dropped one way",
             Fault::Stopped(_) => "SIGSTOP",
+            Fault::Stalled(_) => "consumer stalled",
             Fault::Killed(_) => "SIGKILL and restart",
         };
         *self.counts.entry(kind).or_default() += 1;
@@ -241,6 +250,7 @@ impl Chaos {
                 let _ = self.net.exec(h, "nft", &["delete table inet chaos"]);
             }
             Fault::Stopped(h) => self.signal(h, "-CONT"),
+            Fault::Stalled(h) => self.signal(h, "-USR2"),
             Fault::Killed(h) => {
                 self.generation[h] += 1;
                 self.spawn(h);

@@ -202,6 +202,7 @@ class Pki:
         self.node_a = self._node("node-a", "ca")
         self.node_b = self._node("node-b", "ca")
         self.stranger = self._node("stranger", "stranger-ca")
+        self.expired = self._expired("expired", "ca")
 
     def _p(self, name):
         return os.path.join(self.dir, name)
@@ -217,12 +218,35 @@ class Pki:
               "/CN=%s.libchirp.test" % name, "-keyout", key, "-out", csr])
         _run(["openssl", "x509", "-req", "-in", csr, "-CA", self._p(ca + ".pem"),
               "-CAkey", self._p(ca + ".key"), "-CAcreateserial", "-days", "2", "-out", crt])
+        return self._chain(name, key, crt, ca)
+
+    def _chain(self, name, key, crt, ca):
         chain = self._p(name + ".chain.pem")
         with open(chain, "w") as out:
             for part in (key, crt, self._p(ca + ".pem")):
                 with open(part) as f:
                     out.write(f.read())
         return chain
+
+    def _expired(self, name, ca):
+        """A chain signed by ``ca`` whose certificate expired in 2020 (``openssl ca`` sets
+        the dates; ``openssl x509`` cannot)."""
+        key, csr, crt = self._p(name + ".key"), self._p(name + ".csr"), self._p(name + ".crt")
+        _run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj",
+              "/CN=%s.libchirp.test" % name, "-keyout", key, "-out", csr])
+        db = self._p(name + ".ca-db")
+        os.makedirs(db, exist_ok=True)
+        open(os.path.join(db, "index.txt"), "w").close()
+        cfg = os.path.join(db, "ca.cnf")
+        with open(cfg, "w") as f:
+            f.write("[ca]\ndefault_ca = d\n[d]\ndatabase = %s\nnew_certs_dir = %s\n"
+                    "default_md = sha256\npolicy = p\nrand_serial = yes\n"
+                    "[p]\ncommonName = supplied\n"
+                    % (os.path.join(db, "index.txt"), db))
+        _run(["openssl", "ca", "-batch", "-notext", "-config", cfg, "-in", csr, "-out", crt,
+              "-cert", self._p(ca + ".pem"), "-keyfile", self._p(ca + ".key"),
+              "-startdate", "20200101000000Z", "-enddate", "20200201000000Z"])
+        return self._chain(name, key, crt, ca)
 
 
 @pytest.fixture(scope="session")

@@ -56,8 +56,14 @@ impl<H> WriteState<H> {
         self.asleep
     }
 
-    fn busy(&self) -> bool {
+    /// Someone holds the side, or a handoff waits for the writer thread.
+    pub(crate) fn busy(&self) -> bool {
         self.writing || self.handoff.is_some()
+    }
+
+    /// A direct writer's rest waits for the writer thread.
+    pub(crate) fn has_handoff(&self) -> bool {
+        self.handoff.is_some()
     }
 
     /// Frames were queued. True when nobody holds the side (the caller writes them or wakes

@@ -196,6 +196,9 @@ struct ConnState {
     writer_running: bool,
     /// Garbage collection retired it: half-closed, reading until the peer closes too.
     retiring: bool,
+    /// The peer closed its side in an orderly way: nothing new is written, and the write
+    /// under way (if any) finishes before the connection is shut down.
+    draining: bool,
 }
 
 /// One connection: its socket, TLS session, limits, owner and state.
@@ -283,6 +286,7 @@ impl Conn {
                 threads: 1,
                 writer_running: false,
                 retiring: false,
+                draining: false,
             }),
             writer_cv: Condvar::new(),
             slots,
@@ -450,7 +454,7 @@ impl Conn {
     /// Claims the write side if the connection is idle (nobody writing, no handoff).
     fn claim_write(&self) -> bool {
         let mut st = self.lock();
-        let open = st.handshaken && !st.closing && !st.retiring;
+        let open = st.handshaken && !st.closing && !st.retiring && !st.draining;
         st.write.claim(open)
     }
 
@@ -463,8 +467,42 @@ impl Conn {
             st.active.touch(now);
             st.last_write = now;
         }
-        let open = !st.closing;
-        st.write.end(open)
+        let open = !st.closing && !st.draining;
+        let again = st.write.end(open);
+        if st.draining {
+            // The reader waits for the write under way to end (`drain_writes`).
+            drop(st);
+            self.writer_cv.notify_all();
+        }
+        again
+    }
+
+    /// The peer closed its side in an orderly way: its garbage collection retired the
+    /// connection (it reads on until we close ours) or it is closing. Nothing new is
+    /// written (what is queued goes out on the next connection), but a write under way
+    /// finishes, bounded by the write timeout, so that what it carries reaches the peer
+    /// instead of failing with the connection.
+    fn drain_writes(&self) {
+        let deadline = Instant::now() + self.settings.timeout;
+        let mut st = self.lock();
+        st.draining = true;
+        while st.write.busy() && !st.closing {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            st = self
+                .writer_cv
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Whether the writer thread is to write nothing new (the peer closed its side): it
+    /// only finishes a direct writer's handoff.
+    fn draining(st: &ConnState) -> bool {
+        st.draining && !st.write.has_handoff()
     }
 
     /// Leaves the write side to the writer thread (which is woken, or started).
@@ -645,6 +683,9 @@ pub(crate) fn run(conn: Arc<Conn>) {
             e
         }
     };
+    if conn.peer_eof.load(Ordering::Acquire) {
+        conn.drain_writes();
+    }
     log::debug!("connection {} {}: closed: {reason}", conn.id, conn.peer);
     conn.shutdown(reason, false);
     conn.thread_ended();

@@ -39,11 +39,8 @@ const DIRECT_ROUNDS: usize = 4;
 /// splits the replies to one read buffer into about four writes of at most `CORK_FRAMES`
 /// frames each (a buffer of up to 4 frames: each reply at once; 5–8: every 2; …; 16:
 /// every 4; 100: every 25; 253 or more: every 64). The peer gets work early, both ends run
-/// at once and seldom sleep, and big buffers still share system calls. Measured
-/// (PERFORMANCE.md): 16 outstanding went from about 100k to about 175k–195k round trips
-/// per second, 8 outstanding from about 60k to about 120k, 4 outstanding from about 30k to
-/// 45k–60k; raising the cap from 4 to 64 frames took 64 outstanding from about 460k to
-/// 670k–740k and 256 outstanding from about 480k to 1.1–1.2M (a cap of 256 was no better).
+/// at once and seldom sleep, and big buffers still share system calls. (What this rule and
+/// its cap gained over the earlier ones is in PERFORMANCE.md.)
 const CORK_FRAMES: usize = 64;
 
 /// Counting more buffered frames than this does not change the cork's limit.
@@ -408,6 +405,16 @@ pub(crate) fn run(conn: &Arc<Conn>) {
     loop {
         if st.closing {
             break;
+        }
+        if Conn::draining(&st) {
+            // The peer closed its side: nothing new is written. Wait for the shutdown
+            // the reader makes once the write under way has ended.
+            st = conn
+                .writer_cv
+                .wait_timeout(st, super::WRITER_LINGER)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            continue;
         }
         let result;
         let tls_flush = st.tls_flush;

@@ -797,8 +797,8 @@ impl<C: ConnRef> RemoteCore<C> {
     /// the reuse time, nothing queued, being written, awaiting an ACK or to be
     /// acknowledged, not dialing, not debouncing a reconnect, and its connections idle
     /// that long too (`conn_idle`: the least idle of its established connections, from
-    /// [`super::activity::Activity::idle_for`]; `None` when there is none, which keeps a
-    /// remote that has a current connection).
+    /// [`super::activity::Activity::idle_for`], current or not; `None` when there is none,
+    /// which keeps a remote that has a current connection).
     pub(crate) fn collectable(
         &self,
         lim: &Limits,
@@ -811,7 +811,12 @@ impl<C: ConnRef> RemoteCore<C> {
             && self.quiet()
             && self.control.is_empty()
             && now.saturating_duration_since(self.timestamp) > r
-            && (self.conn.is_none() || (self.attached && conn_idle.is_some_and(|d| d > r)))
+            && match self.conn {
+                // Connections that are not the current one (the peer's own, or one whose
+                // writer failed) count too: one moving bytes keeps the remote.
+                None => conn_idle.map_or(true, |d| d > r),
+                Some(_) => self.attached && conn_idle.is_some_and(|d| d > r),
+            }
     }
 
     /// Marks the remote removed and fails everything it holds with `Shutdown`; its current

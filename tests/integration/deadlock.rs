@@ -122,6 +122,7 @@ fn a_sender_that_waits_then_receives_gets_its_answer_from_every_safe_echo() {
         }
     });
     send_wait_then_receive(v4(&q), 200);
-    server.join().unwrap();
+    // Every answer is in: closing ends the server's wait.
     q.close();
+    server.join().unwrap();
 }

@@ -488,8 +488,10 @@ fn a_message_that_crossed_the_peers_end_of_stream_waits_for_its_ack_on_a_new_con
 #[test]
 fn a_message_arriving_on_a_retired_connection_is_acknowledged_on_a_new_connection() {
     let mut c = config(true);
-    c.timeout = Duration::from_secs(1);
-    c.reuse_time = Duration::from_secs(3);
+    // The node retires the idle connection after the reuse time (1.5 s, the least for this
+    // timeout), and reads what crosses its end of stream for up to the timeout.
+    c.timeout = Duration::from_millis(500);
+    c.reuse_time = Duration::from_millis(1500);
     let (node, rx) = inbox_node(c);
     let me = TcpListener::bind("127.0.0.1:0").unwrap();
     let my_port = me.local_addr().unwrap().port();
@@ -515,5 +517,59 @@ fn a_message_arriving_on_a_retired_connection_is_acknowledged_on_a_new_connectio
         (TYPE_ACK, id),
         "the ACK for the message, on the new connection: {ack:?}"
     );
+    node.close();
+}
+
+/// The peer ends its side in an orderly way (as its garbage collection does, reading on
+/// until we end ours) while a large write is under way: the write finishes and its message
+/// is delivered, instead of failing with "peer closed the connection"; a message queued
+/// behind it goes out on a new connection.
+#[test]
+fn a_write_under_way_when_the_peer_ends_its_side_finishes_and_is_delivered() {
+    use libchirp::wire::{Preamble, PREAMBLE_SIZE};
+    use std::io::Read;
+    let mut c = config(false);
+    c.timeout = Duration::from_secs(5);
+    let (node, _rx) = inbox_node(c);
+    let me = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = me.local_addr().unwrap();
+    // Larger than both sockets' buffers: the write blocks until we read.
+    let big: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    let first = node.send(Message::to(to, big.clone()));
+    let mut raw = Raw::accept(&me);
+    let mut p = [0u8; PREAMBLE_SIZE];
+    raw.stream
+        .read_exact(&mut p)
+        .expect("the big message's preamble");
+    let pre = Preamble::decode(&p);
+    assert_eq!(
+        pre.data_len as usize,
+        big.len(),
+        "the big message comes first: {pre:?}"
+    );
+    // The write is under way. Another message queues behind it; then we end our side.
+    let second = node.send(Message::to(to, b"behind".to_vec()));
+    raw.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut data = vec![0u8; big.len()];
+    raw.stream
+        .read_exact(&mut data)
+        .expect("the whole message, after our end of stream");
+    assert!(data == big, "the message arrived intact");
+    first
+        .wait_timeout(Duration::from_secs(10))
+        .expect("an outcome")
+        .expect("the write under way finished: the message was delivered");
+    assert!(
+        raw.closed_within(Duration::from_secs(10)),
+        "then the node ends its side too"
+    );
+    let mut again = accept_within(&me, Duration::from_secs(10))
+        .expect("the queued message goes out on a new connection");
+    let f = again.read_frame();
+    assert_eq!(f.data, b"behind", "the queued message: {f:?}");
+    second
+        .wait_timeout(Duration::from_secs(10))
+        .expect("an outcome")
+        .expect("the queued message was written");
     node.close();
 }
