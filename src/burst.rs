@@ -14,6 +14,12 @@ pub(crate) struct Burst {
     suppressed: AtomicU64,
 }
 
+impl Default for Burst {
+    fn default() -> Burst {
+        Burst::new()
+    }
+}
+
 impl Burst {
     pub(crate) fn new() -> Burst {
         Burst {

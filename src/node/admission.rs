@@ -23,14 +23,14 @@ impl Inner {
         if self.is_closed() {
             return;
         }
-        let mut registry = self.registry();
+        let mut registry = self.conns.lock();
         let refused = if registry.len() >= self.cfg.max_connections {
             Some((
                 "max_connections",
                 self.cfg.max_connections,
                 &self.counters.refused_capacity,
             ))
-        } else if self.handshaking.load(Ordering::Relaxed) >= self.cfg.max_handshaking {
+        } else if self.conns.handshaking() >= self.cfg.max_handshaking {
             Some((
                 "max_handshaking",
                 self.cfg.max_handshaking,
@@ -48,7 +48,7 @@ impl Inner {
                 address: peer,
                 reason: Error::LimitReached { limit, value },
             });
-            if let Some(n) = self.refusals_log.allow() {
+            if let Some(n) = self.logs.refusals.allow() {
                 log::warn!(
                     "refused a connection from {peer}: {limit} ({value}) reached{}",
                     more(n)
@@ -57,8 +57,8 @@ impl Inner {
             drop(stream);
             return;
         }
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.handshaking.fetch_add(1, Ordering::Relaxed);
+        let id = self.conns.next_id();
+        self.conns.handshake_started();
         let link = Arc::new(Link::new(Arc::downgrade(self), None, true));
         let conn = Arc::new(Conn::accepted(
             id,
@@ -95,7 +95,7 @@ impl Inner {
     /// refuses that one connection.
     pub(super) fn resources_failed(&self, conn: &Conn, e: &io::Error) {
         // Counted (refused_resources) when the connection is shut down with the Io error.
-        if let Some(n) = self.resources_log.allow() {
+        if let Some(n) = self.logs.resources.allow() {
             log::error!(
                 "cannot start a thread for the connection with {}: {e}; that connection is refused, the node goes on{}",
                 conn.peer,
@@ -106,7 +106,7 @@ impl Inner {
 
     /// An accepted connection left its handshake (done or failed).
     pub(super) fn handshake_over(&self) {
-        self.handshaking.fetch_sub(1, Ordering::Relaxed);
+        self.conns.handshake_over();
     }
 }
 
@@ -124,7 +124,7 @@ pub(super) fn accept_loop(inner: &Arc<Inner>, listener: &TcpListener) {
                     return;
                 }
                 bump(&inner.counters.accept_errors);
-                if let Some(n) = inner.accept_log.allow() {
+                if let Some(n) = inner.logs.accept.allow() {
                     log::warn!("accept failed: {e}{}", more(n));
                 }
                 // Out of file descriptors or similar: back off instead of spinning.

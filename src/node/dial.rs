@@ -9,11 +9,11 @@ impl Inner {
     pub(super) fn dial_conn(self: &Arc<Self>, remote: &Arc<Remote>) -> Result<Arc<Conn>, Error> {
         let addr = remote.dial_addr;
         let max = self.cfg.max_connections;
-        let mut registry = self.registry();
+        let mut registry = self.conns.lock();
         if registry.len() >= max {
             drop(registry);
             bump(&self.counters.refused_capacity);
-            if let Some(n) = self.refusals_log.allow() {
+            if let Some(n) = self.logs.refusals.allow() {
                 log::warn!(
                     "not dialing {addr}: max_connections ({max}) reached{}",
                     more(n)
@@ -24,7 +24,7 @@ impl Inner {
                 value: max,
             });
         }
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let id = self.conns.next_id();
         let link = Arc::new(Link::new(Arc::downgrade(self), Some(remote.clone()), false));
         let conn = Conn::dial(
             id,

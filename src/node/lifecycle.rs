@@ -3,6 +3,7 @@
 //! removing a remote, and `close()`.
 
 use super::*;
+use std::sync::MutexGuard;
 
 impl Inner {
     /// Spawns a named node thread that is counted for `close()`.
@@ -23,7 +24,7 @@ impl Inner {
                 "Resource temporarily unavailable (injected by a test)",
             ));
         }
-        *self.threads.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.threads.started();
         let inner = self.clone();
         let r = thread::Builder::new()
             .name(name)
@@ -44,17 +45,12 @@ impl Inner {
     }
 
     pub(super) fn thread_done(&self) {
-        let mut n = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        *n -= 1;
-        drop(n);
-        self.threads_cv.notify_all();
+        self.threads.ended();
     }
 
     /// The connection's threads have all ended: its traffic joins the retired totals.
     pub(super) fn forget(&self, id: u64) {
-        if let Some(r) = self.registry().remove(&id) {
-            self.retired.add(&r.conn.traffic);
-        }
+        self.conns.forget(id);
     }
 
     /// A connection was shut down with `reason`: counted, and told to event listeners.
@@ -79,10 +75,7 @@ impl Inner {
 
     /// A snapshot of the registry (the registry is not locked while using it).
     pub(super) fn registered(&self) -> Vec<(Arc<Conn>, Arc<Link>)> {
-        self.registry()
-            .values()
-            .map(|r| (r.conn.clone(), r.link.clone()))
-            .collect()
+        self.conns.all()
     }
 
     /// Takes `remote` out of the table, fails what it holds and retires (garbage
@@ -124,7 +117,7 @@ impl Inner {
                 }
             }
             Timed::Retire(id) => {
-                let conn = self.registry().get(&id).map(|r| r.conn.clone());
+                let conn = self.conns.get(id);
                 if let Some(conn) = conn {
                     conn.shutdown(Error::Shutdown, false);
                 }
@@ -206,23 +199,67 @@ impl Inner {
     pub(super) fn wait_threads(&self) {
         let own = NODE_THREAD.with(|c| c.get()) == self as *const Inner as usize;
         let target = usize::from(own);
-        let deadline = Instant::now() + CLOSE_WAIT;
-        let mut n = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(left) = self.threads.wait_for(target, Instant::now() + CLOSE_WAIT) {
+            log::error!(
+                "close: {} node threads did not end within {CLOSE_WAIT:?}",
+                left - target
+            );
+        }
+    }
+}
+
+/// How many of the node's threads run, and a wait for them to end.
+pub(super) struct ThreadCount {
+    n: Mutex<usize>,
+    ended: Condvar,
+}
+
+impl ThreadCount {
+    pub(super) fn new() -> ThreadCount {
+        ThreadCount {
+            n: Mutex::new(0),
+            ended: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, usize> {
+        self.n.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Threads running now.
+    pub(super) fn get(&self) -> usize {
+        *self.lock()
+    }
+
+    /// A thread is about to start (counted before it runs).
+    fn started(&self) {
+        *self.lock() += 1;
+    }
+
+    /// A thread ended (or could not be started).
+    fn ended(&self) {
+        let mut n = self.lock();
+        *n -= 1;
+        drop(n);
+        self.ended.notify_all();
+    }
+
+    /// Waits until at most `target` threads run, or `deadline`; then `Err` with how many
+    /// still run.
+    fn wait_for(&self, target: usize, deadline: Instant) -> Result<(), usize> {
+        let mut n = self.lock();
         while *n > target {
             let now = Instant::now();
             if now >= deadline {
-                log::error!(
-                    "close: {} node threads did not end within {CLOSE_WAIT:?}",
-                    *n - target
-                );
-                return;
+                return Err(*n);
             }
             n = self
-                .threads_cv
+                .ended
                 .wait_timeout(n, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ mod link;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod peer;
+mod registry;
 mod remote;
 mod remotes;
 mod requests;
@@ -26,8 +27,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,7 +44,9 @@ use crate::wire::Handshake;
 
 use crate::burst::{more, Burst};
 use admission::{accept_loop, bind};
+use lifecycle::ThreadCount;
 use link::Link;
+use registry::{Registered, Registry};
 use remote::{After, Deferred, Enqueued, Limits, Remote, Timer};
 use remotes::Remotes;
 use requests::Requests;
@@ -69,10 +72,15 @@ thread_local! {
     static NODE_THREAD: Cell<usize> = const { Cell::new(0) };
 }
 
-/// A registered connection and the node's side of it.
-struct Registered {
-    conn: Arc<Conn>,
-    link: Arc<Link>,
+/// Floods the node logs once a second, with a count (`burst.rs`).
+#[derive(Default)]
+struct Logs {
+    /// Connections refused or not dialed for a limit.
+    refusals: Burst,
+    /// Threads that could not be started.
+    resources: Burst,
+    /// Accept errors.
+    accept: Burst,
 }
 
 pub(crate) struct Inner {
@@ -85,39 +93,24 @@ pub(crate) struct Inner {
     pub(crate) instance: u64,
     pub(crate) port: u16,
     remotes: Remotes,
-    /// Every connection whose threads have not all ended: for garbage collection, close
-    /// and counting. Never locked on the per-message path; may be locked while a remote is
-    /// (when dialing), never the other way round.
-    conns: Mutex<HashMap<u64, Registered>>,
+    /// Every connection whose threads have not all ended, with its counts.
+    conns: Registry,
     requests: Requests,
     pub(crate) timers: Timers,
     pub(crate) sink: Sink,
-    threads: Mutex<usize>,
-    threads_cv: Condvar,
+    threads: ThreadCount,
     listeners: Mutex<Vec<Arc<TcpListener>>>,
     closed: AtomicBool,
-    next_conn: AtomicU64,
-    request_seq: AtomicU64,
     counters: Counters,
     events: EventHub,
-    /// Traffic of connections that have ended.
-    retired: Traffic,
-    /// Accepted connections still in their handshake.
-    handshaking: AtomicUsize,
     /// Rate-limited logging of refusals and resource failures.
-    refusals_log: Burst,
-    resources_log: Burst,
-    accept_log: Burst,
+    logs: Logs,
     /// Test hook: this many thread spawns fail as if the system had no threads left.
     #[cfg(test)]
-    fail_spawns: AtomicUsize,
+    fail_spawns: std::sync::atomic::AtomicUsize,
 }
 
 impl Inner {
-    fn registry(&self) -> MutexGuard<'_, HashMap<u64, Registered>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Runs deferred effects; must be called without any lock held.
     pub(crate) fn run_after(self: &Arc<Self>, after: &mut After) {
         for d in after.0.drain(..) {
@@ -154,11 +147,9 @@ impl Inner {
     fn stats(&self) -> Stats {
         let mut s = self.counters.snapshot();
         let traffic = Traffic::default();
-        traffic.add(&self.retired);
-        let conns: Vec<Arc<Conn>> = self.registry().values().map(|r| r.conn.clone()).collect();
+        let conns = self.conns.traffic(&traffic);
         s.connections = conns.len() as u64;
         for c in &conns {
-            traffic.add(&c.traffic);
             s.slots_in_use += c.slots_in_use() as u64;
         }
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -173,8 +164,8 @@ impl Inner {
             s.queued += queued as u64;
             s.in_flight += in_flight as u64;
         }
-        s.handshaking = self.handshaking.load(Ordering::Relaxed) as u64;
-        s.threads = *self.threads.lock().unwrap_or_else(|e| e.into_inner()) as u64;
+        s.handshaking = self.conns.handshaking() as u64;
+        s.threads = self.threads.get() as u64;
         s.events_dropped = get(&self.events.dropped);
         s.certificate = self.settings.tls.as_ref().map(|t| t.get().cert);
         s
@@ -335,24 +326,17 @@ impl Node {
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             port,
             remotes: Remotes::new(),
-            conns: Mutex::new(HashMap::new()),
+            conns: Registry::new(),
             requests: Requests::new(),
             timers: Timers::new(),
-            threads: Mutex::new(0),
-            threads_cv: Condvar::new(),
+            threads: ThreadCount::new(),
             listeners: Mutex::new(listeners.into_iter().map(Arc::new).collect()),
             closed: AtomicBool::new(false),
-            next_conn: AtomicU64::new(1),
-            request_seq: AtomicU64::new(1),
             counters: Counters::default(),
             events: EventHub::new(),
-            retired: Traffic::default(),
-            handshaking: AtomicUsize::new(0),
-            refusals_log: Burst::new(),
-            resources_log: Burst::new(),
-            accept_log: Burst::new(),
+            logs: Logs::default(),
             #[cfg(test)]
-            fail_spawns: AtomicUsize::new(0),
+            fail_spawns: std::sync::atomic::AtomicUsize::new(0),
         });
         let node = Node {
             _guard: Some(Arc::new(CloseGuard(inner.clone()))),
@@ -461,13 +445,13 @@ impl Node {
     /// Number of live threads owned by the node (for diagnostics and tests).
     #[doc(hidden)]
     pub fn thread_count(&self) -> usize {
-        *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.threads.get()
     }
 
     /// Number of connections the node currently has (for diagnostics and tests).
     #[doc(hidden)]
     pub fn connection_count(&self) -> usize {
-        self.inner.registry().len()
+        self.inner.conns.len()
     }
 
     /// The node's counters since start and its gauges now (see [`Stats`]). Cheap: it reads
@@ -677,7 +661,7 @@ mod tests {
                 .map(|s| s.write().unwrap())
                 .collect();
             assert_eq!(held.len(), 15);
-            let registry = inner.registry();
+            let registry = inner.conns.lock();
             let requests = inner.requests.map.lock().unwrap();
             let (done_tx, done_rx) = mpsc::channel();
             let sender = node.clone();

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 use crate::completion::Completer;
 use crate::error::Error;
@@ -26,6 +26,8 @@ pub(super) struct Entry {
 pub(crate) struct Requests {
     pub(super) map: Mutex<HashMap<Identity, Entry>>,
     pending: AtomicUsize,
+    /// Ids of requests (for their deadline timers), never reused by this node.
+    next_id: AtomicU64,
 }
 
 impl Requests {
@@ -33,7 +35,13 @@ impl Requests {
         Requests {
             map: Mutex::new(HashMap::new()),
             pending: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
         }
+    }
+
+    /// An id for a new request.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Identity, Entry>> {

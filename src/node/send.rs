@@ -262,7 +262,7 @@ impl Node {
         let inner = &self.inner;
         let (completion, done) = Completion::pair();
         let identity = msg.identity;
-        let id = inner.request_seq.fetch_add(1, Ordering::Relaxed);
+        let id = inner.requests.next_id();
         let deadline = Instant::now() + inner.lim.timeout;
         if let Err(done) = inner.requests.insert(identity, id, done) {
             let e = Error::invalid(

@@ -544,7 +544,7 @@ fn a_restarted_libchirp_peer_is_noticed_and_sending_resumes() {
     assert_eq!(line, format!("msg {} one", node.identity()));
     first.command("send hi");
     let m = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    let before = m.remote_identity();
+    assert_eq!(m.data(), b"hi", "the first peer's message: {m:?}");
     drop(m);
     first.expect("sent", 30);
     drop(first); // killed
@@ -573,12 +573,11 @@ fn a_restarted_libchirp_peer_is_noticed_and_sending_resumes() {
     );
     second.command("send again");
     let m = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert_eq!(m.data(), b"again");
-    assert_ne!(
-        m.remote_identity(),
-        before,
-        "a restarted peer has a new identity"
-    );
+    assert_eq!(m.data(), b"again", "the restarted peer's message: {m:?}");
+    // Not asserted: that its identity differs from the first's. libchirp draws identities
+    // from rand() seeded with `time(NULL) | uv_hrtime()` (an OR, which loses most of the
+    // entropy), and two processes started close together do get the same one (seen once
+    // in CI). Only the second process sends "again", on the connection it is using now.
     drop(m);
     second.expect("sent", 30);
     node.close();
