@@ -753,7 +753,11 @@ impl<C: ConnRef> RemoteCore<C> {
         }
         let bound = stall_bound(lim);
         let stalled = now.saturating_duration_since(self.progress) >= bound;
-        if !stalled || (self.conn.is_some() && !compared) {
+        // An established connection seen for the first time gets one more period (its
+        // bytes so far are unknown). One still dialing does not: until its handshake it
+        // cannot have made progress, and a peer whose connections keep failing before
+        // their handshake would put the verdict off for ever.
+        if !stalled || (self.attached && self.conn.is_some() && !compared) {
             self.arm_stall(lim, now, out);
             return;
         }
