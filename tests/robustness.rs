@@ -367,7 +367,7 @@ fn no_silent_loss_while_the_receiver_restarts_twice() {
     let mut sc = config(true);
     sc.timeout = Duration::from_secs(2);
     let (sender, _) = inbox_node(sc);
-    let n = 10_000u32;
+    let n = 4_000u32;
     // The sender streams on its own thread while the receiver is killed under it.
     let streaming = {
         let sender = sender.clone();
