@@ -49,6 +49,18 @@ def classify(e):
     return type(e).__name__
 
 
+def starts(loop, cases):
+    """For each (name, Config settings): start a chirp and stop it; print "started", or
+    the exception's class and ecode."""
+    for name, kw in cases:
+        try:
+            c = Chirp(loop, config(**kw))
+            c.stop()
+            print(name + ": started")
+        except Exception as e:
+            print("%s: %s ecode=%s" % (name, type(e).__name__, getattr(e, "ecode", None)))
+
+
 def stop(chirp, name):
     """Stop a chirp and say how that went (python-chirp raises RuntimeError when a
     received message was never released)."""

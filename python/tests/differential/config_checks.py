@@ -2,7 +2,7 @@
 import os
 import tempfile
 
-from common import Chirp, Loop, config
+from common import Loop, starts
 
 loop = Loop()
 with tempfile.TemporaryDirectory() as d:
@@ -21,11 +21,5 @@ with tempfile.TemporaryDirectory() as d:
         ("missing DH_PARAMS_PEM file",
          dict(DISABLE_ENCRYPTION=False, CERT_CHAIN_PEM=present, DH_PARAMS_PEM=missing)),
     ]
-    for name, kw in cases:
-        try:
-            c = Chirp(loop, config(**kw))
-            c.stop()
-            print(name + ": started")
-        except Exception as e:
-            print("%s: %s ecode=%s" % (name, type(e).__name__, getattr(e, "ecode", None)))
+    starts(loop, cases)
 loop.stop()

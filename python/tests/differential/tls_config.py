@@ -8,7 +8,7 @@ whole process ("double free"); ours raises RuntimeError, ecode 6 (CH_TLS_ERROR).
 """
 import os
 
-from common import Chirp, Loop, Message, config, outcome, stop, to
+from common import Chirp, Loop, Message, config, outcome, starts, stop, to
 
 pki = os.environ["CHIRP_DIFF_PKI"]
 
@@ -28,13 +28,7 @@ cases = [
     ("a chain from another CA", tls(p("stranger.chain.pem"))),
     ("an expired chain", tls(p("expired.chain.pem"))),
 ]
-for name, kw in cases:
-    try:
-        c = Chirp(loop, config(**kw))
-        c.stop()
-        print(name + ": started")
-    except Exception as e:
-        print("%s: %s ecode=%s" % (name, type(e).__name__, getattr(e, "ecode", None)))
+starts(loop, cases)
 
 # Two nodes set up for TLS talk (plaintext on loopback): a send each way.
 ac = config(**tls(p("node-a.chain.pem")))
