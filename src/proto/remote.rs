@@ -242,6 +242,11 @@ impl<C: ConnRef> RemoteCore<C> {
     /// message while streaming.
     fn wake(&mut self, lim: &Limits, now: impl Fn() -> Instant, out: &mut Actions<C>) {
         if !self.quiet() {
+            // Whatever is queued keeps the check armed (a verdict that leaves a message
+            // awaiting its ACK re-arms it); this only guards that promise.
+            if !self.stall_timer_armed {
+                self.arm_stall(lim, now(), out);
+            }
             return;
         }
         let now = now();
@@ -784,6 +789,14 @@ impl<C: ConnRef> RemoteCore<C> {
             if let Some(p) = w.pending {
                 out.push(Action::send(p, if w.acked { Ok(()) } else { Err(err) }));
             }
+        }
+        // The verdict is given: what is queued from now on gets a whole bound. A message
+        // still awaiting its ACK (on a connection that ended cleanly, or that the shutdown
+        // above ends) keeps the remote busy, so the check stays armed for the sends
+        // queued behind it: `wake` arms it only on a quiet remote.
+        self.progress = now;
+        if !self.quiet() {
+            self.arm_stall(lim, now, out);
         }
     }
 

@@ -1903,6 +1903,11 @@ mod tests {
         // check met a new, still dialing connection and put its verdict off, so sends
         // waited past the outcome bound. A dialing connection no longer defers it.
         15_064_546_811_791_152_716,
+        // A stall verdict that left a message awaiting its ACK (its connection had ended
+        // cleanly) did not re-arm the check, and `wake` arms it only on a quiet remote:
+        // sends queued after the verdict, while the peer was down, had no check at all.
+        12_631_870_543_077_014_482,
+        12_631_870_543_077_072_534,
     ];
 
     /// The fixed regression set: seeds 1..=40 on every `cargo test` (a debug build), all
