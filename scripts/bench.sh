@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks: our node, C libchirp 1.2.1 and raw TCP on loopback.
 #
-#   scripts/bench.sh [--quick] [--runs N] [--windows [--tls] | --star] [--baseline BIN]
+#   scripts/bench.sh [--quick] [--runs N] [--windows [--tls] | --star | --oneway] [--baseline BIN]
 #
 # --windows: instead of the full set, asynchronous round trips at 1, 4, 8, 16, 64 and 256
 # messages outstanding, ours beside C libchirp, as a table with a bar chart. With --tls,
@@ -18,9 +18,9 @@
 # for all three, synchronous ours against C's synchronous mode.
 # --star: star topology: one asynchronous echo node, 16 and then 64 sender processes with 16
 # messages outstanding each; total round trips per second, ours beside C libchirp.
-# --baseline BIN: with --star or --windows, also measure another build of the chirp tool
-# (say, the previous commit's) alternately with ours, for before/after comparisons; the
-# window sweep then also measures synchronous mode.
+# --baseline BIN: with --star, --windows or --oneway, also measure another build of the
+# chirp tool (say, the previous commit's) alternately with ours, for before/after
+# comparisons; the window sweep then also measures synchronous mode.
 #
 # Each figure is the median of N runs (default 5, --quick 3), the implementations measured
 # alternately within every run so that machine noise hits them alike. Echo and sender run
@@ -200,14 +200,14 @@ zmq_pair() { # KEY window count   (DEALER keeping WINDOW outstanding, ROUTER ech
 # ZeroMQ's PUSH/PULL with the high-water marks off, `zmqd` with its defaults (1,000), as
 # its users run it. CPU time (user + system) of both processes per message is recorded
 # under KEY_cpu (in ns).
-oneway() { # KEY ours|batch|zmq|zmqd SIZE COUNT
-  local key=$1 kind=$2 size=$3 count=$4 r
+oneway() { # KEY ours|batch|zmq|zmqd SIZE COUNT [BIN: another build of the chirp tool]
+  local key=$1 kind=$2 size=$3 count=$4 bin=${5:-$B} r status=0
   : > "$tmp/sink.out"; rm -f "$tmp/sink.time" "$tmp/send.time"
   local T=(); [ -n "$TIME" ] && T=($TIME -f "rusage %U %S %w" -o "$tmp/sink.time")
   local TS=(); [ -n "$TIME" ] && TS=($TIME -f "rusage %U %S %w" -o "$tmp/send.time")
   local hwm=""; [ "$kind" = zmqd ] && hwm=1
   case $kind in
-    ours|batch) "${T[@]}" $B bench-sink --count "$count" --no-encryption --port 0 > "$tmp/sink.out" 2>/dev/null & ;;
+    ours|batch) "${T[@]}" "$bin" bench-sink --count "$count" --no-encryption --port 0 > "$tmp/sink.out" 2>/dev/null & ;;
     *)
       [ -n "$Z" ] || { add "$key" n/a; return; }
       local port; port=$(free_port)
@@ -216,13 +216,18 @@ oneway() { # KEY ours|batch|zmq|zmqd SIZE COUNT
   local spid=$!; pids+=("$spid")
   wait_line "$tmp/sink.out" || { kill "$spid" 2>/dev/null; add "$key" 0; return; }
   local port; port=$(sed -n 's/listening on //p' "$tmp/sink.out")
+  # The sender's exit status and stderr are kept: a sender that failed (and said why) is
+  # not taken for a sink that lost messages.
   case $kind in
-    ours) timeout 120 "${TS[@]}" $B send "127.0.0.1:$port" --no-encryption --async --count "$count" --size "$size" --window 1000 >/dev/null 2>&1 || true ;;
-    batch) timeout 120 "${TS[@]}" $B send "127.0.0.1:$port" --no-encryption --async --count "$count" --size "$size" --window 1000 --batch 256 >/dev/null 2>&1 || true ;;
-    *) ZMQ_BENCH_DEFAULT_HWM=$hwm timeout 120 "${TS[@]}" $Z push "$port" "$size" "$count" >/dev/null 2>&1 || true ;;
+    ours) timeout 120 "${TS[@]}" "$bin" send "127.0.0.1:$port" --no-encryption --async --count "$count" --size "$size" --window 1000 >/dev/null 2>"$tmp/send.err" || status=$? ;;
+    batch) timeout 120 "${TS[@]}" "$bin" send "127.0.0.1:$port" --no-encryption --async --count "$count" --size "$size" --window 1000 --batch 256 >/dev/null 2>"$tmp/send.err" || status=$? ;;
+    *) ZMQ_BENCH_DEFAULT_HWM=$hwm timeout 120 "${TS[@]}" $Z push "$port" "$size" "$count" >/dev/null 2>"$tmp/send.err" || status=$? ;;
   esac
+  if [ "$status" != 0 ]; then
+    echo "(one way $kind $size B: the sender exited with status $status: $(head -c 600 "$tmp/send.err" | tr '\n' ' '))" >&2
+  fi
   # Bounded: a sink still waiting a minute after its sender ended lost messages.
-  timeout 60 tail --pid="$spid" -f /dev/null 2>/dev/null || { kill "$spid" 2>/dev/null; echo "(one way $kind $size B: the sink did not get every message)" >&2; }
+  timeout 60 tail --pid="$spid" -f /dev/null 2>/dev/null || { kill "$spid" 2>/dev/null; echo "(one way $kind $size B: the sink did not get every message; sender status $status)" >&2; }
   wait "$spid" 2>/dev/null || true
   r=$(rate < "$tmp/sink.out" || true)
   add "$key" "${r:-0}"
@@ -329,7 +334,10 @@ oneway_table() {
   echo
   printf '| %-30s | %10s | %7s | %10s | %7s |\n' "sender" "16 B /s" "ns/msg" "1 KiB /s" "ns/msg"
   printf '|%s|%s|%s|%s|%s|\n' "--------------------------------" "------------" "---------" "------------" "---------"
-  for k in ours:"ours, send() x 1,000 in flight" batch:"ours, send_batch(256)" zmq:"ZeroMQ PUSH/PULL, HWM off" zmqd:"ZeroMQ PUSH/PULL, default HWM"; do
+  local kinds=(ours:"ours, send() x 1,000 in flight" batch:"ours, send_batch(256)")
+  [ -n "$baseline" ] && kinds+=(base:"baseline, send() x 1,000" basebatch:"baseline, send_batch(256)")
+  kinds+=(zmq:"ZeroMQ PUSH/PULL, HWM off" zmqd:"ZeroMQ PUSH/PULL, default HWM")
+  for k in "${kinds[@]}"; do
     local key=${k%%:*} label=${k#*:}
     printf '| %-30s | %10s | %7s | %10s | %7s |\n' "$label" "$(med "o16_$key")" "$(med "o16_${key}_cpu")" "$(med "o1k_$key")" "$(med "o1k_${key}_cpu")"
   done
@@ -337,6 +345,9 @@ oneway_table() {
   best16=$(awk -v a="$(med o16_zmq)" -v b="$(med o16_zmqd)" 'BEGIN { print (a+0 > b+0) ? a : b }')
   best1k=$(awk -v a="$(med o1k_zmq)" -v b="$(med o1k_zmqd)" 'BEGIN { print (a+0 > b+0) ? a : b }')
   echo "against the faster ZeroMQ mode: send_batch 16 B $(ratio "$(med o16_batch)" "$best16")x, send() 16 B $(ratio "$(med o16_ours)" "$best16")x, send_batch 1 KiB $(ratio "$(med o1k_batch)" "$best1k")x, send() 1 KiB $(ratio "$(med o1k_ours)" "$best1k")x"
+  if [ -n "$baseline" ]; then
+    echo "against the baseline ($baseline): send() 16 B $(ratio "$(med o16_ours)" "$(med o16_base)")x, send_batch 16 B $(ratio "$(med o16_batch)" "$(med o16_basebatch)")x, send() 1 KiB $(ratio "$(med o1k_ours)" "$(med o1k_base)")x, send_batch 1 KiB $(ratio "$(med o1k_batch)" "$(med o1k_basebatch)")x"
+  fi
 }
 
 raw_pair() { # KEY count
@@ -401,7 +412,13 @@ if [ "$oneway_only" = 1 ]; then
   n=$((n_win * 20))
   for i in $(seq 1 "$runs"); do
     for k in ours batch zmq zmqd; do oneway "o16_$k" $k 16 "$n"; done
+    if [ -n "$baseline" ]; then
+      oneway o16_base ours 16 "$n" "$baseline"; oneway o16_basebatch batch 16 "$n" "$baseline"
+    fi
     for k in ours batch zmq zmqd; do oneway "o1k_$k" $k 1024 $((n / 5)); done
+    if [ -n "$baseline" ]; then
+      oneway o1k_base ours 1024 $((n / 5)) "$baseline"; oneway o1k_basebatch batch 1024 $((n / 5)) "$baseline"
+    fi
   done
   oneway_table
   exit 0

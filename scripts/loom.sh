@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Model-checks the hand-rolled synchronisation with loom: the one-shot completion and its
 # callback (src/completion.rs), a batch's shared outcome (src/frame.rs), a connection's
-# receive slots and park (src/proto/slots.rs), the claim of a connection's write side
-# by direct writers and its writer thread (src/connection/claim.rs), and the pending
+# receive slots and park (src/proto/slots.rs), a connection's write side as production
+# runs it (src/connection/loom_models.rs: Conn::kick, direct writes, the writer thread
+# started on demand and ending when idle, shutdown; over an in-memory socket), and the pending
 # requests' table against answers, timeouts and close (src/node/requests.rs), built with
 # loom's Mutex,
 # Condvar, Arc and atomics in place of std's (src/sync.rs), every interleaving explored up

@@ -3,7 +3,7 @@
 //! `scripts/loom.sh` check the production code itself.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 #[cfg(loom)]
 pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -11,3 +11,19 @@ pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// The clock of the connection's thread-side code: `Instant::now()`; in a loom model a
+/// fixed instant, since loom replays each interleaving and needs every run of it to take
+/// the same branches (a model says when time passes where that matters).
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+/// See the other `now`: under loom, time stands still.
+#[cfg(loom)]
+pub(crate) fn now() -> std::time::Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now)
+}

@@ -17,14 +17,18 @@
 //! field updates and never while calling the owner or doing I/O.
 
 mod claim;
+#[cfg(all(test, loom))]
+mod loom_models;
 mod reader;
-
+mod socket;
 mod writer;
+
+pub(crate) use socket::Socket;
 
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -32,6 +36,7 @@ use crate::frame::Frame;
 use crate::message::{Identity, Message, ReleaseDone, Slot, SlotOwner};
 use crate::proto::activity::Activity;
 use crate::proto::slots::Slots;
+use crate::sync::{Condvar, Mutex, MutexGuard};
 use crate::tls::{Certificate, TlsCurrent, TlsSession};
 use crate::wire::{Handshake, HANDSHAKE_SIZE};
 use claim::WriteState;
@@ -136,36 +141,41 @@ pub(crate) struct PeerInfo {
 
 /// The interface from a connection to whoever owns it (the node). Every call is made
 /// without any of the connection's locks held.
-pub(crate) trait Owner: Send + Sync {
+pub(crate) trait Owner<S = TcpStream>: Send + Sync {
     /// Starts a named thread for this connection (counted by the owner for `close()`).
     fn spawn(
         &self,
-        conn: &Arc<Conn>,
+        conn: &Arc<Conn<S>>,
         name: String,
         stack: usize,
         f: Box<dyn FnOnce() + Send + 'static>,
     ) -> io::Result<()>;
     /// The peer's handshake arrived. An error refuses the connection (it is shut down).
-    fn connected(&self, conn: &Arc<Conn>) -> Result<(), Error>;
+    fn connected(&self, conn: &Arc<Conn<S>>) -> Result<(), Error>;
     /// Appends the frames to write now on `conn`, each with its serial.
-    fn take_frames(&self, conn: &Arc<Conn>, out: &mut Vec<(Frame, u32)>);
+    fn take_frames(&self, conn: &Arc<Conn<S>>, out: &mut Vec<(Frame, u32)>);
     /// `frames` (taken from `take_frames`) were written, or failed with the error.
-    fn written(&self, conn: &Arc<Conn>, frames: &mut Vec<(Frame, u32)>, result: Result<(), Error>);
+    fn written(
+        &self,
+        conn: &Arc<Conn<S>>,
+        frames: &mut Vec<(Frame, u32)>,
+        result: Result<(), Error>,
+    );
     /// An ACK for `identity` arrived.
-    fn ack(&self, conn: &Arc<Conn>, identity: Identity);
+    fn ack(&self, conn: &Arc<Conn<S>>, identity: Identity);
     /// Data arrived (a read that brought frames, or a NOOP): the peer is alive. Called
     /// once per socket read, not per message.
-    fn activity(&self, conn: &Arc<Conn>);
+    fn activity(&self, conn: &Arc<Conn<S>>);
     /// A data message arrived; it holds one of the connection's slots.
-    fn deliver(&self, conn: &Arc<Conn>, msg: Message);
+    fn deliver(&self, conn: &Arc<Conn<S>>, msg: Message);
     /// A slot of a message that asked for an ACK was released: queue the ACK; `done`
     /// completes once it was written.
-    fn ack_due(&self, conn: &Arc<Conn>, done: ReleaseDone);
+    fn ack_due(&self, conn: &Arc<Conn<S>>, done: ReleaseDone);
     /// The connection is shut down with `reason` (once). `in_flight`: frames being written
     /// take the failure (the owner should not fail another message for it).
-    fn closed(&self, conn: &Arc<Conn>, reason: &Error, in_flight: bool);
+    fn closed(&self, conn: &Arc<Conn<S>>, reason: &Error, in_flight: bool);
     /// The connection's threads have all ended.
-    fn ended(&self, conn: &Arc<Conn>);
+    fn ended(&self, conn: &Arc<Conn<S>>);
 }
 
 /// Frames a direct writer could not finish without blocking: the writer thread writes
@@ -201,16 +211,17 @@ struct ConnState {
     draining: bool,
 }
 
-/// One connection: its socket, TLS session, limits, owner and state.
-pub(crate) struct Conn {
+/// One connection: its socket, TLS session, limits, owner and state. `S` is the socket: a
+/// [`TcpStream`], or the loom models' in-memory one.
+pub(crate) struct Conn<S = TcpStream> {
     pub(crate) id: u64,
-    stream: TcpStream,
+    stream: S,
     /// For a dialed connection the address dialed; for an accepted one the TCP peer.
     pub(crate) peer: SocketAddr,
     pub(crate) outgoing: bool,
     encrypt: bool,
     settings: Arc<Settings>,
-    owner: Arc<dyn Owner>,
+    owner: Arc<dyn Owner<S>>,
     /// Set when the socket is shut down (abandons a pending connect).
     closed: AtomicBool,
     /// The peer ended the stream in an orderly way (its reader saw end of file).
@@ -225,6 +236,10 @@ pub(crate) struct Conn {
     /// When the handshake completed.
     since: OnceLock<Instant>,
     pub(crate) traffic: Traffic,
+    /// Loom models only: the writer's linger has run out (loom's condition variables never
+    /// time out, so a model's clock says when time has passed).
+    #[cfg(loom)]
+    pub(crate) linger_elapsed: crate::sync::AtomicBool,
 }
 
 impl Conn {
@@ -252,16 +267,18 @@ impl Conn {
     ) -> Conn {
         Conn::new(id, stream, peer, false, encrypt, settings, owner)
     }
+}
 
-    fn new(
+impl<S: Socket> Conn<S> {
+    pub(crate) fn new(
         id: u64,
-        stream: TcpStream,
+        stream: S,
         peer: SocketAddr,
         outgoing: bool,
         encrypt: bool,
         settings: Arc<Settings>,
-        owner: Arc<dyn Owner>,
-    ) -> Conn {
+        owner: Arc<dyn Owner<S>>,
+    ) -> Conn<S> {
         let slots = Slots::new(settings.max_slots, settings.buffer_size);
         Conn {
             id,
@@ -279,10 +296,10 @@ impl Conn {
                 close_reason: None,
                 write: WriteState::new(),
                 tls_flush: false,
-                active: Activity::new(Instant::now(), 0),
-                last_write: Instant::now()
+                active: Activity::new(crate::sync::now(), 0),
+                last_write: crate::sync::now()
                     .checked_sub(Duration::from_secs(1))
-                    .unwrap_or_else(Instant::now),
+                    .unwrap_or_else(crate::sync::now),
                 threads: 1,
                 writer_running: false,
                 retiring: false,
@@ -294,6 +311,8 @@ impl Conn {
             info: OnceLock::new(),
             since: OnceLock::new(),
             traffic: Traffic::default(),
+            #[cfg(loom)]
+            linger_elapsed: crate::sync::AtomicBool::new(false),
         }
     }
 
@@ -321,7 +340,7 @@ impl Conn {
     /// stall check and garbage collection, never per message. 0 if it cannot be told (no
     /// progress is then seen, and a stalled peer is still found).
     pub(crate) fn bytes_moved(&self) -> u64 {
-        crate::sys::peer_progress(&self.stream).unwrap_or(0)
+        self.stream.peer_progress().unwrap_or(0)
     }
 
     /// Whether the connection is encrypted.
@@ -362,7 +381,7 @@ impl Conn {
             }
             // Read under this lock: whether the last write ended so recently that this
             // sender is streaming (see `STREAM_GAP`).
-            st.last_write.elapsed() < STREAM_GAP
+            crate::sync::now().saturating_duration_since(st.last_write) < STREAM_GAP
         };
         writer::kick(self.clone(), streaming);
     }
@@ -390,7 +409,7 @@ impl Conn {
         self.slots.close();
         // No TLS close_notify: like C libchirp, connections are closed abruptly.
         self.closed.store(true, Ordering::Release);
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = Socket::shutdown(&self.stream, Shutdown::Both);
         self.owner
             .closed(self, &reason, in_flight_failed || writing);
         // Frames a direct writer left to the writer thread were in flight: they fail too.
@@ -427,7 +446,7 @@ impl Conn {
             }
             st.retiring = true;
         }
-        let _ = self.stream.shutdown(Shutdown::Write);
+        let _ = Socket::shutdown(&self.stream, Shutdown::Write);
         true
     }
 
@@ -463,7 +482,7 @@ impl Conn {
     fn end_write(&self, wrote: bool) -> bool {
         let mut st = self.lock();
         if wrote {
-            let now = Instant::now();
+            let now = crate::sync::now();
             st.active.touch(now);
             st.last_write = now;
         }
@@ -503,6 +522,43 @@ impl Conn {
     /// only finishes a direct writer's handoff.
     fn draining(st: &ConnState) -> bool {
         st.draining && !st.write.has_handoff()
+    }
+
+    /// The writer thread waits for work, at most `linger`; true if the wait timed out.
+    fn wait_writer<'a>(
+        &'a self,
+        st: MutexGuard<'a, ConnState>,
+        linger: Duration,
+    ) -> (MutexGuard<'a, ConnState>, bool) {
+        #[cfg(not(loom))]
+        {
+            let (st, r) = self
+                .writer_cv
+                .wait_timeout(st, linger)
+                .unwrap_or_else(|e| e.into_inner());
+            (st, r.timed_out())
+        }
+        #[cfg(loom)]
+        {
+            // Loom's waits never time out: until the model's clock says the linger has
+            // run out, this waits to be woken; after, every wait times out at once (the
+            // lock is let go and other threads run meanwhile).
+            let _ = linger;
+            if self.linger_elapsed.load(crate::sync::Ordering::SeqCst) {
+                drop(st);
+                loom::thread::yield_now();
+                (self.lock(), true)
+            } else {
+                let st = self.writer_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                (st, false)
+            }
+        }
+    }
+
+    /// Loom models: the connection is set up (its handshake done), as `establish` leaves it.
+    #[cfg(all(test, loom))]
+    pub(crate) fn set_up_for_model(&self) {
+        self.lock().handshaken = true;
     }
 
     /// Leaves the write side to the writer thread (which is woken, or started).
@@ -559,7 +615,7 @@ impl Conn {
     }
 }
 
-impl SlotOwner for Conn {
+impl<S: Socket> SlotOwner for Conn<S> {
     fn release_slot(self: Arc<Self>, req_ack: bool, done: ReleaseDone) {
         let (open, parked) = self.slots.freed();
         // An orderly end (we retired the connection, or the peer ended it cleanly) does
@@ -579,7 +635,7 @@ impl SlotOwner for Conn {
     }
 }
 
-impl Conn {
+impl<S: Socket> Conn<S> {
     /// Parks a received message that has no slot yet (the reader made sure it fits).
     fn park(self: &Arc<Self>, msg: Message, req_ack: bool, cost: usize) {
         self.slots

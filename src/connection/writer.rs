@@ -17,11 +17,11 @@
 //! written (`Owner::written`).
 
 use std::cell::RefCell;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 
 use super::claim::Step;
-use super::{Conn, Handoff};
+use super::{Conn, Handoff, Socket};
 use crate::error::Error;
 use crate::frame::Frame;
 use crate::message::Identity;
@@ -46,10 +46,27 @@ const CORK_FRAMES: usize = 64;
 /// Counting more buffered frames than this does not change the cork's limit.
 pub(crate) const CORK_COUNT: usize = 4 * (CORK_FRAMES - 1) + 1;
 
+/// A connection a corked thread holds writes back for (whatever its socket).
+trait HeldConn: Send + Sync {
+    fn conn_id(&self) -> u64;
+    /// Writes what is held back.
+    fn write_held(self: Arc<Self>);
+}
+
+impl<S: Socket> HeldConn for Conn<S> {
+    fn conn_id(&self) -> u64 {
+        self.id
+    }
+
+    fn write_held(self: Arc<Self>) {
+        direct_write(&self);
+    }
+}
+
 /// What a corked thread holds back.
 struct Held {
     /// Connections with frames queued.
-    conns: Vec<Arc<Conn>>,
+    conns: Vec<Arc<dyn HeldConn>>,
     /// Frames queued since the last write.
     frames: usize,
     /// Write once this many frames are queued.
@@ -86,7 +103,7 @@ pub(crate) fn uncork() {
     let held = CORK.with(|c| c.borrow_mut().take());
     if let Some(held) = held {
         for conn in held.conns {
-            direct_write(&conn);
+            conn.write_held();
         }
     }
 }
@@ -140,11 +157,11 @@ impl Drop for Scratch {
 
 /// Frames are queued on an idle connection: write them now, or later if corked (but no
 /// later than the cork's frame limit allows).
-pub(crate) fn kick(conn: Arc<Conn>, streaming: bool) {
-    enum Then {
-        Write(Arc<Conn>),
-        Defer(Arc<Conn>),
-        Flush(Vec<Arc<Conn>>),
+pub(crate) fn kick<S: Socket>(conn: Arc<Conn<S>>, streaming: bool) {
+    enum Then<S> {
+        Write(Arc<Conn<S>>),
+        Defer(Arc<Conn<S>>),
+        Flush(Vec<Arc<dyn HeldConn>>),
         Hold,
     }
     let then = CORK.with(|c| match c.borrow_mut().as_mut() {
@@ -154,12 +171,12 @@ pub(crate) fn kick(conn: Arc<Conn>, streaming: bool) {
             if due {
                 held.frames = 0;
             }
-            if due && held.conns.iter().all(|c| c.id == conn.id) {
+            if due && held.conns.iter().all(|c| c.conn_id() == conn.id) {
                 // Only this connection is held (the usual case): no list to build.
                 held.conns.clear();
                 Then::Write(conn)
             } else {
-                if !held.conns.iter().any(|c| c.id == conn.id) {
+                if !held.conns.iter().any(|c| c.conn_id() == conn.id) {
                     held.conns.push(conn);
                 }
                 if due {
@@ -180,7 +197,7 @@ pub(crate) fn kick(conn: Arc<Conn>, streaming: bool) {
         Then::Defer(conn) => conn.defer_to_writer(),
         Then::Flush(conns) => {
             for conn in conns {
-                direct_write(&conn);
+                conn.write_held();
             }
         }
         Then::Hold => {}
@@ -265,7 +282,7 @@ const STAGING_KEEP: usize = 64 * 1024;
 /// The same for the batch's frame list (a frame is about 200 bytes).
 const FRAMES_KEEP: usize = 256;
 
-fn req_ack_bits(conn: &Conn) -> u8 {
+fn req_ack_bits<S: Socket>(conn: &Conn<S>) -> u8 {
     if conn.settings.synchronous {
         TYPE_REQ_ACK
     } else {
@@ -281,7 +298,7 @@ enum Outcome {
 }
 
 /// Writes queued frames of `conn` from the calling thread without blocking.
-pub(crate) fn direct_write(conn: &Arc<Conn>) {
+pub(crate) fn direct_write<S: Socket>(conn: &Arc<Conn<S>>) {
     let req_ack = req_ack_bits(conn);
     let owner = &conn.owner;
     let mut scratch = Scratch::take();
@@ -347,7 +364,11 @@ pub(crate) fn direct_write(conn: &Arc<Conn>) {
 }
 
 /// One non-blocking attempt to write `parts` (encrypting them first with TLS).
-fn try_write(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> Result<Outcome, Error> {
+fn try_write<S: Socket>(
+    conn: &Conn<S>,
+    parts: &mut [IoSlice],
+    cipher: &mut Vec<u8>,
+) -> Result<Outcome, Error> {
     match conn.tls.get() {
         Some(tls) => {
             cipher.clear();
@@ -387,14 +408,14 @@ fn try_write(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> Result
 }
 
 /// A send that never blocks, whatever the socket's mode.
-fn send_nonblocking(conn: &Conn, bufs: &[IoSlice]) -> io::Result<usize> {
-    crate::sys::send_vectored(&conn.stream, bufs, false)
+fn send_nonblocking<S: Socket>(conn: &Conn<S>, bufs: &[IoSlice]) -> io::Result<usize> {
+    conn.stream.send_vectored(bufs, false)
 }
 
 /// The writer thread: finishes handoffs, writes batches when direct writers leave them,
 /// flushes ciphertext a TLS read produced. Ends when the connection is shut down, or when it
 /// has had nothing to do for `WRITER_LINGER` (it is started again when needed).
-pub(crate) fn run(conn: &Arc<Conn>) {
+pub(crate) fn run<S: Socket>(conn: &Arc<Conn<S>>) {
     let owner = &conn.owner;
     let mut frames: Vec<(Frame, u32)> = Vec::new();
     let mut staging: Vec<u8> = Vec::new();
@@ -406,14 +427,10 @@ pub(crate) fn run(conn: &Arc<Conn>) {
         if st.closing {
             break;
         }
-        if Conn::draining(&st) {
+        if Conn::<S>::draining(&st) {
             // The peer closed its side: nothing new is written. Wait for the shutdown
             // the reader makes once the write under way has ended.
-            st = conn
-                .writer_cv
-                .wait_timeout(st, super::WRITER_LINGER)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = conn.wait_writer(st, super::WRITER_LINGER).0;
             continue;
         }
         let result;
@@ -428,7 +445,10 @@ pub(crate) fn run(conn: &Arc<Conn>) {
             Step::Wait => {
                 // A direct writer is active (it hands over or finishes by itself), or
                 // nothing is to be done: wait, and end after a while of nothing.
-                if !yielded && st.last_write.elapsed() < super::STREAM_GAP {
+                if !yielded
+                    && crate::sync::now().saturating_duration_since(st.last_write)
+                        < super::STREAM_GAP
+                {
                     yielded = true;
                     drop(st);
                     std::thread::yield_now();
@@ -437,13 +457,10 @@ pub(crate) fn run(conn: &Arc<Conn>) {
                 }
                 yielded = false;
                 st.write.set_asleep(true);
-                let (g, timeout) = conn
-                    .writer_cv
-                    .wait_timeout(st, super::WRITER_LINGER)
-                    .unwrap_or_else(|e| e.into_inner());
+                let (g, timed_out) = conn.wait_writer(st, super::WRITER_LINGER);
                 st = g;
                 st.write.set_asleep(false);
-                if timeout.timed_out() && st.write.idle(st.tls_flush) {
+                if timed_out && st.write.idle(st.tls_flush) {
                     st.writer_running = false;
                     return;
                 }
@@ -490,7 +507,7 @@ pub(crate) fn run(conn: &Arc<Conn>) {
 
 /// What a failed write reports: the connection's own close reason if it was shut down
 /// meanwhile (a write cut short by the shutdown is not the cause), else the OS error.
-fn write_error(conn: &Conn, e: io::Error) -> Error {
+fn write_error<S: Socket>(conn: &Conn<S>, e: io::Error) -> Error {
     if let Some(reason) = conn.close_reason() {
         return reason;
     }
@@ -506,7 +523,11 @@ fn write_error(conn: &Conn, e: io::Error) -> Error {
 
 /// Blocking write (bounded by the socket's write timeout) of a batch, or of the ciphertext
 /// a TLS read left behind when `parts` is empty.
-fn write_blocking(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> Result<(), Error> {
+fn write_blocking<S: Socket>(
+    conn: &Conn<S>,
+    parts: &mut [IoSlice],
+    cipher: &mut Vec<u8>,
+) -> Result<(), Error> {
     match conn.tls.get() {
         Some(tls) => {
             cipher.clear();
@@ -526,12 +547,12 @@ fn write_blocking(conn: &Conn, parts: &mut [IoSlice], cipher: &mut Vec<u8>) -> R
 }
 
 /// Writes every slice, blocking (bounded by the socket's write timeout).
-fn write_all_vectored(conn: &Conn, parts: &mut [IoSlice]) -> io::Result<()> {
+fn write_all_vectored<S: Socket>(conn: &Conn<S>, parts: &mut [IoSlice]) -> io::Result<()> {
     let mut bufs: &mut [IoSlice] = parts;
     let mut seen = None;
     while !bufs.is_empty() {
         let n = bufs.len().min(MAX_IOV);
-        match crate::sys::send_vectored(&conn.stream, &bufs[..n], true) {
+        match conn.stream.send_vectored(&bufs[..n], true) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => IoSlice::advance_slices(&mut bufs, written),
             Err(e) => draining(conn, e, &mut seen)?,
@@ -546,7 +567,7 @@ fn write_all_vectored(conn: &Conn, parts: &mut [IoSlice]) -> io::Result<()> {
 /// moved (`seen`) and waits once more; a later one goes on if the peer moved bytes since
 /// (it is reading; the remote's stall check bounds the whole wait). Any other error, or
 /// no progress, is returned.
-fn draining(conn: &Conn, e: io::Error, seen: &mut Option<u64>) -> io::Result<()> {
+fn draining<S: Socket>(conn: &Conn<S>, e: io::Error, seen: &mut Option<u64>) -> io::Result<()> {
     if !matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -565,10 +586,10 @@ fn draining(conn: &Conn, e: io::Error, seen: &mut Option<u64>) -> io::Result<()>
 
 /// Writes all of `buf`, blocking (bounded by the socket's write timeout while the peer
 /// takes nothing, see [`draining`]).
-fn write_all(conn: &Conn, mut buf: &[u8]) -> io::Result<()> {
+fn write_all<S: Socket>(conn: &Conn<S>, mut buf: &[u8]) -> io::Result<()> {
     let mut seen = None;
     while !buf.is_empty() {
-        match (&conn.stream).write(buf) {
+        match conn.stream.write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
