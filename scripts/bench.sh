@@ -174,11 +174,12 @@ c_pair() { # KEY sync|async window count
 
 # TLS on loopback for both implementations (always-encrypt), with one throwaway PKI.
 read -r TLS_CHAIN TLS_DH < <($B bench-pki "$tmp/pki")
-ours_tls() { # KEY window count   (asynchronous)
+ours_tls() { # KEY window count [BIN]   (asynchronous)
   local tls=(--cert-chain "$TLS_CHAIN" --dh-params "$TLS_DH" --always-encrypt)
-  if start_echo "$tmp/techo.out" $B echo --port 0 --async "${tls[@]}"; then
+  local bin=${4:-$B}
+  if start_echo "$tmp/techo.out" "$bin" echo --port 0 --async "${tls[@]}"; then
     local port; port=$(sed -n 's/listening on //p' "$tmp/techo.out")
-    measure "$1" "$3" $B send "127.0.0.1:$port" --async "${tls[@]}" --echo --window "$2" --count "$3"
+    measure "$1" "$3" "$bin" send "127.0.0.1:$port" --async "${tls[@]}" --echo --window "$2" --count "$3"
   else stop_echo; add "$1" 0; fi
 }
 c_tls() { # KEY window count   (asynchronous)
@@ -463,6 +464,7 @@ if [ "$windows" = 1 ]; then
       if [ "$tls_sweep" = 1 ]; then
         nt=$((w < 16 ? 8000 * w : 20000 + 500 * w))
         ours_tls "t${w}_ours" "$w" "$nt"; c_tls "t${w}_c" "$w" "$nt"
+        [ -n "$baseline" ] && ours_tls "t${w}_base" "$w" "$nt" "$baseline"
       fi
     done
     if [ -n "$baseline" ]; then
@@ -471,14 +473,20 @@ if [ "$windows" = 1 ]; then
   done
   if [ -n "$baseline" ]; then
     echo
-    echo "Before/after: ours against $baseline, medians of $runs runs (round trips per second)."
+    echo "Before/after: ours against $baseline, medians of $runs runs (round trips per second;"
+    echo "CPU: user + system microseconds per round trip, both processes, where GNU time is installed)."
     echo
-    printf '| %-24s | %9s | %9s | %9s |\n' mode ours baseline ours/base
-    printf '|%s|%s|%s|%s|\n' "--------------------------" "-----------" "-----------" "-----------"
-    printf '| %-24s | %9s | %9s | %9s |\n' "synchronous, 1" "$(med sync_ours)" "$(med sync_base)" "$(ratio "$(med sync_ours)" "$(med sync_base)")"
-    for w in $ws; do
-      printf '| %-24s | %9s | %9s | %9s |\n' "asynchronous, $w" "$(med "w${w}_ours")" "$(med "w${w}_base")" "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_base")")"
-    done
+    printf '| %-24s | %9s | %9s | %9s | %8s | %8s |\n' mode ours baseline ours/base "ours CPU" "base CPU"
+    printf '|%s|%s|%s|%s|%s|%s|\n' "--------------------------" "-----------" "-----------" "-----------" "----------" "----------"
+    base_row() { # LABEL KEY_OURS KEY_BASE
+      printf '| %-24s | %9s | %9s | %9s | %8s | %8s |\n' "$1" "$(med "$2")" "$(med "$3")" "$(ratio "$(med "$2")" "$(med "$3")")" \
+        "$(med "${2}_cpu")" "$(med "${3}_cpu")"
+    }
+    base_row "synchronous, 1" sync_ours sync_base
+    for w in $ws; do base_row "asynchronous, $w" "w${w}_ours" "w${w}_base"; done
+    if [ "$tls_sweep" = 1 ]; then
+      for w in $ws; do base_row "TLS, asynchronous, $w" "t${w}_ours" "t${w}_base"; done
+    fi
   fi
   echo
   echo "Asynchronous round trips per second by messages outstanding; medians of $runs runs on $(nproc) cores."

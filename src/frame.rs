@@ -122,7 +122,7 @@ impl Batch {
 }
 
 /// An outgoing user message and its completion. (Boxing it, to make its many moves
-/// pointer copies, was measured and lost: see PERFORMANCE.md.)
+/// pointer copies, was measured and lost: see docs/performance-history.md.)
 pub(crate) struct Pending {
     msg: Option<Message>,
     done: Option<Done>,

@@ -40,7 +40,7 @@ const DIRECT_ROUNDS: usize = 4;
 /// frames each (a buffer of up to 4 frames: each reply at once; 5–8: every 2; …; 16:
 /// every 4; 100: every 25; 253 or more: every 64). The peer gets work early, both ends run
 /// at once and seldom sleep, and big buffers still share system calls. (What this rule and
-/// its cap gained over the earlier ones is in PERFORMANCE.md.)
+/// its cap gained over the earlier ones is in docs/performance-history.md.)
 const CORK_FRAMES: usize = 64;
 
 /// Counting more buffered frames than this does not change the cork's limit.
