@@ -210,10 +210,9 @@ fn wait_written(owner: &ModelOwner, count: usize) {
     }
 }
 
-/// Closes the connection as its first thread does when it ends, and joins every thread
-/// the connection started; the owner heard `closed` and `ended` once each.
-fn close_and_join(conn: &Arc<Conn<Sock>>, owner: &ModelOwner) {
-    conn.shutdown(Error::Shutdown, false);
+/// Ends the connection's first thread (the reader, played by the model) after a close,
+/// and joins every thread the connection started.
+fn end_and_join(conn: &Arc<Conn<Sock>>, owner: &ModelOwner) {
     conn.abandon();
     loop {
         let t = owner.seen().threads.pop();
@@ -222,6 +221,13 @@ fn close_and_join(conn: &Arc<Conn<Sock>>, owner: &ModelOwner) {
             None => break,
         }
     }
+}
+
+/// Closes the connection as its first thread does when it ends, and joins every thread
+/// the connection started; the owner heard `closed` and `ended` once each.
+fn close_and_join(conn: &Arc<Conn<Sock>>, owner: &ModelOwner) {
+    conn.shutdown(Error::Shutdown, false);
+    end_and_join(conn, owner);
     let seen = owner.seen();
     assert_eq!(seen.closed, 1, "the owner hears of the close once");
     assert_eq!(
@@ -332,14 +338,7 @@ fn loom_a_close_races_a_send_and_the_writer_thread() {
         };
         conn.shutdown(Error::Shutdown, false);
         sender.join().expect("the sender");
-        conn.abandon();
-        loop {
-            let t = owner.seen().threads.pop();
-            match t {
-                Some(t) => t.join().expect("a connection thread"),
-                None => break,
-            }
-        }
+        end_and_join(&conn, &owner);
         let seen = owner.seen();
         let mut all: Vec<u32> = seen
             .written
