@@ -17,16 +17,14 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
 use std::sync::Arc;
-use std::time::Duration;
 
 use loom::thread;
 
-use super::{Conn, Owner, Settings, Socket};
+use super::{Conn, Owner, Socket};
 use crate::error::Error;
 use crate::frame::Frame;
 use crate::message::{Identity, Message, ReleaseDone};
 use crate::sync::{AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
-use crate::wire::Handshake;
 
 /// The in-memory socket.
 struct Sock {
@@ -163,19 +161,7 @@ impl Owner<Sock> for ModelOwner {
 /// A set-up connection over the in-memory socket (full once if `full_once`), and its owner.
 fn connection(full_once: bool) -> (Arc<Conn<Sock>>, Arc<ModelOwner>) {
     let owner = Arc::new(ModelOwner::default());
-    let settings = Arc::new(Settings {
-        handshake: Handshake {
-            port: 1,
-            identity: Identity::default(),
-        },
-        timeout: Duration::from_secs(1),
-        connect_timeout: Duration::from_secs(1),
-        max_slots: 1,
-        buffer_size: 1024,
-        max_msg_size: 1024,
-        synchronous: false,
-        tls: None,
-    });
+    let settings = super::testing::settings(false);
     let sock = Sock {
         inside: AtomicUsize::new(0),
         full_once: AtomicBool::new(full_once),

@@ -829,3 +829,53 @@ fn establish(
     let _ = conn.since.set(Instant::now());
     conn.owner.connected(conn)
 }
+
+/// Test helpers: an owner that does nothing and settings small enough for unit tests and
+/// loom models.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// An owner that ignores everything its connection reports.
+    pub(crate) struct NoOwner;
+
+    impl<S: Socket> Owner<S> for NoOwner {
+        fn spawn(
+            &self,
+            _: &Arc<Conn<S>>,
+            _: String,
+            _: usize,
+            _: Box<dyn FnOnce() + Send + 'static>,
+        ) -> io::Result<()> {
+            Ok(())
+        }
+        fn connected(&self, _: &Arc<Conn<S>>) -> Result<(), Error> {
+            Ok(())
+        }
+        fn take_frames(&self, _: &Arc<Conn<S>>, _: &mut Vec<(Frame, u32)>) {}
+        fn written(&self, _: &Arc<Conn<S>>, _: &mut Vec<(Frame, u32)>, _: Result<(), Error>) {}
+        fn ack(&self, _: &Arc<Conn<S>>, _: Identity) {}
+        fn activity(&self, _: &Arc<Conn<S>>) {}
+        fn deliver(&self, _: &Arc<Conn<S>>, _: Message) {}
+        fn ack_due(&self, _: &Arc<Conn<S>>, _: ReleaseDone) {}
+        fn closed(&self, _: &Arc<Conn<S>>, _: &Error, _: bool) {}
+        fn ended(&self, _: &Arc<Conn<S>>) {}
+    }
+
+    /// Settings with a 5 s timeout, one slot and 1 KiB buffers, no TLS.
+    pub(crate) fn settings(synchronous: bool) -> Arc<Settings> {
+        Arc::new(Settings {
+            handshake: Handshake {
+                port: 1,
+                identity: Identity::default(),
+            },
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_slots: 1,
+            buffer_size: 1024,
+            max_msg_size: 1024,
+            synchronous,
+            tls: None,
+        })
+    }
+}

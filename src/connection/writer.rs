@@ -48,16 +48,11 @@ pub(crate) const CORK_COUNT: usize = 4 * (CORK_FRAMES - 1) + 1;
 
 /// A connection a corked thread holds writes back for (whatever its socket).
 trait HeldConn: Send + Sync {
-    fn conn_id(&self) -> u64;
     /// Writes what is held back.
     fn write_held(self: Arc<Self>);
 }
 
 impl<S: Socket> HeldConn for Conn<S> {
-    fn conn_id(&self) -> u64 {
-        self.id
-    }
-
     fn write_held(self: Arc<Self>) {
         direct_write(&self);
     }
@@ -65,8 +60,8 @@ impl<S: Socket> HeldConn for Conn<S> {
 
 /// What a corked thread holds back.
 struct Held {
-    /// Connections with frames queued.
-    conns: Vec<Arc<dyn HeldConn>>,
+    /// Connections with frames queued, by id.
+    conns: Vec<(u64, Arc<dyn HeldConn>)>,
     /// Frames queued since the last write.
     frames: usize,
     /// Write once this many frames are queued.
@@ -102,7 +97,7 @@ pub(crate) fn cork(buffered: usize) {
 pub(crate) fn uncork() {
     let held = CORK.with(|c| c.borrow_mut().take());
     if let Some(held) = held {
-        for conn in held.conns {
+        for (_, conn) in held.conns {
             conn.write_held();
         }
     }
@@ -161,7 +156,7 @@ pub(crate) fn kick<S: Socket>(conn: Arc<Conn<S>>, streaming: bool) {
     enum Then<S> {
         Write(Arc<Conn<S>>),
         Defer(Arc<Conn<S>>),
-        Flush(Vec<Arc<dyn HeldConn>>),
+        Flush(Vec<(u64, Arc<dyn HeldConn>)>),
         Hold,
     }
     let then = CORK.with(|c| match c.borrow_mut().as_mut() {
@@ -171,13 +166,13 @@ pub(crate) fn kick<S: Socket>(conn: Arc<Conn<S>>, streaming: bool) {
             if due {
                 held.frames = 0;
             }
-            if due && held.conns.iter().all(|c| c.conn_id() == conn.id) {
+            if due && held.conns.iter().all(|(id, _)| *id == conn.id) {
                 // Only this connection is held (the usual case): no list to build.
                 held.conns.clear();
                 Then::Write(conn)
             } else {
-                if !held.conns.iter().any(|c| c.conn_id() == conn.id) {
-                    held.conns.push(conn);
+                if !held.conns.iter().any(|(id, _)| *id == conn.id) {
+                    held.conns.push((conn.id, conn));
                 }
                 if due {
                     Then::Flush(std::mem::take(&mut held.conns))
@@ -196,7 +191,7 @@ pub(crate) fn kick<S: Socket>(conn: Arc<Conn<S>>, streaming: bool) {
         Then::Write(conn) => direct_write(&conn),
         Then::Defer(conn) => conn.defer_to_writer(),
         Then::Flush(conns) => {
-            for conn in conns {
+            for (_, conn) in conns {
                 conn.write_held();
             }
         }

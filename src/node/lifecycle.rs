@@ -83,6 +83,12 @@ impl Inner {
     pub(super) fn remove_remote(&self, remote: &Arc<Remote>, graceful: bool, after: &mut After) {
         self.remotes.remove(remote);
         remote.remove(graceful, after);
+        self.end_connections_of(remote, graceful, after);
+    }
+
+    /// The connections attached to a removed `remote` are retired (`graceful`) or shut
+    /// down.
+    fn end_connections_of(&self, remote: &Arc<Remote>, graceful: bool, after: &mut After) {
         for (conn, link) in self.registered() {
             if link.remote().is_some_and(|r| Arc::ptr_eq(r, remote)) {
                 after.push(if graceful {
@@ -160,8 +166,13 @@ impl Inner {
         }
         for remote in self.remotes.all() {
             let idle = least_idle.get(&Arc::as_ptr(&remote)).copied();
-            if remote.collectable(&self.lim, now, idle) {
-                self.remove_remote(&remote, true, after);
+            // Decided and removed under one hold of the remote's lock: a send queued
+            // meanwhile keeps it.
+            let collected = self
+                .remotes
+                .take_out_if(&remote, |core| core.collect(&self.lim, now, idle, after));
+            if collected {
+                self.end_connections_of(&remote, true, after);
             }
         }
     }

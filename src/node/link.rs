@@ -206,8 +206,11 @@ impl Owner for Link {
             // A peer that connected to us and left, with nothing pending either way, needs
             // no remote until it comes back (a dialed remote stays: it keeps the reconnect
             // debounce of a failing peer).
-            if !conn.outgoing && remote.release_if_vacant() {
-                node.remotes.remove(remote);
+            if !conn.outgoing
+                && node
+                    .remotes
+                    .take_out_if(remote, |core| core.release_if_vacant())
+            {
                 bump(&node.counters.remotes_released);
             }
             node.run_after(&mut after);

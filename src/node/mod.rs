@@ -47,7 +47,7 @@ use admission::{accept_loop, bind};
 use lifecycle::ThreadCount;
 use link::Link;
 use registry::{Registered, Registry};
-use remote::{After, Deferred, Enqueued, Limits, Remote, Timer};
+use remote::{After, Deferred, Limits, Remote, Timer};
 use remotes::Remotes;
 use requests::Requests;
 use stats::{bump, Counters, EventHub};

@@ -6,8 +6,8 @@
 //! caller runs once it has unlocked.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::connection::Conn;
 use crate::error::Error;
@@ -16,6 +16,7 @@ use crate::message::{Identity, ReleaseDone};
 use crate::proto::key::{key_of, RemoteKey};
 use crate::proto::remote::{Action, Actions, Ended, RemoteCore};
 use crate::proto::ConnRef;
+use crate::sync::{Mutex, MutexGuard};
 
 pub(crate) use crate::proto::remote::{finish_written, Enqueued, Limits, Timer};
 
@@ -160,11 +161,6 @@ impl Remote {
         self.lock().conn_closed(lim, now, ended, after);
     }
 
-    /// See [`RemoteCore::release_if_vacant`].
-    pub(crate) fn release_if_vacant(&self) -> bool {
-        self.lock().release_if_vacant()
-    }
-
     /// A timer of this remote fired.
     pub(crate) fn on_timer(
         self: &Arc<Self>,
@@ -190,17 +186,6 @@ impl Remote {
         self.lock().observe()
     }
 
-    /// Whether garbage collection may remove this remote (see
-    /// [`RemoteCore::collectable`]); `conn_idle`: the least idle of its connections.
-    pub(crate) fn collectable(
-        &self,
-        lim: &Limits,
-        now: Instant,
-        conn_idle: Option<Duration>,
-    ) -> bool {
-        self.lock().collectable(lim, now, conn_idle)
-    }
-
     /// Marks the remote removed and fails everything it holds with `Shutdown` (see
     /// [`RemoteCore::remove`]).
     pub(crate) fn remove(&self, graceful: bool, after: &mut After) {
@@ -214,36 +199,10 @@ mod tests {
     //! socket that is never connected, its owner does nothing.
     use super::*;
     use crate::completion::Completion;
-    use crate::connection::{Owner, Settings};
+    use crate::connection::testing::{settings, NoOwner};
     use crate::frame::{Done, SendResult};
     use crate::message::Message;
-    use crate::wire::Handshake;
     use std::time::Duration;
-
-    struct NoOwner;
-
-    impl Owner for NoOwner {
-        fn spawn(
-            &self,
-            _: &Arc<Conn>,
-            _: String,
-            _: usize,
-            _: Box<dyn FnOnce() + Send + 'static>,
-        ) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn connected(&self, _: &Arc<Conn>) -> Result<(), Error> {
-            Ok(())
-        }
-        fn take_frames(&self, _: &Arc<Conn>, _: &mut Vec<(Frame, u32)>) {}
-        fn written(&self, _: &Arc<Conn>, _: &mut Vec<(Frame, u32)>, _: Result<(), Error>) {}
-        fn ack(&self, _: &Arc<Conn>, _: Identity) {}
-        fn activity(&self, _: &Arc<Conn>) {}
-        fn deliver(&self, _: &Arc<Conn>, _: Message) {}
-        fn ack_due(&self, _: &Arc<Conn>, _: ReleaseDone) {}
-        fn closed(&self, _: &Arc<Conn>, _: &Error, _: bool) {}
-        fn ended(&self, _: &Arc<Conn>) {}
-    }
 
     fn lim() -> Limits {
         Limits {
@@ -283,20 +242,7 @@ mod tests {
     /// synchronous message taken by the writer: it awaits its ACK.
     fn written_but_unreported() -> Fixture {
         let addr = SocketAddr::from(([127, 0, 0, 1], 9));
-        let settings = Arc::new(Settings {
-            handshake: Handshake {
-                port: 1,
-                identity: Identity::default(),
-            },
-            timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            max_slots: 1,
-            buffer_size: 1024,
-            max_msg_size: 1024,
-            synchronous: true,
-            tls: None,
-        });
-        let conn = Arc::new(Conn::dial(1, addr, false, settings, Arc::new(NoOwner)).unwrap());
+        let conn = Arc::new(Conn::dial(1, addr, false, settings(true), Arc::new(NoOwner)).unwrap());
         let remote = Arc::new(Remote::new(addr));
         let (completion, _dialed) = queue(&remote, &conn, b"x");
         let mut frames = Vec::new();

@@ -8,10 +8,14 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use super::remote::Remote;
+use super::remote::{After, Dialer, Enqueued, Limits, Remote};
+use crate::connection::Conn;
+use crate::frame::Pending;
 use crate::proto::key::{key_of, RemoteKey};
+use crate::proto::remote::RemoteCore;
+use crate::sync::RwLock;
 
 const SHARDS: usize = 16;
 
@@ -72,6 +76,53 @@ impl Remotes {
         }
     }
 
+    /// Queues `p` on `remote` (found by the caller: from its cache or this table) for
+    /// `addr`. A remote removed meanwhile hands the message back and it is looked up again
+    /// here (a new remote is made): `remote` is then that one, for the caller to
+    /// remember. The message comes back if the remote's queue is full.
+    #[inline]
+    pub(crate) fn enqueue(
+        &self,
+        addr: SocketAddr,
+        remote: &mut Arc<Remote>,
+        lim: &Limits,
+        mut p: Pending,
+        dial: Dialer,
+        after: &mut After,
+    ) -> Option<Pending> {
+        loop {
+            match remote.enqueue(lim, p, dial, after) {
+                Enqueued::Queued => return None,
+                // Removed meanwhile: it is out of this table already (see `take_out_if`).
+                Enqueued::Removed(back) => {
+                    p = back;
+                    *remote = self.get_or_create(addr);
+                }
+                Enqueued::Full(back) => return Some(back),
+            }
+        }
+    }
+
+    /// Takes `remote` out of the table if `decide` says so. It decides under the remote's
+    /// lock, and the remote leaves the table before that lock is let go: a send that
+    /// finds the remote meanwhile either queued on it first (and `decide` sees the work),
+    /// or finds it removed and no longer finds it here (a new remote is made). Garbage
+    /// collection deciding and then removing under two lock holds failed a send queued in
+    /// between. Lock order: a remote, then its shard; nothing takes a remote's lock while
+    /// holding a shard's.
+    pub(crate) fn take_out_if(
+        &self,
+        remote: &Arc<Remote>,
+        decide: impl FnOnce(&mut RemoteCore<Arc<Conn>>) -> bool,
+    ) -> bool {
+        let mut core = remote.lock();
+        if !decide(&mut core) {
+            return false;
+        }
+        self.remove(remote);
+        true
+    }
+
     /// Every remote, for garbage collection and close (one shard locked at a time).
     pub(crate) fn all(&self) -> Vec<Arc<Remote>> {
         let mut out = Vec::new();
@@ -84,5 +135,94 @@ impl Remotes {
             );
         }
         out
+    }
+}
+
+/// Loom model (`scripts/loom.sh`) of a send racing garbage collection of its remote, on
+/// the production code of both: the send queues through [`Remotes::enqueue`] from the
+/// remote its thread remembered, collection decides and removes through
+/// [`Remotes::take_out_if`] with the core's own `collect`. Only the clock is fixed (the
+/// remote has been unused for an hour) and the dial makes a connection that is never
+/// started.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::completion::Completion;
+    use crate::connection::testing::{settings, NoOwner};
+    use crate::error::Error;
+    use crate::frame::Done;
+    use crate::message::Message;
+    use crate::proto::remote::Action;
+    use loom::thread;
+    use std::time::{Duration, Instant};
+
+    fn lim() -> Limits {
+        Limits {
+            timeout: Duration::from_secs(5),
+            reuse_time: Duration::from_millis(1),
+            synchronous: false,
+            max_queued: 4,
+        }
+    }
+
+    /// In every interleaving the message ends queued on a remote that is in the table and
+    /// not removed, and garbage collection fails nothing.
+    #[test]
+    fn loom_garbage_collection_never_fails_a_send_racing_it() {
+        loom::model(|| {
+            let remotes = Arc::new(Remotes::new());
+            let addr: SocketAddr = "127.0.0.1:9".parse().expect("an address");
+            // The remote a sending thread remembers from an earlier send.
+            let remembered = remotes.get_or_create(addr);
+            let sender = {
+                let remotes = remotes.clone();
+                thread::spawn(move || {
+                    let (_completion, completer) = Completion::pair();
+                    let p = Pending::new(Message::to(addr, &b"m"[..]), Done::Wait(completer));
+                    let dial: Dialer = &|_| {
+                        Conn::dial(1, addr, false, settings(false), Arc::new(NoOwner))
+                            .map(Arc::new)
+                            .map_err(Error::io)
+                    };
+                    let mut after = After::default();
+                    let mut remote = remembered;
+                    let full = remotes.enqueue(addr, &mut remote, &lim(), p, dial, &mut after);
+                    assert!(full.is_none(), "room in the queue");
+                    remote
+                })
+            };
+            let collector = {
+                let remotes = remotes.clone();
+                thread::spawn(move || {
+                    let now = Instant::now() + Duration::from_secs(3600);
+                    let mut after = After::default();
+                    if let Some(remote) = remotes.get(&crate::proto::key::key_of(&addr)) {
+                        remotes.take_out_if(&remote, |core| {
+                            core.collect(&lim(), now, None, &mut after)
+                        });
+                    }
+                    after
+                })
+            };
+            let queued_on = sender.join().expect("the sender");
+            let after = collector.join().expect("the collector");
+            assert!(
+                !after.0.iter().any(|a| matches!(a, Action::Send(_))),
+                "garbage collection failed a send"
+            );
+            let core = queued_on.lock();
+            let (queued, ..) = core.observe();
+            assert!(
+                queued == 1 && !core.is_removed(),
+                "the message is queued ({queued}) on a remote that was not removed ({})",
+                core.is_removed()
+            );
+            drop(core);
+            let listed = remotes.get(&queued_on.key);
+            assert!(
+                listed.is_some_and(|r| Arc::ptr_eq(&r, &queued_on)),
+                "the remote holding the message is the one in the table"
+            );
+        });
     }
 }

@@ -54,7 +54,7 @@ impl Inner {
         self: &Arc<Self>,
         cache: Option<&Mutex<Arc<Remote>>>,
         addr: SocketAddr,
-        mut p: Pending,
+        p: Pending,
     ) {
         let mut after = After::default();
         let dial = |r: &Arc<Remote>| self.dial_conn(r);
@@ -63,32 +63,33 @@ impl Inner {
             Some(c) => lock(c),
             None => self.remote_for(addr),
         };
-        let remote = loop {
-            match remote.enqueue(&self.lim, p, &dial, &mut after) {
-                Enqueued::Queued => break remote,
-                // Garbage-collected meanwhile: look again (a new remote is made).
-                Enqueued::Removed(back) => {
-                    p = back;
-                    remote = self.remotes.get_or_create(addr);
-                    match cache {
-                        Some(c) => *c.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone(),
-                        None => self.remember(addr, &remote),
-                    }
-                }
-                Enqueued::Full(back) => {
-                    bump(&self.counters.queue_full);
-                    bump(&self.counters.sends_failed_limit);
-                    let e = Error::LimitReached {
-                        limit: "max_queued",
-                        value: self.lim.max_queued,
-                    };
-                    if let Some((id, identity, e)) = back.finish(Err(e)) {
-                        self.requests.fail(id, identity, e);
-                    }
-                    return;
-                }
+        let first = Arc::as_ptr(&remote);
+        let full = self
+            .remotes
+            .enqueue(addr, &mut remote, &self.lim, p, &dial, &mut after);
+        if !std::ptr::eq(first, Arc::as_ptr(&remote)) {
+            // The first was garbage-collected meanwhile: its replacement goes into the
+            // cache it came from.
+            match cache {
+                Some(c) => *c.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone(),
+                None => self.remember(addr, &remote),
             }
-        };
+        }
+        match full {
+            None => {}
+            Some(back) => {
+                bump(&self.counters.queue_full);
+                bump(&self.counters.sends_failed_limit);
+                let e = Error::LimitReached {
+                    limit: "max_queued",
+                    value: self.lim.max_queued,
+                };
+                if let Some((id, identity, e)) = back.finish(Err(e)) {
+                    self.requests.fail(id, identity, e);
+                }
+                return;
+            }
+        }
         // The remote was found or made before this check: either close() removes it, or
         // we see that the node closes and remove it ourselves.
         if self.is_closed() {

@@ -836,6 +836,22 @@ impl<C: ConnRef> RemoteCore<C> {
             }
     }
 
+    /// Garbage collection: the remote is removed, gracefully, if it is
+    /// [`collectable`](RemoteCore::collectable). True if it was.
+    pub(crate) fn collect(
+        &mut self,
+        lim: &Limits,
+        now: Instant,
+        conn_idle: Option<Duration>,
+        out: &mut Actions<C>,
+    ) -> bool {
+        let collect = self.collectable(lim, now, conn_idle);
+        if collect {
+            self.remove(true, out);
+        }
+        collect
+    }
+
     /// Marks the remote removed and fails everything it holds with `Shutdown`; its current
     /// connection is retired (garbage collection, `graceful`) or shut down (close). Its
     /// other connections are the caller's.

@@ -988,10 +988,10 @@ impl Sim {
         let peers: Vec<usize> = self.nodes[n].remotes.keys().copied().collect();
         for peer in peers {
             let idle = least_idle.get(&peer).copied();
-            if self.nodes[n].remotes[&peer].collectable(&lim, now, idle) {
-                let mut core = self.nodes[n].remotes.remove(&peer).expect("listed");
-                let mut out = Actions::default();
-                core.remove(true, &mut out);
+            let mut out = Actions::default();
+            let core = self.nodes[n].remotes.get_mut(&peer).expect("listed");
+            if core.collect(&lim, now, idle, &mut out) {
+                self.nodes[n].remotes.remove(&peer);
                 self.run_actions(n, out);
                 let mine: Vec<u64> = self
                     .conns
