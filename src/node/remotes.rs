@@ -103,6 +103,24 @@ impl Remotes {
         }
     }
 
+    /// Queues what fits of `batch` on `remote` (found by the caller) for `addr`, under one
+    /// lock of the remote, as [`Remotes::enqueue`] does for one message: a remote removed
+    /// meanwhile leaves the whole batch where it is and is looked up again here. What is
+    /// left in `batch` afterwards did not fit under `max_queued`.
+    pub(crate) fn enqueue_batch(
+        &self,
+        addr: SocketAddr,
+        remote: &mut Arc<Remote>,
+        lim: &Limits,
+        batch: &mut Vec<Pending>,
+        dial: Dialer,
+        after: &mut After,
+    ) {
+        while remote.enqueue_batch(lim, batch, dial, after).is_err() {
+            *remote = self.get_or_create(addr);
+        }
+    }
+
     /// Takes `remote` out of the table if `decide` says so. It decides under the remote's
     /// lock, and the remote leaves the table before that lock is let go: a send that
     /// finds the remote meanwhile either queued on it first (and `decide` sees the work),
@@ -169,7 +187,20 @@ mod loom_models {
     /// not removed, and garbage collection fails nothing.
     #[test]
     fn loom_garbage_collection_never_fails_a_send_racing_it() {
-        loom::model(|| {
+        model(1);
+    }
+
+    /// The same for a batch of two messages, queued through [`Remotes::enqueue_batch`]:
+    /// both end on the remote in the table, none is failed.
+    #[test]
+    fn loom_garbage_collection_never_fails_a_batch_racing_it() {
+        model(2);
+    }
+
+    /// One sender sends `n` messages (one plain send for 1, else one batch) while garbage
+    /// collection runs.
+    fn model(n: usize) {
+        loom::model(move || {
             let remotes = Arc::new(Remotes::new());
             let addr: SocketAddr = "127.0.0.1:9".parse().expect("an address");
             // The remote a sending thread remembers from an earlier send.
@@ -177,8 +208,12 @@ mod loom_models {
             let sender = {
                 let remotes = remotes.clone();
                 thread::spawn(move || {
-                    let (_completion, completer) = Completion::pair();
-                    let p = Pending::new(Message::to(addr, &b"m"[..]), Done::Wait(completer));
+                    let mut batch: Vec<Pending> = (0..n)
+                        .map(|_| {
+                            let (_completion, completer) = Completion::pair();
+                            Pending::new(Message::to(addr, &b"m"[..]), Done::Wait(completer))
+                        })
+                        .collect();
                     let dial: Dialer = &|_| {
                         Conn::dial(1, addr, false, settings(false), Arc::new(NoOwner))
                             .map(Arc::new)
@@ -186,8 +221,25 @@ mod loom_models {
                     };
                     let mut after = After::default();
                     let mut remote = remembered;
-                    let full = remotes.enqueue(addr, &mut remote, &lim(), p, dial, &mut after);
-                    assert!(full.is_none(), "room in the queue");
+                    if n == 1 {
+                        let p = batch.pop().expect("one message");
+                        let full = remotes.enqueue(addr, &mut remote, &lim(), p, dial, &mut after);
+                        assert!(full.is_none(), "room in the queue");
+                    } else {
+                        remotes.enqueue_batch(
+                            addr,
+                            &mut remote,
+                            &lim(),
+                            &mut batch,
+                            dial,
+                            &mut after,
+                        );
+                        assert!(
+                            batch.is_empty(),
+                            "room in the queue for {} more",
+                            batch.len()
+                        );
+                    }
                     remote
                 })
             };
@@ -213,8 +265,8 @@ mod loom_models {
             let core = queued_on.lock();
             let (queued, ..) = core.observe();
             assert!(
-                queued == 1 && !core.is_removed(),
-                "the message is queued ({queued}) on a remote that was not removed ({})",
+                queued == n && !core.is_removed(),
+                "all {n} messages are queued ({queued} seen) on a remote that was not removed (removed: {})",
                 core.is_removed()
             );
             drop(core);

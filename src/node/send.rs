@@ -75,20 +75,17 @@ impl Inner {
                 None => self.remember(addr, &remote),
             }
         }
-        match full {
-            None => {}
-            Some(back) => {
-                bump(&self.counters.queue_full);
-                bump(&self.counters.sends_failed_limit);
-                let e = Error::LimitReached {
-                    limit: "max_queued",
-                    value: self.lim.max_queued,
-                };
-                if let Some((id, identity, e)) = back.finish(Err(e)) {
-                    self.requests.fail(id, identity, e);
-                }
-                return;
+        if let Some(back) = full {
+            bump(&self.counters.queue_full);
+            bump(&self.counters.sends_failed_limit);
+            let e = Error::LimitReached {
+                limit: "max_queued",
+                value: self.lim.max_queued,
+            };
+            if let Some((id, identity, e)) = back.finish(Err(e)) {
+                self.requests.fail(id, identity, e);
             }
+            return;
         }
         // The remote was found or made before this check: either close() removes it, or
         // we see that the node closes and remove it ourselves.
@@ -110,13 +107,13 @@ impl Inner {
     ) {
         let mut after = After::default();
         let dial = |r: &Arc<Remote>| self.dial_conn(r);
-        let mut remote = cache.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        while remote
-            .enqueue_batch(&self.lim, batch, &dial, &mut after)
-            .is_err()
-        {
-            // Garbage-collected meanwhile: look again (a new remote is made).
-            remote = self.remotes.get_or_create(addr);
+        let lock = |c: &Mutex<Arc<Remote>>| c.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut remote = lock(cache);
+        let first = Arc::as_ptr(&remote);
+        self.remotes
+            .enqueue_batch(addr, &mut remote, &self.lim, batch, &dial, &mut after);
+        if !std::ptr::eq(first, Arc::as_ptr(&remote)) {
+            // Garbage-collected meanwhile: the replacement goes into the cache.
             *cache.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone();
         }
         if !batch.is_empty() {
