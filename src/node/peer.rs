@@ -108,11 +108,8 @@ impl Peer {
             }));
         }
         let (completion, done) = Completion::pair();
-        inner.enqueue_via(
-            Some(&self.remote),
-            self.addr,
-            Pending::new(msg, Done::Wait(done)),
-        );
+        let mut p = Some(Pending::new(msg, Done::Wait(done)));
+        inner.enqueue_via(Some(&self.remote), self.addr, &mut p);
         completion
     }
 

@@ -60,10 +60,11 @@ impl Remote {
     }
 
     /// Queues a user message and gets it moving (see [`RemoteCore::enqueue`]).
+    #[inline]
     pub(crate) fn enqueue(
         self: &Arc<Self>,
         lim: &Limits,
-        p: Pending,
+        p: &mut Option<Pending>,
         dial: Dialer,
         after: &mut After,
     ) -> Enqueued {
@@ -229,12 +230,13 @@ mod tests {
     ) -> (Completion<SendResult>, After) {
         let dial: Dialer = &|_| Ok(conn.clone());
         let (completion, completer) = Completion::pair();
-        let p = Pending::new(Message::to(conn.peer, data), Done::Wait(completer));
-        let mut after = After::default();
-        assert!(matches!(
-            remote.enqueue(&lim(), p, dial, &mut after),
-            Enqueued::Queued
+        let mut p = Some(Pending::new(
+            Message::to(conn.peer, data),
+            Done::Wait(completer),
         ));
+        let mut after = After::default();
+        let got = remote.enqueue(&lim(), &mut p, dial, &mut after);
+        assert_eq!(got, Enqueued::Queued, "queued on an open remote");
         (completion, after)
     }
 

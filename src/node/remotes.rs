@@ -76,29 +76,27 @@ impl Remotes {
         }
     }
 
-    /// Queues `p` on `remote` (found by the caller: from its cache or this table) for
-    /// `addr`. A remote removed meanwhile hands the message back and it is looked up again
-    /// here (a new remote is made): `remote` is then that one, for the caller to
-    /// remember. The message comes back if the remote's queue is full.
+    /// Queues the message in `p` on `remote` (found by the caller: from its cache or this
+    /// table) for `addr`, taking it out of `p`. A remote removed meanwhile is looked up
+    /// again here (a new remote is made): `remote` is then that one, for the caller to
+    /// remember. Returns false, and leaves the message in `p`, if the remote's queue is
+    /// full.
     #[inline]
     pub(crate) fn enqueue(
         &self,
         addr: SocketAddr,
         remote: &mut Arc<Remote>,
         lim: &Limits,
-        mut p: Pending,
+        p: &mut Option<Pending>,
         dial: Dialer,
         after: &mut After,
-    ) -> Option<Pending> {
+    ) -> bool {
         loop {
             match remote.enqueue(lim, p, dial, after) {
-                Enqueued::Queued => return None,
+                Enqueued::Queued => return true,
                 // Removed meanwhile: it is out of this table already (see `take_out_if`).
-                Enqueued::Removed(back) => {
-                    p = back;
-                    *remote = self.get_or_create(addr);
-                }
-                Enqueued::Full(back) => return Some(back),
+                Enqueued::Removed => *remote = self.get_or_create(addr),
+                Enqueued::Full => return false,
             }
         }
     }
@@ -222,9 +220,10 @@ mod loom_models {
                     let mut after = After::default();
                     let mut remote = remembered;
                     if n == 1 {
-                        let p = batch.pop().expect("one message");
-                        let full = remotes.enqueue(addr, &mut remote, &lim(), p, dial, &mut after);
-                        assert!(full.is_none(), "room in the queue");
+                        let mut p = batch.pop();
+                        let queued =
+                            remotes.enqueue(addr, &mut remote, &lim(), &mut p, dial, &mut after);
+                        assert!(queued && p.is_none(), "room in the queue");
                     } else {
                         remotes.enqueue_batch(
                             addr,

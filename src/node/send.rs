@@ -18,7 +18,7 @@ thread_local! {
 impl Inner {
     /// Queues `p` for `addr` and gets it moving.
     pub(super) fn enqueue(self: &Arc<Self>, addr: SocketAddr, p: Pending) {
-        self.enqueue_via(None, addr, p);
+        self.enqueue_via(None, addr, &mut Some(p));
     }
 
     /// The remote for `addr`: this thread's last one if it is the same, else from the
@@ -47,14 +47,15 @@ impl Inner {
             .try_with(|c| *c.borrow_mut() = Some((self.instance, addr, Arc::downgrade(remote))));
     }
 
-    /// Queues `p` for `addr`, starting from the remote in `cache` when there is one (a
-    /// [`Peer`](super::Peer)'s: no table lookup; updated when that remote was
-    /// garbage-collected meanwhile).
+    /// Queues the message in `p` (taken out of it) for `addr`, starting from the remote in
+    /// `cache` when there is one (a [`Peer`](super::Peer)'s: no table lookup; updated
+    /// when that remote was garbage-collected meanwhile). By reference: see
+    /// [`RemoteCore::enqueue`](crate::proto::remote::RemoteCore::enqueue).
     pub(super) fn enqueue_via(
         self: &Arc<Self>,
         cache: Option<&Mutex<Arc<Remote>>>,
         addr: SocketAddr,
-        p: Pending,
+        p: &mut Option<Pending>,
     ) {
         let mut after = After::default();
         let dial = |r: &Arc<Remote>| self.dial_conn(r);
@@ -64,7 +65,7 @@ impl Inner {
             None => self.remote_for(addr),
         };
         let first = Arc::as_ptr(&remote);
-        let full = self
+        let queued = self
             .remotes
             .enqueue(addr, &mut remote, &self.lim, p, &dial, &mut after);
         if !std::ptr::eq(first, Arc::as_ptr(&remote)) {
@@ -75,7 +76,7 @@ impl Inner {
                 None => self.remember(addr, &remote),
             }
         }
-        if let Some(back) = full {
+        if let (false, Some(back)) = (queued, p.take()) {
             bump(&self.counters.queue_full);
             bump(&self.counters.sends_failed_limit);
             let e = Error::LimitReached {
@@ -189,8 +190,8 @@ impl Node {
             }
         };
         let (completion, done) = Completion::pair();
-        self.inner
-            .enqueue(addr, Pending::new(msg, Done::Wait(done)));
+        let mut p = Some(Pending::new(msg, Done::Wait(done)));
+        self.inner.enqueue_via(None, addr, &mut p);
         completion
     }
 

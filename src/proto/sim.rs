@@ -651,10 +651,10 @@ impl Sim {
         let single = batch.is_none();
         self.on_core(from, to, true, |core, lim, now, dial, out| {
             if single {
-                let p = pendings.pop().expect("one message");
-                match core.enqueue(lim, || now, p, dial, out) {
+                let mut p = pendings.pop();
+                match core.enqueue(lim, || now, &mut p, dial, out) {
                     Enqueued::Queued => {}
-                    Enqueued::Removed(p) | Enqueued::Full(p) => pendings.push(p),
+                    Enqueued::Removed | Enqueued::Full => pendings.extend(p),
                 }
             } else {
                 let _ = core.enqueue_batch(lim, || now, &mut pendings, dial, out);

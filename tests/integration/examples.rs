@@ -5,21 +5,45 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn example(name: &str) -> PathBuf {
-    // target/<profile>/deps/examples-<hash> -> target/<profile>/examples/<name>
+    // target/<profile>/deps/integration-<hash> -> target/<profile>/examples/<name>
     let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name)
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let path = profile_dir.join("examples").join(name);
+    if !path.exists() {
+        // `cargo test` builds the examples; `cargo test --test integration` does not.
+        // Build them into the same target directory and profile so the test does not
+        // depend on how it was invoked.
+        build_examples(profile_dir);
+    }
+    path
+}
+
+fn build_examples(profile_dir: &std::path::Path) {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let target_dir = profile_dir.parent().unwrap();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--examples", "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo to build the examples");
+        assert!(status.success(), "cargo build --examples failed: {status}");
+    });
 }
 
 #[test]
 fn examples_work_pairwise() {
     for echo in ["pool_echo", "queue_echo"] {
         let path = example(echo);
-        assert!(path.exists(), "{} is built by cargo test", path.display());
+        assert!(
+            path.exists(),
+            "{} was not built by cargo build --examples",
+            path.display()
+        );
         let mut child = Command::new(&path)
             .arg("0")
             .env_remove("RUST_LOG")
