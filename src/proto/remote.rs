@@ -279,9 +279,10 @@ impl<C: ConnRef> RemoteCore<C> {
     /// one). Leaves it there if the remote was removed meanwhile (the caller looks the
     /// remote up again) or its queue is full.
     ///
-    /// The message travels by reference to the queue, through every layer of the send
-    /// path, and is moved once, into the queue: passed by value, each layer copied its
-    /// 200 bytes (a fifth of a small message's send was such copies).
+    /// The message travels by reference through the layers of the send path instead of
+    /// by value (each layer copied its ~200 bytes): 1,942 -> 1,874 instructions per
+    /// plain send in callgrind. It is still copied a few times here (out of `p`, into
+    /// the queue).
     pub(crate) fn enqueue(
         &mut self,
         lim: &Limits,
