@@ -10,9 +10,12 @@
 #   shutdown; over an in-memory socket);
 # - the pending requests' table against answers, timeouts and close
 #   (src/node/requests.rs);
-# - garbage collection racing a send and a batch send from a remembered remote
-#   (src/node/remotes.rs: Remotes::enqueue, Remotes::enqueue_batch, Remotes::take_out_if
-#   and the core's collect).
+# - garbage collection racing a send and a batch send from a remembered remote, the
+#   node's close racing a send (to an unknown peer, a known one, from the remembered
+#   remote), and the per-thread remembered remote across garbage collection
+#   (src/node/remotes.rs: Remotes::enqueue, Remotes::enqueue_batch,
+#   Remotes::enqueue_remembered, Remotes::take_out_if and the core's collect,
+#   Remotes::close).
 #   scripts/loom.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

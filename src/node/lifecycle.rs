@@ -78,8 +78,10 @@ impl Inner {
         self.conns.all()
     }
 
-    /// Takes `remote` out of the table, fails what it holds and retires (garbage
-    /// collection, `graceful`) or shuts down (close) its connections.
+    /// Takes `remote` out of the table, fails what it holds and retires (`graceful`) or
+    /// shuts down its connections (tests: close and garbage collection do this through
+    /// `Remotes::close` and `Remotes::take_out_if`).
+    #[cfg(test)]
     pub(super) fn remove_remote(&self, remote: &Arc<Remote>, graceful: bool, after: &mut After) {
         self.remotes.remove(remote);
         remote.remove(graceful, after);
@@ -88,7 +90,12 @@ impl Inner {
 
     /// The connections attached to a removed `remote` are retired (`graceful`) or shut
     /// down.
-    fn end_connections_of(&self, remote: &Arc<Remote>, graceful: bool, after: &mut After) {
+    pub(super) fn end_connections_of(
+        &self,
+        remote: &Arc<Remote>,
+        graceful: bool,
+        after: &mut After,
+    ) {
         for (conn, link) in self.registered() {
             if link.remote().is_some_and(|r| Arc::ptr_eq(r, remote)) {
                 after.push(if graceful {
@@ -178,16 +185,18 @@ impl Inner {
     }
 
     pub(super) fn close(self: &Arc<Self>) {
-        if self.closed.swap(true, Ordering::SeqCst) {
+        let mut after = After::default();
+        // Marks the node closed and takes every remote out (a send racing this takes its
+        // own out: see `Remotes::enqueue`).
+        let Some(removed) = self.remotes.close(&mut after) else {
             // Already closed or closing: still wait for the threads (another caller may be
             // closing right now), but do not redo the work.
             self.wait_threads();
             return;
-        }
+        };
         log::debug!("closing node {} on port {}", self.identity, self.port);
-        let mut after = After::default();
-        for remote in self.remotes.all() {
-            self.remove_remote(&remote, false, &mut after);
+        for remote in &removed {
+            self.end_connections_of(remote, false, &mut after);
         }
         for (conn, _) in self.registered() {
             after.push(Deferred::Shutdown(conn, Error::Shutdown));

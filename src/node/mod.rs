@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -63,9 +63,6 @@ const SERVICE_STACK: usize = 128 * 1024;
 /// unblocked by closing their sockets, so this is only reached on a bug).
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
-/// The next node's [`Inner::instance`].
-static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
-
 thread_local! {
     /// The node whose thread this is (0 for foreign threads), so `close()` called from a
     /// node thread does not wait for itself.
@@ -88,9 +85,6 @@ pub(crate) struct Inner {
     pub(crate) lim: Limits,
     settings: Arc<Settings>,
     pub(crate) identity: Identity,
-    /// Unique among the nodes of this process, never reused (identities can be configured,
-    /// and so be equal): what per-thread caches key on.
-    pub(crate) instance: u64,
     pub(crate) port: u16,
     remotes: Remotes,
     /// Every connection whose threads have not all ended, with its counts.
@@ -100,7 +94,6 @@ pub(crate) struct Inner {
     pub(crate) sink: Sink,
     threads: ThreadCount,
     listeners: Mutex<Vec<Arc<TcpListener>>>,
-    closed: AtomicBool,
     counters: Counters,
     events: EventHub,
     /// Rate-limited logging of refusals and resource failures.
@@ -140,7 +133,7 @@ impl Inner {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.remotes.is_closed()
     }
 
     /// A snapshot of the counters and gauges (see [`Node::stats`]).
@@ -323,7 +316,6 @@ impl Node {
             lim,
             settings,
             identity,
-            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             port,
             remotes: Remotes::new(),
             conns: Registry::new(),
@@ -331,7 +323,6 @@ impl Node {
             timers: Timers::new(),
             threads: ThreadCount::new(),
             listeners: Mutex::new(listeners.into_iter().map(Arc::new).collect()),
-            closed: AtomicBool::new(false),
             counters: Counters::default(),
             events: EventHub::new(),
             logs: Logs::default(),

@@ -1,50 +1,15 @@
 //! The send path: checking an outgoing message, queueing it on its remote (one remote lock,
 //! the peer's shard read lock for the lookup, no node-wide lock), and requests.
 
+use super::remotes::Placed;
 use super::*;
 use crate::completion::Completer;
 use crate::frame::SendResult;
-
-thread_local! {
-    /// The remote this thread last sent to: its node's instance number, the address sent
-    /// to, and the remote. A thread that sends to the same peer again and again finds it
-    /// here instead of hashing the address and taking the table shard's lock each time. Weak: it keeps no
-    /// remote (nor its connection) alive; a remote removed since is found out by
-    /// [`Remote::enqueue`], which hands the message back to be looked up again.
-    static LAST_REMOTE: std::cell::RefCell<Option<(u64, SocketAddr, std::sync::Weak<Remote>)>> =
-        const { std::cell::RefCell::new(None) };
-}
 
 impl Inner {
     /// Queues `p` for `addr` and gets it moving.
     pub(super) fn enqueue(self: &Arc<Self>, addr: SocketAddr, p: Pending) {
         self.enqueue_via(None, addr, &mut Some(p));
-    }
-
-    /// The remote for `addr`: this thread's last one if it is the same, else from the
-    /// table (and remembered).
-    fn remote_for(&self, addr: SocketAddr) -> Arc<Remote> {
-        // `try_with`: a send from another thread-local's destructor, after this one is
-        // gone, simply looks the remote up.
-        let cached = LAST_REMOTE
-            .try_with(|c| match &*c.borrow() {
-                Some((node, a, r)) if *node == self.instance && *a == addr => r.upgrade(),
-                _ => None,
-            })
-            .ok()
-            .flatten();
-        if let Some(r) = cached {
-            return r;
-        }
-        let r = self.remotes.get_or_create(addr);
-        self.remember(addr, &r);
-        r
-    }
-
-    /// Makes `remote` this thread's remembered one.
-    fn remember(&self, addr: SocketAddr, remote: &Arc<Remote>) {
-        let _ = LAST_REMOTE
-            .try_with(|c| *c.borrow_mut() = Some((self.instance, addr, Arc::downgrade(remote))));
     }
 
     /// Queues the message in `p` (taken out of it) for `addr`, starting from the remote in
@@ -59,24 +24,24 @@ impl Inner {
     ) {
         let mut after = After::default();
         let dial = |r: &Arc<Remote>| self.dial_conn(r);
-        let lock = |c: &Mutex<Arc<Remote>>| c.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut remote = match cache {
-            Some(c) => lock(c),
-            None => self.remote_for(addr),
-        };
-        let first = Arc::as_ptr(&remote);
-        let queued = self
-            .remotes
-            .enqueue(addr, &mut remote, &self.lim, p, &dial, &mut after);
-        if !std::ptr::eq(first, Arc::as_ptr(&remote)) {
-            // The first was garbage-collected meanwhile: its replacement goes into the
-            // cache it came from.
-            match cache {
-                Some(c) => *c.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone(),
-                None => self.remember(addr, &remote),
+        let (placed, remote) = match cache {
+            Some(c) => {
+                let mut remote = c.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let first = Arc::as_ptr(&remote);
+                let placed =
+                    self.remotes
+                        .enqueue(addr, &mut remote, &self.lim, p, &dial, &mut after);
+                if !std::ptr::eq(first, Arc::as_ptr(&remote)) {
+                    // Garbage-collected meanwhile: the replacement goes into the cache.
+                    *c.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone();
+                }
+                (placed, remote)
             }
-        }
-        if let (false, Some(back)) = (queued, p.take()) {
+            None => self
+                .remotes
+                .enqueue_remembered(addr, &self.lim, p, &dial, &mut after),
+        };
+        if let (Placed::Full, Some(back)) = (placed, p.take()) {
             bump(&self.counters.queue_full);
             bump(&self.counters.sends_failed_limit);
             let e = Error::LimitReached {
@@ -88,10 +53,8 @@ impl Inner {
             }
             return;
         }
-        // The remote was found or made before this check: either close() removes it, or
-        // we see that the node closes and remove it ourselves.
-        if self.is_closed() {
-            self.remove_remote(&remote, false, &mut after);
+        if placed == Placed::Closed {
+            self.end_connections_of(&remote, false, &mut after);
         }
         self.run_after(&mut after);
     }
@@ -111,8 +74,9 @@ impl Inner {
         let lock = |c: &Mutex<Arc<Remote>>| c.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut remote = lock(cache);
         let first = Arc::as_ptr(&remote);
-        self.remotes
-            .enqueue_batch(addr, &mut remote, &self.lim, batch, &dial, &mut after);
+        let placed =
+            self.remotes
+                .enqueue_batch(addr, &mut remote, &self.lim, batch, &dial, &mut after);
         if !std::ptr::eq(first, Arc::as_ptr(&remote)) {
             // Garbage-collected meanwhile: the replacement goes into the cache.
             *cache.lock().unwrap_or_else(|e| e.into_inner()) = remote.clone();
@@ -128,8 +92,8 @@ impl Inner {
                 let _ = p.finish(Err(e.clone()));
             }
         }
-        if self.is_closed() {
-            self.remove_remote(&remote, false, &mut after);
+        if placed == Placed::Closed {
+            self.end_connections_of(&remote, false, &mut after);
         }
         self.run_after(&mut after);
     }
