@@ -1,5 +1,5 @@
 //! The node's side of one connection: [`Link`] implements the connection's
-//! [`Owner`](crate::connection::Owner) interface by routing each event to the connection's
+//! [`Owner`] interface by routing each event to the connection's
 //! remote (found at the handshake, then kept), the request table or the node's sink.
 //!
 //! The link holds a weak reference to the node: a connection never keeps a closed node

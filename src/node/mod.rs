@@ -2,7 +2,7 @@
 //! close. It owns the remotes (`remote.rs`, one lock each, in the sharded table of
 //! `remotes.rs`), the pending requests (`requests.rs`), the connections' registry and the
 //! policy (when to encrypt, when to dial, when to collect); each connection reports to it
-//! through its [`Link`](link::Link).
+//! through its [`Link`].
 
 mod admission;
 mod dial;

@@ -13,7 +13,7 @@ impl Inner {
     }
 
     /// Queues the message in `p` (taken out of it) for `addr`, starting from the remote in
-    /// `cache` when there is one (a [`Peer`](super::Peer)'s: no table lookup; updated
+    /// `cache` when there is one (a [`Peer`]'s: no table lookup; updated
     /// when that remote was garbage-collected meanwhile). By reference: see
     /// [`RemoteCore::enqueue`](crate::proto::remote::RemoteCore::enqueue).
     pub(super) fn enqueue_via(
