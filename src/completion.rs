@@ -9,6 +9,7 @@
 //! when time runs out so you can wait again, and [`Completion::try_wait`] never blocks.
 
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::time::{Duration, Instant};
 
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -22,6 +23,36 @@ enum Slot<T> {
     Taken,
     /// Nobody waits: the completer hands the value to this callback.
     Callback(Callback<T>),
+}
+
+impl<T> Slot<T> {
+    /// Stores `value` (the slot was pending). Assigning would call the slot's drop glue
+    /// out of line for the old value, which costs more than all the rest of completing.
+    #[inline]
+    fn fill(&mut self, value: T) {
+        match self {
+            Slot::Pending | Slot::Taken => {
+                // SAFETY: these variants own nothing, so overwriting without dropping
+                // leaks nothing; `self` is a valid, exclusive place.
+                unsafe { std::ptr::write(self, Slot::Ready(value)) }
+            }
+            _ => *self = Slot::Ready(value),
+        }
+    }
+
+    /// Makes the slot pending again (see [`Slot::fill`] for why not by assigning).
+    #[cfg(not(loom))]
+    #[inline]
+    fn reset(&mut self) {
+        match self {
+            Slot::Pending => {}
+            Slot::Taken => {
+                // SAFETY: as in `fill`: `Taken` owns nothing.
+                unsafe { std::ptr::write(self, Slot::Pending) }
+            }
+            _ => *self = Slot::Pending,
+        }
+    }
 }
 
 struct State<T> {
@@ -43,9 +74,18 @@ impl<T> std::ops::DerefMut for State<T> {
     }
 }
 
-struct Shared<T> {
+pub(crate) struct Shared<T> {
     slot: Mutex<State<T>>,
     ready: Condvar,
+}
+
+impl<T> Shared<T> {
+    fn new(slot: Slot<T>) -> Shared<T> {
+        Shared {
+            slot: Mutex::new(State { slot, waiting: 0 }),
+            ready: Condvar::new(),
+        }
+    }
 }
 
 impl<T> Shared<T> {
@@ -74,7 +114,98 @@ impl<T> Shared<T> {
 /// ```
 #[must_use = "a completion does nothing unless waited on; dropping it is allowed"]
 pub struct Completion<T> {
-    shared: Arc<Shared<T>>,
+    shared: Handle<T>,
+}
+
+/// The waiting side's reference to the shared slot. Dropped, it gives the allocation back
+/// to the dropping thread's [`Pool`] (for completions made by [`pooled_pair`]).
+struct Handle<T> {
+    /// Always present; `ManuallyDrop` only so that `Drop` can hand it to `give_back`.
+    arc: ManuallyDrop<Arc<Shared<T>>>,
+    #[cfg_attr(loom, allow(dead_code))]
+    give_back: Option<fn(Arc<Shared<T>>)>,
+}
+
+impl<T> std::ops::Deref for Handle<T> {
+    type Target = Arc<Shared<T>>;
+    fn deref(&self) -> &Arc<Shared<T>> {
+        &self.arc
+    }
+}
+
+impl<T> Drop for Handle<T> {
+    fn drop(&mut self) {
+        // SAFETY: `arc` is taken out exactly once, here, and `self` is not used after
+        // `drop` returns.
+        let arc = unsafe { ManuallyDrop::take(&mut self.arc) };
+        #[cfg(not(loom))]
+        if let Some(give_back) = self.give_back {
+            give_back(arc);
+            return;
+        }
+        drop(arc);
+    }
+}
+
+/// A result type whose completions are recycled: `with_pool` runs `f` on the calling
+/// thread's [`Pool`] of them (declare it with `thread_local!`), or returns `None` when
+/// that pool is gone (the thread is ending).
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) trait Pooled: Sized + 'static {
+    fn with_pool<R>(f: impl FnOnce(&Pool<Self>) -> R) -> Option<R>;
+}
+
+/// A thread's stock of completion allocations for one result type, so that a thread
+/// that sends many messages does not allocate (and free, often after another core
+/// touched it) a completion for each: a completion dropped last goes back into the
+/// dropping thread's pool, reset to pending, and the next [`pooled_pair`]
+/// on that thread takes it from there. A pool keeps at most [`Pool::KEEP`]
+/// allocations; what it keeps is freed when its thread ends.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) struct Pool<T>(std::cell::RefCell<Vec<Arc<Shared<T>>>>);
+
+#[cfg_attr(loom, allow(dead_code))]
+impl<T> Pool<T> {
+    /// At most this many allocations are kept per thread and result type: a window of
+    /// outstanding sends gives them back about as fast as it takes them.
+    pub(crate) const KEEP: usize = 256;
+
+    /// An empty pool, for a `thread_local!`.
+    pub(crate) const fn new() -> Pool<T> {
+        Pool(std::cell::RefCell::new(Vec::new()))
+    }
+
+    /// A recycled allocation: pending, nobody waiting, referred to by nothing else.
+    #[cfg(not(loom))]
+    fn take(&self) -> Option<Arc<Shared<T>>> {
+        self.0.try_borrow_mut().ok()?.pop()
+    }
+
+    /// Keeps `shared` if nothing else refers to it any more (it is reset to pending) and
+    /// there is room; otherwise it is simply dropped.
+    #[cfg(not(loom))]
+    fn put(&self, mut shared: Arc<Shared<T>>) {
+        let Some(s) = Arc::get_mut(&mut shared) else {
+            return;
+        };
+        // A poisoned lock is not worth keeping.
+        let Ok(state) = s.slot.get_mut() else {
+            return;
+        };
+        state.slot.reset();
+        state.waiting = 0;
+        if let Ok(mut kept) = self.0.try_borrow_mut() {
+            if kept.len() < Self::KEEP {
+                kept.push(shared);
+            }
+        }
+    }
+}
+
+#[cfg(not(loom))]
+fn give_back<T: Pooled>(shared: Arc<Shared<T>>) {
+    // Without a pool (the thread is ending) the closure is dropped, and `shared` with it.
+    let _ = T::with_pool(move |p| p.put(shared));
 }
 
 /// The completing half of a [`Completion`].
@@ -88,16 +219,19 @@ pub struct Completer<T> {
 impl<T> Completion<T> {
     /// Creates a connected pair: the completion to wait on and the completer to fulfil it.
     pub fn pair() -> (Completion<T>, Completer<T>) {
-        let shared = Arc::new(Shared {
-            slot: Mutex::new(State {
-                slot: Slot::Pending,
-                waiting: 0,
-            }),
-            ready: Condvar::new(),
-        });
+        Completion::pair_of(Arc::new(Shared::new(Slot::Pending)), None)
+    }
+
+    fn pair_of(
+        shared: Arc<Shared<T>>,
+        give_back: Option<fn(Arc<Shared<T>>)>,
+    ) -> (Completion<T>, Completer<T>) {
         (
             Completion {
-                shared: shared.clone(),
+                shared: Handle {
+                    arc: ManuallyDrop::new(shared.clone()),
+                    give_back,
+                },
             },
             Completer { shared },
         )
@@ -106,13 +240,10 @@ impl<T> Completion<T> {
     /// A completion that already holds its value.
     pub fn ready(value: T) -> Completion<T> {
         Completion {
-            shared: Arc::new(Shared {
-                slot: Mutex::new(State {
-                    slot: Slot::Ready(value),
-                    waiting: 0,
-                }),
-                ready: Condvar::new(),
-            }),
+            shared: Handle {
+                arc: ManuallyDrop::new(Arc::new(Shared::new(Slot::Ready(value)))),
+                give_back: None,
+            },
         }
     }
 
@@ -217,6 +348,22 @@ impl<T> Completion<T> {
     }
 }
 
+/// [`Completion::pair`] with the allocation taken from this thread's [`Pool`] when it
+/// has one; the completion gives it back to the pool of the thread that drops it, when
+/// nothing else refers to it any more. Under loom nothing is recycled (an allocation
+/// would carry one model execution's state into the next).
+pub(crate) fn pooled_pair<T: Pooled>() -> (Completion<T>, Completer<T>) {
+    #[cfg(not(loom))]
+    {
+        let shared = T::with_pool(Pool::take)
+            .flatten()
+            .unwrap_or_else(|| Arc::new(Shared::new(Slot::Pending)));
+        Completion::pair_of(shared, Some(give_back::<T>))
+    }
+    #[cfg(loom)]
+    Completion::pair()
+}
+
 fn take<T>(slot: &mut Slot<T>) -> Option<T> {
     // Checked first: a slot that is not ready stays where it is (no copy out and back).
     if !matches!(slot, Slot::Ready(_)) {
@@ -248,7 +395,7 @@ impl<T> Completer<T> {
             drop(value);
             return;
         }
-        state.slot = Slot::Ready(value);
+        state.slot.fill(value);
         let wake = state.waiting > 0;
         drop(state);
         if wake {
@@ -278,6 +425,108 @@ impl<T> fmt::Debug for Completer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A result type with its own pool, and a count of its values' drops.
+    struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    std::thread_local! {
+        static COUNTED: Pool<Counted> = const { Pool::new() };
+    }
+
+    impl Pooled for Counted {
+        fn with_pool<R>(f: impl FnOnce(&Pool<Self>) -> R) -> Option<R> {
+            COUNTED.try_with(f).ok()
+        }
+    }
+
+    fn kept() -> usize {
+        Counted::with_pool(|p| p.0.borrow().len()).expect("the pool is there")
+    }
+
+    fn counted() -> (Counted, Arc<std::sync::atomic::AtomicUsize>) {
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (Counted(n.clone()), n)
+    }
+
+    #[test]
+    fn a_pooled_completion_is_reused_pending_and_its_value_dropped_once() {
+        let before = kept();
+        let (c, done) = pooled_pair::<Counted>();
+        let first = Arc::as_ptr(&c.shared);
+        let (v, drops) = counted();
+        done.complete(v);
+        // Dropped ready, without waiting: the value goes with the reset, exactly once.
+        drop(c);
+        assert_eq!(
+            drops.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "value drops"
+        );
+        assert_eq!(kept(), before + 1, "the allocation went back to the pool");
+        let (c, done) = pooled_pair::<Counted>();
+        assert_eq!(Arc::as_ptr(&c.shared), first, "the next pair reuses it");
+        assert_eq!(kept(), before);
+        assert!(!c.is_ready(), "a reused completion starts pending: {c:?}");
+        let c = c.try_wait().map(|_| ()).expect_err("nothing to take yet");
+        let (v, drops) = counted();
+        done.complete(v);
+        let got = c.wait();
+        assert_eq!(
+            drops.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "waited value alive"
+        );
+        drop(got);
+        assert_eq!(
+            drops.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "value drops"
+        );
+        assert_eq!(kept(), before + 1, "given back again after the wait");
+    }
+
+    #[test]
+    fn a_completion_still_shared_is_not_pooled() {
+        let before = kept();
+        let (c, done) = pooled_pair::<Counted>();
+        drop(c);
+        assert_eq!(kept(), before, "the completer still refers to it");
+        let (v, drops) = counted();
+        // Nobody waits any more: the value is dropped, and the allocation with it.
+        done.complete(v);
+        assert_eq!(
+            drops.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "value drops"
+        );
+        assert_eq!(kept(), before, "a completer never pools");
+    }
+
+    #[test]
+    fn the_pool_keeps_at_most_keep_and_goes_to_the_dropping_thread() {
+        let pairs: Vec<_> = (0..Pool::<Counted>::KEEP + 10)
+            .map(|_| pooled_pair::<Counted>())
+            .collect();
+        // Completed and waited on another thread: that thread's pool gets them.
+        let other = std::thread::spawn(move || {
+            for (c, done) in pairs {
+                let (v, _) = counted();
+                done.complete(v);
+                drop(c.wait());
+            }
+            kept()
+        })
+        .join()
+        .expect("the other thread ran");
+        assert_eq!(other, Pool::<Counted>::KEEP, "kept on the dropping thread");
+        assert_eq!(kept(), 0, "nothing came back to this thread");
+    }
 
     #[test]
     fn wait_timeout_hands_back_then_completes() {

@@ -14,6 +14,24 @@ use crate::outcome::{BatchError, SendError};
 /// What a user send completes with.
 pub(crate) type SendResult = Result<Message, SendError>;
 
+#[cfg(not(loom))]
+std::thread_local! {
+    /// This thread's recycled send completions (see [`crate::completion::Pool`]).
+    static SEND_COMPLETIONS: crate::completion::Pool<SendResult> =
+        const { crate::completion::Pool::new() };
+}
+
+impl crate::completion::Pooled for SendResult {
+    #[cfg(not(loom))]
+    fn with_pool<R>(f: impl FnOnce(&crate::completion::Pool<Self>) -> R) -> Option<R> {
+        SEND_COMPLETIONS.try_with(f).ok()
+    }
+    #[cfg(loom)]
+    fn with_pool<R>(_f: impl FnOnce(&crate::completion::Pool<Self>) -> R) -> Option<R> {
+        None
+    }
+}
+
 /// What to do when an outgoing message is finished.
 pub(crate) enum Done {
     /// Complete the caller's completion.

@@ -128,6 +128,7 @@ impl Owner<Sock> for ModelOwner {
         _conn: &Arc<Conn<Sock>>,
         frames: &mut Vec<(Frame, u32)>,
         result: Result<(), Error>,
+        _now: std::time::Instant,
     ) {
         let mut seen = self.seen();
         let numbers = frames.drain(..).map(|(_, n)| n);

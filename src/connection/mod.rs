@@ -154,12 +154,14 @@ pub(crate) trait Owner<S = TcpStream>: Send + Sync {
     fn connected(&self, conn: &Arc<Conn<S>>) -> Result<(), Error>;
     /// Appends the frames to write now on `conn`, each with its serial.
     fn take_frames(&self, conn: &Arc<Conn<S>>, out: &mut Vec<(Frame, u32)>);
-    /// `frames` (taken from `take_frames`) were written, or failed with the error.
+    /// `frames` (taken from `take_frames`) were written, or failed with the error; `now`
+    /// is when the write ended (read once, for this and [`Conn::end_write`]).
     fn written(
         &self,
         conn: &Arc<Conn<S>>,
         frames: &mut Vec<(Frame, u32)>,
         result: Result<(), Error>,
+        now: Instant,
     );
     /// An ACK for `identity` arrived.
     fn ack(&self, conn: &Arc<Conn<S>>, identity: Identity);
@@ -415,7 +417,8 @@ impl<S: Socket> Conn<S> {
         // Frames a direct writer left to the writer thread were in flight: they fail too.
         if let Some(h) = handoff {
             let mut frames = h.frames;
-            self.owner.written(self, &mut frames, Err(reason));
+            self.owner
+                .written(self, &mut frames, Err(reason), crate::sync::now());
         }
     }
 
@@ -477,12 +480,11 @@ impl<S: Socket> Conn<S> {
         st.write.claim(open)
     }
 
-    /// Gives the write side back; `wrote`: the write succeeded (refreshes the activity
+    /// Gives the write side back; `wrote`: when a write succeeded (refreshes the activity
     /// time). Returns whether frames were queued meanwhile (the caller looks again).
-    fn end_write(&self, wrote: bool) -> bool {
+    fn end_write(&self, wrote: Option<Instant>) -> bool {
         let mut st = self.lock();
-        if wrote {
-            let now = crate::sync::now();
+        if let Some(now) = wrote {
             st.active.touch(now);
             st.last_write = now;
         }
@@ -853,7 +855,14 @@ pub(crate) mod testing {
             Ok(())
         }
         fn take_frames(&self, _: &Arc<Conn<S>>, _: &mut Vec<(Frame, u32)>) {}
-        fn written(&self, _: &Arc<Conn<S>>, _: &mut Vec<(Frame, u32)>, _: Result<(), Error>) {}
+        fn written(
+            &self,
+            _: &Arc<Conn<S>>,
+            _: &mut Vec<(Frame, u32)>,
+            _: Result<(), Error>,
+            _: Instant,
+        ) {
+        }
         fn ack(&self, _: &Arc<Conn<S>>, _: Identity) {}
         fn activity(&self, _: &Arc<Conn<S>>) {}
         fn deliver(&self, _: &Arc<Conn<S>>, _: Message) {}

@@ -306,7 +306,7 @@ pub(crate) fn direct_write<S: Socket>(conn: &Arc<Conn<S>>) {
         }
         owner.take_frames(conn, frames);
         if frames.is_empty() {
-            again = conn.end_write(false);
+            again = conn.end_write(None);
             if again {
                 continue;
             }
@@ -319,8 +319,9 @@ pub(crate) fn direct_write<S: Socket>(conn: &Arc<Conn<S>>) {
         match outcome {
             Ok(Outcome::Done) => {
                 conn.traffic.written(frames);
-                owner.written(conn, frames, Ok(()));
-                conn.end_write(true);
+                let now = crate::sync::now();
+                owner.written(conn, frames, Ok(()), now);
+                conn.end_write(Some(now));
                 // A batch is bounded: more may be queued. Look until the queue is empty.
                 again = true;
             }
@@ -333,8 +334,9 @@ pub(crate) fn direct_write<S: Socket>(conn: &Arc<Conn<S>>) {
                         conn,
                         frames,
                         Err(conn.close_reason().unwrap_or(Error::Shutdown)),
+                        crate::sync::now(),
                     );
-                    conn.end_write(false);
+                    conn.end_write(None);
                 } else {
                     st.write.hand_off(Handoff {
                         frames: std::mem::take(frames),
@@ -345,8 +347,8 @@ pub(crate) fn direct_write<S: Socket>(conn: &Arc<Conn<S>>) {
                 return;
             }
             Err(e) => {
-                owner.written(conn, frames, Err(e.clone()));
-                conn.end_write(false);
+                owner.written(conn, frames, Err(e.clone()), crate::sync::now());
+                conn.end_write(None);
                 conn.shutdown(e, true);
                 return;
             }
@@ -469,7 +471,7 @@ pub(crate) fn run<S: Socket>(conn: &Arc<Conn<S>>) {
                     // Frames queued since we looked (their kick found us writing) are ours:
                     // dropping `end_write`'s answer here lost them until the next kick
                     // (found by the loom model in claim.rs).
-                    let again = conn.end_write(false);
+                    let again = conn.end_write(None);
                     st = conn.lock();
                     if again {
                         st.write.defer();
@@ -487,13 +489,14 @@ pub(crate) fn run<S: Socket>(conn: &Arc<Conn<S>>) {
         if result.is_ok() {
             conn.traffic.written(&frames);
         }
-        owner.written(conn, &mut frames, result.clone());
+        let now = crate::sync::now();
+        owner.written(conn, &mut frames, result.clone(), now);
         if let Err(e) = result {
-            conn.end_write(false);
+            conn.end_write(None);
             conn.shutdown(e, true);
             return;
         }
-        conn.end_write(true);
+        conn.end_write(Some(now));
         st = conn.lock();
         // A batch is bounded: more may be queued. Look until the queue is empty.
         st.write.defer();

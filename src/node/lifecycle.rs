@@ -78,16 +78,6 @@ impl Inner {
         self.conns.all()
     }
 
-    /// Takes `remote` out of the table, fails what it holds and retires (`graceful`) or
-    /// shuts down its connections (tests: close and garbage collection do this through
-    /// `Remotes::close` and `Remotes::take_out_if`).
-    #[cfg(test)]
-    pub(super) fn remove_remote(&self, remote: &Arc<Remote>, graceful: bool, after: &mut After) {
-        self.remotes.remove(remote);
-        remote.remove(graceful, after);
-        self.end_connections_of(remote, graceful, after);
-    }
-
     /// The connections attached to a removed `remote` are retired (`graceful`) or shut
     /// down.
     pub(super) fn end_connections_of(

@@ -9,6 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::Instant;
 
 use crate::connection::{Conn, Owner};
 use crate::error::Error;
@@ -127,11 +128,17 @@ impl Owner for Link {
         }
     }
 
-    fn written(&self, conn: &Arc<Conn>, frames: &mut Vec<(Frame, u32)>, result: Result<(), Error>) {
+    fn written(
+        &self,
+        conn: &Arc<Conn>,
+        frames: &mut Vec<(Frame, u32)>,
+        result: Result<(), Error>,
+        now: Instant,
+    ) {
         match self.both() {
             Some((node, remote)) => {
                 let mut after = After::default();
-                remote.written(&node.lim, conn, frames, result, &mut after);
+                remote.written(&node.lim, now, conn, frames, result, &mut after);
                 super::remote::finish_written(frames);
                 node.run_after(&mut after);
             }

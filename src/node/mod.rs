@@ -694,7 +694,9 @@ mod tests {
                     .get(&crate::proto::key::key_of(&to))
                     .expect("the remote of the send");
                 let mut after = After::default();
-                inner.remove_remote(&old, false, &mut after);
+                // What a send that finds the node closing does (`Remotes::enqueue`).
+                inner.remotes.take_out(&old, &mut after);
+                inner.end_connections_of(&old, false, &mut after);
                 inner.run_after(&mut after);
                 assert!(inner.remotes.get(&crate::proto::key::key_of(&to)).is_none());
                 // `old` is still held: the remembered remote upgrades, and must be refused.

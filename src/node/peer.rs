@@ -107,7 +107,7 @@ impl Peer {
                 message: msg,
             }));
         }
-        let (completion, done) = Completion::pair();
+        let (completion, done) = crate::completion::pooled_pair();
         let mut p = Some(Pending::new(msg, Done::Wait(done)));
         inner.enqueue_via(Some(&self.remote), self.addr, &mut p);
         completion

@@ -99,16 +99,17 @@ impl Remote {
         self.lock().take_frames(lim, conn, out);
     }
 
-    /// The writer finished writing `frames` on `conn` (see [`RemoteCore::written`]).
+    /// The writer finished writing `frames` on `conn` at `now` (see
+    /// [`RemoteCore::written`]).
     pub(crate) fn written(
         &self,
         lim: &Limits,
+        now: Instant,
         conn: &Arc<Conn>,
         frames: &mut Vec<(Frame, u32)>,
         result: Result<(), Error>,
         after: &mut After,
     ) {
-        let now = Instant::now();
         self.lock().written(lim, now, conn, frames, result, after);
     }
 
@@ -272,7 +273,14 @@ mod tests {
         completion: Completion<SendResult>,
     ) -> Result<(), Error> {
         let mut after = After::default();
-        remote.written(&lim(), conn, &mut frames, result, &mut after);
+        remote.written(
+            &lim(),
+            Instant::now(),
+            conn,
+            &mut frames,
+            result,
+            &mut after,
+        );
         run(after);
         finish_written(&mut frames);
         let Ok(outcome) = completion.try_wait() else {
@@ -354,7 +362,14 @@ mod tests {
     fn a_synchronous_stream_kicks_only_when_the_next_message_may_go() {
         let (remote, conn, completion, mut frames) = written_but_unreported();
         let mut after = After::default();
-        remote.written(&lim(), &conn, &mut frames, Ok(()), &mut after);
+        remote.written(
+            &lim(),
+            Instant::now(),
+            &conn,
+            &mut frames,
+            Ok(()),
+            &mut after,
+        );
         assert_eq!(kinds(&after), ["timer"], "written: the ACK deadline only");
         let (_next, after) = queue(&remote, &conn, b"y");
         assert_eq!(kinds(&after), Vec::<&str>::new(), "queued behind the ACK");

@@ -157,7 +157,7 @@ impl Remotes {
     }
 
     /// Takes `remote` out of the table and removes it, failing what it holds (close).
-    fn take_out(&self, remote: &Arc<Remote>, after: &mut After) {
+    pub(crate) fn take_out(&self, remote: &Arc<Remote>, after: &mut After) {
         self.remove(remote);
         remote.remove(false, after);
     }
@@ -405,30 +405,43 @@ mod loom_models {
                     remote
                 })
             };
-            let collector = {
-                let remotes = remotes.clone();
-                thread::spawn(move || collect(&remotes, addr))
-            };
-            let queued_on = sender.join().expect("the sender");
-            let after = collector.join().expect("the collector");
-            assert!(
-                !after.0.iter().any(|a| matches!(a, Action::Send(_))),
-                "garbage collection failed a send"
-            );
-            let core = queued_on.lock();
-            let (queued, ..) = core.observe();
-            assert!(
-                queued == n && !core.is_removed(),
-                "all {n} messages are queued ({queued} seen) on a remote that was not removed (removed: {})",
-                core.is_removed()
-            );
-            drop(core);
-            let listed = remotes.get(&queued_on.key);
-            assert!(
-                listed.is_some_and(|r| Arc::ptr_eq(&r, &queued_on)),
-                "the remote holding the message is the one in the table"
-            );
+            against_collection(&remotes, addr, n, sender);
         });
+    }
+
+    /// Runs one pass of garbage collection over `addr` (see [`collect`]) while `sender`
+    /// runs, then checks what every such race must end with: collection failed no send,
+    /// and the `n` messages are queued on the remote the sender returned, which is not
+    /// removed and is the one in the table.
+    fn against_collection(
+        remotes: &Arc<Remotes>,
+        addr: SocketAddr,
+        n: usize,
+        sender: thread::JoinHandle<Arc<Remote>>,
+    ) {
+        let collector = {
+            let remotes = remotes.clone();
+            thread::spawn(move || collect(&remotes, addr))
+        };
+        let queued_on = sender.join().expect("the sender");
+        let after = collector.join().expect("the collector");
+        assert!(
+            !after.0.iter().any(|a| matches!(a, Action::Send(_))),
+            "garbage collection failed a send"
+        );
+        let core = queued_on.lock();
+        let (queued, ..) = core.observe();
+        assert!(
+            queued == n && !core.is_removed(),
+            "all {n} messages are queued ({queued} seen) on a remote that was not removed (removed: {})",
+            core.is_removed()
+        );
+        drop(core);
+        let listed = remotes.get(&queued_on.key);
+        assert!(
+            listed.is_some_and(|r| Arc::ptr_eq(&r, &queued_on)),
+            "the remote holding the message is the one in the table"
+        );
     }
 
     /// A send racing the node's close: to a peer the table does not know yet (the send
@@ -549,24 +562,8 @@ mod loom_models {
                     remote
                 })
             };
-            let collector = {
-                let remotes = remotes.clone();
-                thread::spawn(move || collect(&remotes, addr))
-            };
-            let queued_on = sender.join().expect("the sender");
-            let after = collector.join().expect("the collector");
-            assert!(
-                !after.0.iter().any(|a| matches!(a, Action::Send(_))),
-                "garbage collection failed a send"
-            );
-            let (queued, ..) = queued_on.lock().observe();
-            assert_eq!(queued, 1, "the message is queued on the remote it ended on");
+            against_collection(&remotes, addr, 1, sender);
             drop(held);
-            let listed = remotes.get(&queued_on.key);
-            assert!(
-                listed.is_some_and(|r| Arc::ptr_eq(&r, &queued_on)),
-                "the remote holding the message is the one in the table"
-            );
         });
     }
 

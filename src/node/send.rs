@@ -153,7 +153,7 @@ impl Node {
                 }));
             }
         };
-        let (completion, done) = Completion::pair();
+        let (completion, done) = crate::completion::pooled_pair();
         let mut p = Some(Pending::new(msg, Done::Wait(done)));
         self.inner.enqueue_via(None, addr, &mut p);
         completion
