@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shows that the simulator bites: puts back, one at a time, bugs it must catch (the four
 # the protocol core was built to fix, an ACK matched to the wrong message, and a send
-# retried after a lost connection), each into a fresh export of the committed tree, and
+# retried after a lost connection, a kick taken for pending though it was answered), each into a fresh export of the committed tree, and
 # runs the fixed seeds 1..N (default 200) against it. Prints the first seed that caught
 # each; fails if one is not caught, or if a mutation no longer applies to the code.
 #   scripts/sim-mutants.sh [N]
@@ -103,6 +103,13 @@ mutate retry-duplicates src/proto/remote.rs \
                     self.user.push_front(p);
                 }'
 run retry-duplicates "a message awaiting its ACK is resent after a lost connection" || failed=1
+
+restore
+mutate kick-lost src/proto/remote.rs \
+  '        // The kick (if any) has been answered: what is queued after this look kicks again.
+        self.kicked = None;' \
+  ''
+run kick-lost "a kick already answered still suppresses the next (messages wait forever)" || failed=1
 
 rm -rf "$root/src"
 exit $failed

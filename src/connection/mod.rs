@@ -24,6 +24,7 @@ mod socket;
 mod writer;
 
 pub(crate) use socket::Socket;
+pub(crate) use writer::queued;
 
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

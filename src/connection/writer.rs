@@ -74,6 +74,37 @@ thread_local! {
     static CORK: RefCell<Option<Held>> = const { RefCell::new(None) };
 }
 
+impl Held {
+    /// Counts one more queued frame: whether the held writes are due now.
+    fn count(&mut self) -> bool {
+        self.frames += 1;
+        let due = self.frames >= self.limit;
+        if due {
+            self.frames = 0;
+        }
+        due
+    }
+}
+
+/// One more frame was queued on a connection whose kick is under way (the protocol core
+/// kicks once until the writer takes frames): a corked thread counts it as it counts a
+/// kick, so that its held writes still go out every few frames and not only when it
+/// uncorks.
+pub(crate) fn queued() {
+    let due = CORK
+        .try_with(|c| {
+            c.borrow_mut()
+                .as_mut()
+                .filter(|held| !held.conns.is_empty())
+                .and_then(|held| held.count().then(|| std::mem::take(&mut held.conns)))
+        })
+        .ok()
+        .flatten();
+    for (_, conn) in due.into_iter().flatten() {
+        conn.write_held();
+    }
+}
+
 /// Starts holding back direct writes on this thread, which is about to dispatch a read
 /// buffer holding `buffered` frames (counting a partial one).
 pub(crate) fn cork(buffered: usize) {
@@ -161,11 +192,7 @@ pub(crate) fn kick<S: Socket>(conn: Arc<Conn<S>>, streaming: bool) {
     }
     let then = CORK.with(|c| match c.borrow_mut().as_mut() {
         Some(held) => {
-            held.frames += 1;
-            let due = held.frames >= held.limit;
-            if due {
-                held.frames = 0;
-            }
+            let due = held.count();
             if due && held.conns.iter().all(|(id, _)| *id == conn.id) {
                 // Only this connection is held (the usual case): no list to build.
                 held.conns.clear();

@@ -127,6 +127,7 @@ impl Inner {
                     }
                 }
                 Deferred::Kick(conn) => conn.kick(),
+                Deferred::Queued => crate::connection::queued(),
                 Deferred::Timer(at, t) => self.timers.schedule(at, Timed::Remote(t)),
             }
         }

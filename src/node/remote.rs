@@ -346,6 +346,7 @@ mod tests {
             .map(|d| match d {
                 Deferred::Send(..) => "send",
                 Deferred::Kick(..) => "kick",
+                Deferred::Queued => "queued",
                 Deferred::Release(..) => "release",
                 Deferred::Dial(..) => "dial",
                 Deferred::Shutdown(..) => "shutdown",
@@ -389,6 +390,75 @@ mod tests {
         assert!(
             matches!(completion.try_wait(), Ok(Ok(_))),
             "the acked message did not complete as delivered"
+        );
+    }
+
+    /// Asynchronous: a streaming sender kicks the connection once, not once per message:
+    /// until its writer takes frames, a kick is under way and covers what is queued after
+    /// it. Once the writer has looked, the next message kicks again (a kick taken for
+    /// pending after it was answered would leave messages waiting forever: the simulator's
+    /// mutant `kick-lost`).
+    #[test]
+    fn a_stream_kicks_once_until_the_writer_takes_frames() {
+        let lim = Limits {
+            synchronous: false,
+            ..lim()
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let conn =
+            Arc::new(Conn::dial(1, addr, false, settings(false), Arc::new(NoOwner)).unwrap());
+        let remote = Arc::new(Remote::new(addr));
+        let dial: Dialer = &|_| Ok(conn.clone());
+        let mut completions = Vec::new();
+        let mut enqueue = |data: &[u8]| {
+            let (completion, completer) = Completion::pair();
+            completions.push(completion);
+            let mut p = Some(Pending::new(Message::to(addr, data), Done::Wait(completer)));
+            let mut after = After::default();
+            let got = remote.enqueue(&lim, &mut p, dial, &mut after);
+            assert_eq!(got, Enqueued::Queued, "queued on an open remote");
+            let kicks: Vec<_> = kinds(&after)
+                .into_iter()
+                .filter(|k| *k != "timer")
+                .collect();
+            kicks
+        };
+        assert_eq!(enqueue(b"a"), ["dial"], "the first message dials");
+        assert_eq!(enqueue(b"b"), ["kick"], "the connection exists: kicked");
+        for m in [b"c", b"d", b"e"] {
+            assert_eq!(enqueue(m), ["queued"], "kicked already: no kick for {m:?}");
+        }
+        let mut frames = Vec::new();
+        remote.take_frames(&lim, &conn, &mut frames);
+        assert_eq!(frames.len(), 5, "the writer takes everything queued");
+        assert_eq!(
+            enqueue(b"f"),
+            ["kick"],
+            "after the writer looked, a new message kicks"
+        );
+        assert_eq!(enqueue(b"g"), ["queued"], "and the next does not");
+        let mut after = After::default();
+        let reason = Error::protocol("peer closed the connection");
+        remote.conn_closed(&lim, &conn, &reason, false, false, &mut after);
+        drop(after);
+        frames.clear();
+        // A new connection is not covered by the old one's kick.
+        let conn2 =
+            Arc::new(Conn::dial(2, addr, false, settings(false), Arc::new(NoOwner)).unwrap());
+        let mut after = After::default();
+        assert!(remote.attach(&conn2, &mut after), "attached");
+        assert_eq!(kinds(&after), ["kick"], "attaching kicks");
+        drop(after);
+        let mut after = After::default();
+        let mut p = Some(Pending::new(
+            Message::to(addr, b"h"),
+            Done::Wait(Completion::pair().1),
+        ));
+        remote.enqueue(&lim, &mut p, dial, &mut after);
+        assert_eq!(
+            kinds(&after),
+            ["kick"],
+            "the new connection's first message kicks it"
         );
     }
 

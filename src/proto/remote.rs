@@ -90,6 +90,10 @@ pub(crate) enum Action<C> {
     Retire(C),
     /// Frames are queued for this connection.
     Kick(C),
+    /// Another frame was queued for the current connection, which was kicked already and
+    /// has not taken frames since: no kick is needed. A driver that writes in rounds of
+    /// so many frames (a corked reader thread) counts it.
+    Queued,
     /// Call the timer's transition at this time.
     Timer(Instant, Timer),
 }
@@ -182,6 +186,12 @@ pub(crate) struct RemoteCore<C> {
     conn: Option<C>,
     /// The current connection completed its handshake (false while dialing).
     attached: bool,
+    /// The id of the connection kicked for queued frames whose writer has not taken frames
+    /// since: a kick is already under way, so queueing more kicks nothing (a streaming
+    /// sender kicks once per batch the writer takes, not once per message). A connection's
+    /// write side, once kicked, takes frames until none are left, or the connection ends
+    /// (and with it this id's meaning).
+    kicked: Option<u64>,
     /// Reconnecting is held off for a moment after a failure (debounce).
     blocked: bool,
     /// Last use: created, a send queued on a quiet remote, frame written, data or NOOP
@@ -215,6 +225,7 @@ impl<C: ConnRef> RemoteCore<C> {
             holders: SmallVec::new(),
             conn: None,
             attached: false,
+            kicked: None,
             blocked: false,
             timestamp: now,
             progress: now,
@@ -337,7 +348,12 @@ impl<C: ConnRef> RemoteCore<C> {
             // Synchronous, with a message awaiting its ACK and no control frame queued:
             // nothing can be written now, and the ACK's arrival kicks the next message.
             if self.wait_ack.is_none() || !self.control.is_empty() {
-                out.push(Action::Kick(c.clone()));
+                if self.kicked == Some(c.id()) {
+                    out.push(Action::Queued);
+                } else {
+                    self.kicked = Some(c.id());
+                    out.push(Action::Kick(c.clone()));
+                }
             }
             return;
         }
@@ -411,6 +427,8 @@ impl<C: ConnRef> RemoteCore<C> {
         if self.removed || !self.is_current(conn.id()) {
             return;
         }
+        // The kick (if any) has been answered: what is queued after this look kicks again.
+        self.kicked = None;
         while let Some(c) = self.control.pop_front() {
             self.serial = self.serial.wrapping_add(1);
             let frame = match c {

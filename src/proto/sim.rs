@@ -856,6 +856,8 @@ impl Sim {
                 Action::Shutdown(h, e) => self.shutdown(h.id, n, e, false),
                 Action::Retire(h) => self.retire(h.id, n),
                 Action::Kick(h) => self.kick(h.id, n),
+                // The simulated writer takes frames until none are left: nothing to count.
+                Action::Queued => {}
                 Action::Timer(at, t) => {
                     let gen = self.nodes[n].gen;
                     let at = self.sim_time(at);
