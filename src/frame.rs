@@ -4,9 +4,9 @@
 //! A frame that is dropped unfinished fails its waiter with [`Error::Shutdown`], so no
 //! completion is ever left pending, whichever path loses it.
 
-use crate::sync::{Arc, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{Arc, AtomicUsize, Mutex, MutexGuard, Ordering, UnsafeCell};
 
-use crate::completion::Completer;
+use crate::completion::{Completer, Lent, Wake};
 use crate::error::Error;
 use crate::message::{Identity, Message, ReleaseDone};
 use crate::outcome::{BatchError, SendError};
@@ -34,17 +34,12 @@ impl crate::completion::Pooled for SendResult {
 
 /// What to do when an outgoing message is finished.
 pub(crate) enum Done {
-    /// Complete the caller's completion.
-    Wait(Completer<SendResult>),
     /// The message is the outgoing half of a request (its number and identity): a failure
     /// fails the request, success just drops the message.
     Request(u64, Identity),
     /// A request whose sender also wants the outcome of the send itself: `.2` completes
-    /// as [`Done::Wait`] does, and a failure fails the request too.
+    /// as a plain send's does, and a failure fails the request too.
     RequestSent(u64, Identity, Completer<SendResult>),
-    /// Message number `.1` of a batch: its outcome is counted there, and the batch's one
-    /// completion fires with the last.
-    Batch(Arc<Batch>, usize),
 }
 
 /// What a batch send completes with: how many were delivered, or the ones that were not.
@@ -56,22 +51,54 @@ pub(crate) type BatchResult = Result<usize, BatchError>;
 /// `remaining` starts at 1, held by the code that builds the batch: it adds the queued
 /// messages' count before queueing them ([`Batch::add`]) and lets go of its own with
 /// [`Batch::built`], so no outcome can complete the batch early.
+///
+/// The batch also holds its messages, where they stay until each is finished: a queued
+/// message is a small [`Pending`] that refers to its place here.
 pub(crate) struct Batch {
     total: AtomicUsize,
     remaining: AtomicUsize,
     failed: Mutex<Vec<(usize, SendError)>>,
     done: Mutex<Option<Completer<BatchResult>>>,
+    /// The messages, by index. Each cell is reached by one thread at a time: the builder's
+    /// until [`Batch::build`] makes the cell's [`Pending`], then whoever holds that
+    /// pending. Empty where a message failed before it was queued, or is finished.
+    messages: Box<[UnsafeCell<Option<Message>>]>,
 }
 
+// SAFETY: every cell of `messages` is reached by one thread at a time (see the field),
+// handed over with its `Pending` through the queue's lock; messages are `Send`. The
+// other fields are `Sync` already.
+unsafe impl Sync for Batch {}
+
 impl Batch {
-    /// An empty batch completing `done`, held by its builder.
-    pub(crate) fn new(done: Completer<BatchResult>) -> Arc<Batch> {
-        Arc::new(Batch {
+    /// A batch of `messages` completing `done`, held by its builder: a [`Pending`] for each
+    /// message present is pushed onto `queued`, in order. `None` stands for a message that
+    /// failed before it could be queued; report it with [`Batch::failed_early`].
+    pub(crate) fn build(
+        done: Completer<BatchResult>,
+        messages: Vec<Option<Message>>,
+        queued: &mut Vec<Pending>,
+    ) -> Arc<Batch> {
+        let batch = Arc::new(Batch {
             total: AtomicUsize::new(0),
             remaining: AtomicUsize::new(1),
             failed: Mutex::new(Vec::new()),
             done: Mutex::new(Some(done)),
-        })
+            messages: messages.into_iter().map(UnsafeCell::new).collect(),
+        });
+        let before = queued.len();
+        for (index, cell) in batch.messages.iter().enumerate() {
+            // SAFETY: nothing else has the batch yet.
+            let len = cell.with(|p| unsafe { (*p).as_ref().map(Message::payload_len) });
+            if let Some(payload_len) = len {
+                queued.push(Pending {
+                    payload_len,
+                    kind: Kind::Batch(batch.clone(), index as u32),
+                });
+            }
+        }
+        batch.add(queued.len() - before);
+        batch
     }
 
     /// Message `index` failed before it was queued (the builder still holds the batch).
@@ -87,7 +114,7 @@ impl Batch {
     }
 
     /// `n` messages are about to be queued.
-    pub(crate) fn add(&self, n: usize) {
+    fn add(&self, n: usize) {
         self.total.fetch_add(n, Ordering::Relaxed);
         self.remaining.fetch_add(n, Ordering::Relaxed);
     }
@@ -102,7 +129,7 @@ impl Batch {
     }
 
     /// Records a queued message's failure.
-    pub(crate) fn fail(&self, index: usize, msg: Message, error: Error) {
+    fn fail(&self, index: usize, msg: Message, error: Error) {
         self.lock_failed().push((
             index,
             SendError {
@@ -114,7 +141,7 @@ impl Batch {
     }
 
     /// Records a queued message's success (the caller has dropped the message).
-    pub(crate) fn succeed(&self) {
+    fn succeed(&self) {
         self.count_down();
     }
 
@@ -139,9 +166,28 @@ impl Batch {
     }
 }
 
-/// An outgoing user message and its completion. (Boxing it, to make its many moves
-/// pointer copies, was measured and lost: see docs/performance-history.md.)
+/// An outgoing user message and what to do when it is finished, small to move (queued,
+/// taken by the writer, handed back): a plain send's message waits in its completion
+/// ([`Lent`]); any other is boxed with its [`Done`]. Its payload's length is kept here,
+/// so that sizing a write under the remote's lock reads no other memory. (Boxing every
+/// message, plain sends too, was measured and lost: see docs/performance-history.md.)
 pub(crate) struct Pending {
+    payload_len: u64,
+    kind: Kind,
+}
+
+enum Kind {
+    /// A plain send: the message is in its completion, as `Ok`.
+    Lent(Lent<SendResult>),
+    Owned(Box<Owned>),
+    /// Message `.1` of a batch, which holds it.
+    Batch(Arc<Batch>, u32),
+    /// Finished.
+    Gone,
+}
+
+/// A message that is not a plain send, and what to do with it.
+struct Owned {
     msg: Option<Message>,
     done: Option<Done>,
 }
@@ -149,40 +195,100 @@ pub(crate) struct Pending {
 impl Pending {
     pub(crate) fn new(msg: Message, done: Done) -> Pending {
         Pending {
-            msg: Some(msg),
-            done: Some(done),
+            payload_len: msg.payload_len(),
+            kind: Kind::Owned(Box::new(Owned {
+                msg: Some(msg),
+                done: Some(done),
+            })),
         }
     }
 
+    /// A plain send: the message waits in its completion, `lent` (made by
+    /// [`crate::completion::lent_pair`] from `Ok(message)`).
+    pub(crate) fn lent(lent: Lent<SendResult>) -> Pending {
+        let payload_len = match lent.get() {
+            Ok(m) => m.payload_len(),
+            Err(e) => e.message.payload_len(),
+        };
+        Pending {
+            payload_len,
+            kind: Kind::Lent(lent),
+        }
+    }
+
+    #[inline]
     pub(crate) fn msg(&self) -> &Message {
-        self.msg
-            .as_ref()
-            .expect("pending message present until finished")
+        match &self.kind {
+            Kind::Lent(l) => match l.get() {
+                Ok(m) => m,
+                Err(e) => &e.message,
+            },
+            Kind::Owned(o) => o
+                .msg
+                .as_ref()
+                .expect("an owned message is present until finished"),
+            Kind::Batch(b, i) => {
+                // SAFETY: this pending has the cell (see `Batch::messages`), and the
+                // reference lives no longer than the borrow of it.
+                let m = b.messages[*i as usize].with(|p| unsafe { (*p).as_ref() });
+                m.expect("a batch's message is present until finished")
+            }
+            Kind::Gone => unreachable!("a finished message is not used again"),
+        }
+    }
+
+    /// The message's header and data length, without reading the message.
+    #[inline]
+    pub(crate) fn payload_len(&self) -> u64 {
+        self.payload_len
+    }
+
+    /// Completes with success, like `finish(Ok(()))`, except that a waiter's wake-up (or
+    /// callback) is handed back to be done later (see [`Lent::complete_later`]).
+    #[inline]
+    pub(crate) fn finish_ok_later(mut self) -> Option<Wake<SendResult>> {
+        match std::mem::replace(&mut self.kind, Kind::Gone) {
+            Kind::Lent(l) => l.complete_later(),
+            Kind::Owned(o) => {
+                // A success never fails a request.
+                let _ = (*o).finish(Ok(()));
+                None
+            }
+            Kind::Batch(b, i) => {
+                finish_batched(&b, i, Ok(()));
+                None
+            }
+            Kind::Gone => None,
+        }
     }
 
     /// Completes with the outcome. Must run without any lock held: the waiter may run code
     /// that sends. Returns the request to fail, if the message was one's outgoing half.
     pub(crate) fn finish(mut self, result: Result<(), Error>) -> Option<(u64, Identity, Error)> {
-        if let (Some(Done::Batch(batch, _)), Ok(())) = (&self.done, &result) {
-            // The common streaming case: drop the message where it is (no move of it).
-            self.msg = None;
-            batch.succeed();
-            self.done = None;
-            return None;
+        match std::mem::replace(&mut self.kind, Kind::Gone) {
+            Kind::Lent(l) => {
+                match result {
+                    // The common case: a flag, not a move of the message.
+                    Ok(()) => l.complete(),
+                    Err(error) => l.complete_with(error, failed),
+                }
+                None
+            }
+            Kind::Owned(o) => (*o).finish(result),
+            Kind::Batch(b, i) => {
+                finish_batched(&b, i, result);
+                None
+            }
+            Kind::Gone => None,
         }
+    }
+}
+
+impl Owned {
+    fn finish(mut self, result: Result<(), Error>) -> Option<(u64, Identity, Error)> {
         let msg = self.msg.take();
         let done = self.done.take();
         match (done, msg) {
-            (Some(Done::Wait(c)), Some(msg)) => {
-                c.complete(match result {
-                    Ok(()) => Ok(msg),
-                    Err(error) => Err(SendError {
-                        error,
-                        message: msg,
-                    }),
-                });
-                None
-            }
             (Some(Done::Request(id, identity)), msg) => {
                 drop(msg);
                 result.err().map(|e| (id, identity, e))
@@ -200,39 +306,62 @@ impl Pending {
                     Some((id, identity, error))
                 }
             },
-            (Some(Done::Batch(batch, index)), Some(msg)) => {
-                match result {
-                    Ok(()) => {
-                        drop(msg);
-                        batch.succeed();
-                    }
-                    Err(e) => batch.fail(index, msg, e),
-                }
-                None
-            }
             _ => None,
+        }
+    }
+}
+
+/// A plain send's result, `Ok(message)` until now, as a failure with `error`.
+#[allow(clippy::result_large_err)] // the result type of `Node::send`, returned unboxed
+fn failed(r: SendResult, error: Error) -> SendResult {
+    match r {
+        Ok(message) => Err(SendError { error, message }),
+        failed => failed,
+    }
+}
+
+/// Finishes message `index` of `batch`: dropped where it is on success, handed to the
+/// batch's failures otherwise.
+fn finish_batched(batch: &Batch, index: u32, result: Result<(), Error>) {
+    let cell = &batch.messages[index as usize];
+    match result {
+        Ok(()) => {
+            // SAFETY: the caller held this message's pending, and so the cell.
+            cell.with_mut(|p| unsafe { *p = None });
+            batch.succeed();
+        }
+        Err(e) => {
+            // SAFETY: as above.
+            if let Some(msg) = cell.with_mut(|p| unsafe { (*p).take() }) {
+                batch.fail(index as usize, msg, e);
+            }
         }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        // An unfinished owned message fails in `Owned`'s `Drop`.
+        match std::mem::replace(&mut self.kind, Kind::Gone) {
+            Kind::Lent(l) => l.complete_with(Error::Shutdown, failed),
+            Kind::Batch(b, i) => finish_batched(&b, i, Err(Error::Shutdown)),
+            Kind::Owned(_) | Kind::Gone => {}
+        }
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
         // A finished one (the usual case) has nothing left: return before the message is
         // moved out of its place.
         if self.done.is_none() {
             return;
         }
-        match (self.done.take(), self.msg.take()) {
-            (Some(Done::Wait(c)) | Some(Done::RequestSent(_, _, c)), Some(msg)) => {
-                c.complete(Err(SendError {
-                    error: Error::Shutdown,
-                    message: msg,
-                }))
-            }
-            (Some(Done::Batch(batch, index)), Some(msg)) => {
-                batch.fail(index, msg, Error::Shutdown);
-            }
-            _ => {}
+        if let (Some(Done::RequestSent(_, _, c)), Some(msg)) = (self.done.take(), self.msg.take()) {
+            c.complete(Err(SendError {
+                error: Error::Shutdown,
+                message: msg,
+            }));
         }
     }
 }
@@ -269,14 +398,14 @@ mod loom_models {
     fn loom_batch_outcomes_race_the_builder_and_each_other() {
         loom::model(|| {
             let (c, done) = Completion::pair();
-            let batch = Batch::new(done);
+            let mut queued = Vec::new();
             // Message 0 failed its checks while the batch was built.
+            let batch = Batch::build(done, vec![None, Some(msg(1)), Some(msg(2))], &mut queued);
             batch.failed_early(0, msg(0), Error::Shutdown);
-            batch.add(2);
-            let b1 = batch.clone();
-            let t1 = thread::spawn(move || b1.fail(2, msg(2), Error::Shutdown));
-            let b2 = batch.clone();
-            let t2 = thread::spawn(move || b2.succeed());
+            let (p2, p1) = (queued.pop().unwrap(), queued.pop().unwrap());
+            assert_eq!(p2.msg().data(), [2], "the batch holds message 2");
+            let t1 = thread::spawn(move || p2.finish(Err(Error::Shutdown)));
+            let t2 = thread::spawn(move || p1.finish(Ok(())));
             batch.built();
             t1.join().unwrap();
             t2.join().unwrap();
@@ -291,18 +420,43 @@ mod loom_models {
     fn loom_a_batch_completes_only_after_its_last_outcome() {
         loom::model(|| {
             let (c, done) = Completion::pair();
-            let batch = Batch::new(done);
-            batch.add(2);
-            let b1 = batch.clone();
-            let t1 = thread::spawn(move || b1.succeed());
+            let mut queued = Vec::new();
+            let batch = Batch::build(done, vec![Some(msg(0)), Some(msg(1))], &mut queued);
+            let (p1, p0) = (queued.pop().unwrap(), queued.pop().unwrap());
+            let t1 = thread::spawn(move || p0.finish(Ok(())));
             batch.built();
             // One outcome is still missing: whatever ran, the batch is not complete.
             let c = c
                 .try_wait()
                 .expect_err("not complete before the last outcome");
-            batch.succeed();
-            assert_eq!(c.wait().expect("all delivered"), 2);
+            // Unfinished and dropped (the node closed): it fails with a shutdown.
+            drop(p1);
+            let e = c.wait().expect_err("the dropped one failed");
+            assert_eq!(e.delivered(), 1);
+            assert_eq!(
+                e.into_messages()[0].data(),
+                [1],
+                "the dropped message handed back"
+            );
             t1.join().unwrap();
         });
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queued message is moved into the remote's queue and out to the writer under the
+    /// remote's lock: it must stay a few words, whatever the size of a message.
+    #[test]
+    fn a_pending_message_is_small_to_move() {
+        let (pending, message) = (
+            std::mem::size_of::<Pending>(),
+            std::mem::size_of::<Message>(),
+        );
+        assert!(
+            pending <= 32,
+            "a Pending is {pending} bytes (a Message is {message})"
+        );
     }
 }

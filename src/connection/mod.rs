@@ -112,7 +112,7 @@ impl Traffic {
             match f {
                 Frame::User(p) => {
                     msgs += 1;
-                    bytes += p.msg().payload_len();
+                    bytes += p.payload_len();
                 }
                 Frame::Ack(_) => acks += 1,
                 Frame::Noop => {}

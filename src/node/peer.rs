@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::completion::Completion;
 use crate::error::Error;
-use crate::frame::{Batch, Done, Pending};
+use crate::frame::{Batch, Pending};
 use crate::message::Message;
 use crate::outcome::{BatchError, SendError};
 
@@ -107,8 +107,8 @@ impl Peer {
                 message: msg,
             }));
         }
-        let (completion, done) = crate::completion::pooled_pair();
-        let mut p = Some(Pending::new(msg, Done::Wait(done)));
+        let (completion, lent) = crate::completion::lent_pair(Ok(msg));
+        let mut p = Some(Pending::lent(lent));
         inner.enqueue_via(Some(&self.remote), self.addr, &mut p);
         completion
     }
@@ -129,17 +129,11 @@ impl Peer {
     {
         let inner = &self.node.inner;
         let (completion, done) = Completion::pair();
-        let batch = Batch::new(done);
         let closed = inner.is_closed();
         let msgs = msgs.into_iter();
-        // Another thread sending a batch through a clone of this handle has the scratch
-        // list: then this one makes its own.
-        let mut queued = self
-            .scratch
-            .try_lock()
-            .map(|mut s| std::mem::take(&mut *s))
-            .unwrap_or_default();
-        queued.reserve(msgs.size_hint().0);
+        // The batch keeps its messages; the ones that fail their checks leave a gap.
+        let mut messages = Vec::with_capacity(msgs.size_hint().0);
+        let mut early = Vec::new();
         for (i, mut msg) in msgs.enumerate() {
             msg.address = Some(self.addr);
             let checked = match self.node.check_outgoing(&msg) {
@@ -147,15 +141,27 @@ impl Peer {
                 other => other.map(|_| ()),
             };
             match checked {
-                Ok(()) => queued.push(Pending::new(msg, Done::Batch(batch.clone(), i))),
+                Ok(()) => messages.push(Some(msg)),
                 Err(e) => {
                     inner.counters.send_failed(&e);
-                    batch.failed_early(i, msg, e);
+                    messages.push(None);
+                    early.push((i, msg, e));
                 }
             }
         }
+        // Another thread sending a batch through a clone of this handle has the scratch
+        // list: then this one makes its own.
+        let mut queued = self
+            .scratch
+            .try_lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
+        queued.reserve(messages.len());
+        let batch = Batch::build(done, messages, &mut queued);
+        for (i, msg, e) in early {
+            batch.failed_early(i, msg, e);
+        }
         if !queued.is_empty() {
-            batch.add(queued.len());
             inner.enqueue_batch(&self.remote, self.addr, &mut queued);
         }
         if let Ok(mut s) = self.scratch.try_lock() {

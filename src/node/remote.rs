@@ -200,9 +200,9 @@ mod tests {
     //! The transitions above on their own: no node, no threads; the connection is a
     //! socket that is never connected, its owner does nothing.
     use super::*;
-    use crate::completion::Completion;
+    use crate::completion::{lent_pair, Completion};
     use crate::connection::testing::{settings, NoOwner};
-    use crate::frame::{Done, SendResult};
+    use crate::frame::SendResult;
     use crate::message::Message;
     use std::time::Duration;
 
@@ -230,11 +230,8 @@ mod tests {
         data: &[u8],
     ) -> (Completion<SendResult>, After) {
         let dial: Dialer = &|_| Ok(conn.clone());
-        let (completion, completer) = Completion::pair();
-        let mut p = Some(Pending::new(
-            Message::to(conn.peer, data),
-            Done::Wait(completer),
-        ));
+        let (completion, lent) = lent_pair(Ok(Message::to(conn.peer, data)));
+        let mut p = Some(Pending::lent(lent));
         let mut after = After::default();
         let got = remote.enqueue(&lim(), &mut p, dial, &mut after);
         assert_eq!(got, Enqueued::Queued, "queued on an open remote");
@@ -411,9 +408,9 @@ mod tests {
         let dial: Dialer = &|_| Ok(conn.clone());
         let mut completions = Vec::new();
         let mut enqueue = |data: &[u8]| {
-            let (completion, completer) = Completion::pair();
+            let (completion, lent) = lent_pair(Ok(Message::to(addr, data)));
             completions.push(completion);
-            let mut p = Some(Pending::new(Message::to(addr, data), Done::Wait(completer)));
+            let mut p = Some(Pending::lent(lent));
             let mut after = After::default();
             let got = remote.enqueue(&lim, &mut p, dial, &mut after);
             assert_eq!(got, Enqueued::Queued, "queued on an open remote");
@@ -450,10 +447,7 @@ mod tests {
         assert_eq!(kinds(&after), ["kick"], "attaching kicks");
         drop(after);
         let mut after = After::default();
-        let mut p = Some(Pending::new(
-            Message::to(addr, b"h"),
-            Done::Wait(Completion::pair().1),
-        ));
+        let mut p = Some(Pending::lent(lent_pair(Ok(Message::to(addr, b"h"))).1));
         remote.enqueue(&lim, &mut p, dial, &mut after);
         assert_eq!(
             kinds(&after),

@@ -327,10 +327,9 @@ impl Remotes {
 #[cfg(all(test, loom))]
 mod loom_models {
     use super::*;
-    use crate::completion::Completion;
+    use crate::completion::lent_pair;
     use crate::connection::testing::{settings, NoOwner};
     use crate::error::Error;
-    use crate::frame::Done;
     use crate::message::Message;
     use crate::proto::remote::Action;
     use loom::thread;
@@ -371,10 +370,7 @@ mod loom_models {
                 let remotes = remotes.clone();
                 thread::spawn(move || {
                     let mut batch: Vec<Pending> = (0..n)
-                        .map(|_| {
-                            let (_completion, completer) = Completion::pair();
-                            Pending::new(Message::to(addr, &b"m"[..]), Done::Wait(completer))
-                        })
+                        .map(|_| Pending::lent(lent_pair(Ok(Message::to(addr, &b"m"[..]))).1))
                         .collect();
                     let dial = dial(addr);
                     let mut after = After::default();
@@ -477,11 +473,7 @@ mod loom_models {
                         // An earlier send of this thread, since written.
                         remotes.remote_for(addr);
                     }
-                    let (_completion, completer) = Completion::pair();
-                    let mut p = Some(Pending::new(
-                        Message::to(addr, &b"m"[..]),
-                        Done::Wait(completer),
-                    ));
+                    let mut p = Some(Pending::lent(lent_pair(Ok(Message::to(addr, &b"m"[..]))).1));
                     let mut after = After::default();
                     let (placed, remote) =
                         remotes.enqueue_remembered(addr, &lim(), &mut p, &dial(addr), &mut after);
@@ -545,11 +537,7 @@ mod loom_models {
                 let remotes = remotes.clone();
                 thread::spawn(move || {
                     remotes.remote_for(addr);
-                    let (_completion, completer) = Completion::pair();
-                    let mut p = Some(Pending::new(
-                        Message::to(addr, &b"m"[..]),
-                        Done::Wait(completer),
-                    ));
+                    let mut p = Some(Pending::lent(lent_pair(Ok(Message::to(addr, &b"m"[..]))).1));
                     let mut after = After::default();
                     let (placed, remote) =
                         remotes.enqueue_remembered(addr, &lim(), &mut p, &dial(addr), &mut after);

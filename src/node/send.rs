@@ -153,8 +153,8 @@ impl Node {
                 }));
             }
         };
-        let (completion, done) = crate::completion::pooled_pair();
-        let mut p = Some(Pending::new(msg, Done::Wait(done)));
+        let (completion, lent) = crate::completion::lent_pair(Ok(msg));
+        let mut p = Some(Pending::lent(lent));
         self.inner.enqueue_via(None, addr, &mut p);
         completion
     }

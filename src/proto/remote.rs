@@ -465,7 +465,7 @@ impl<C: ConnRef> RemoteCore<C> {
                 .iter()
                 .take_while(|p| {
                     let fits = bytes < BATCH_BYTES;
-                    bytes += 27 + p.msg().payload_len();
+                    bytes += 27 + p.payload_len();
                     fits
                 })
                 .count();
@@ -921,15 +921,18 @@ impl<C: ConnRef> RemoteCore<C> {
 /// Completes the frames [`RemoteCore::written`] left in `frames` (written successfully,
 /// nothing more to track): user messages complete with success, ACKs finish their
 /// release. The node runs it without any lock held.
+///
+/// Waiters are woken after the whole run is complete, not as each message is: a sender
+/// waiting for the oldest of its sends then wakes to find the run ready, instead of
+/// catching up with the writer and sleeping again on the next one.
 pub(crate) fn finish_written(frames: &mut Vec<(Frame, u32)>) {
+    let mut wakes: smallvec::SmallVec<[crate::completion::Wake<_>; 4]> = Default::default();
     for (frame, _) in frames.drain(..) {
         match frame {
-            Frame::User(p) => {
-                // A success never fails a request.
-                let _ = p.finish(Ok(()));
-            }
+            Frame::User(p) => wakes.extend(p.finish_ok_later()),
             Frame::Ack(r) => r.finish(),
             Frame::Noop => {}
         }
     }
+    drop(wakes);
 }

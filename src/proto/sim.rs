@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::completion::Completion;
 use crate::error::Error;
-use crate::frame::{Batch, Done, Frame, Pending};
+use crate::frame::{Batch, Frame, Pending};
 use crate::message::{Identity, Message, ReleaseDone};
 
 use super::activity::Activity;
@@ -622,14 +622,19 @@ impl Sim {
                     o.push((i, failed.map_or(Ok(()), |f| Err(f.error.to_string()))));
                 }
             });
-            Batch::new(completer)
+            completer
         });
         let mut pendings = Vec::with_capacity(count);
-        for (k, (index, msg)) in messages.into_iter().enumerate() {
-            let done = match &batch {
-                Some(b) => Done::Batch(b.clone(), k),
-                None => {
-                    let (completion, completer) = Completion::pair();
+        // As `Peer::send_batch` and `Node::send` do: a batch holds its messages, a plain
+        // send's message waits in its completion.
+        let batch = match batch {
+            Some(completer) => {
+                let msgs = messages.into_iter().map(|(_, m)| Some(m)).collect();
+                Some(Batch::build(completer, msgs, &mut pendings))
+            }
+            None => {
+                for (index, msg) in messages {
+                    let (completion, lent) = crate::completion::lent_pair(Ok(msg));
                     let outbox = self.outbox.clone();
                     completion.on_complete(move |r: crate::frame::SendResult| {
                         outbox
@@ -637,17 +642,14 @@ impl Sim {
                             .unwrap()
                             .push((index, r.map(drop).map_err(|e| e.error.to_string())));
                     });
-                    Done::Wait(completer)
+                    pendings.push(Pending::lent(lent));
                 }
-            };
-            pendings.push(Pending::new(msg, done));
-        }
+                None
+            }
+        };
         let node = &mut self.nodes[from];
         node.to_send = node.to_send.saturating_sub(count);
         node.outstanding += count;
-        if let Some(b) = &batch {
-            b.add(count);
-        }
         let single = batch.is_none();
         self.on_core(from, to, true, |core, lim, now, dial, out| {
             if single {
