@@ -9,7 +9,8 @@
 # with our TLS rate against our plaintext rate).
 # Every mode also measures ZeroMQ (scripts/zmq_bench.c, libzmq3-dev) where it applies:
 # round trips with W outstanding (DEALER/ROUTER; ZeroMQ has no ACK, so against our
-# asynchronous mode) and one-way throughput (PUSH/PULL against `chirp bench-sink`).
+# asynchronous mode) and one-way throughput (PUSH/PULL against `chirp bench-sink`); and
+# NNG the same way (scripts/nng_bench.c, libnng-dev: PAIR round trips, PUSH/PULL).
 # --oneway: one-way throughput only, 16 B and 1 KiB: our plain send(), our streaming path
 # (send_batch), ZeroMQ PUSH/PULL with high-water marks off and with its defaults.
 # --latency: open-loop latency (`chirp bench-latency`, `c_bench latency`, `zmq_bench
@@ -90,6 +91,14 @@ if gcc -O2 scripts/raw_pingpong.c -o target/raw_pingpong 2>"$tmp/raw.log"; then
   RAWC=target/raw_pingpong
 else
   echo "(two-process raw baseline not built: $(head -1 "$tmp/raw.log"); using two threads of one process)"
+fi
+
+# --- NNG baseline: scripts/nng_bench.c against the system NNG (libnng-dev) ---------------
+NG=""
+if gcc -O2 scripts/nng_bench.c -lnng -lpthread -o target/nng_bench 2>"$tmp/nng.log"; then
+  NG=target/nng_bench
+else
+  echo "(NNG baseline not built: $(head -1 "$tmp/nng.log"); install libnng-dev)"
 fi
 
 # --- ZeroMQ baseline: scripts/zmq_bench.c against the system libzmq (libzmq3-dev) ------
@@ -194,14 +203,22 @@ zmq_pair() { # KEY window count   (DEALER keeping WINDOW outstanding, ROUTER ech
   else stop_echo; add "$1" 0; fi
 }
 
+nng_pair() { # KEY window count   (PAIR keeping WINDOW outstanding, PAIR echo)
+  [ -n "$NG" ] || { add "$1" n/a; return; }
+  local port; port=$(free_port)
+  if start_echo "$tmp/necho.out" $NG echo "$port"; then
+    measure "$1" "$3" $NG send "$port" "$2" 16 "$3"
+  else stop_echo; add "$1" 0; fi
+}
+
 # One-way throughput: a sink that only counts (its rate, first to last message) and a
 # sender of COUNT messages of SIZE bytes. KIND: `ours` keeps up to 1,000 plain sends
 # outstanding (under the default max_queued of 1,024); `batch` is the streaming path
 # (`chirp send --batch 256`: Peer::send_batch, three batches of 256 in flight); `zmq` is
 # ZeroMQ's PUSH/PULL with the high-water marks off, `zmqd` with its defaults (1,000), as
-# its users run it. CPU time (user + system) of both processes per message is recorded
-# under KEY_cpu (in ns).
-oneway() { # KEY ours|batch|zmq|zmqd SIZE COUNT [BIN: another build of the chirp tool]
+# its users run it; `nng` is NNG's PUSH/PULL (queues of 1,024 messages). CPU time (user +
+# system) of both processes per message is recorded under KEY_cpu (in ns).
+oneway() { # KEY ours|batch|zmq|zmqd|nng SIZE COUNT [BIN: another build of the chirp tool]
   local key=$1 kind=$2 size=$3 count=$4 bin=${5:-$B} r status=0
   : > "$tmp/sink.out"; rm -f "$tmp/sink.time" "$tmp/send.time"
   local T=(); [ -n "$TIME" ] && T=($TIME -f "rusage %U %S %w" -o "$tmp/sink.time")
@@ -209,6 +226,10 @@ oneway() { # KEY ours|batch|zmq|zmqd SIZE COUNT [BIN: another build of the chirp
   local hwm=""; [ "$kind" = zmqd ] && hwm=1
   case $kind in
     ours|batch) "${T[@]}" "$bin" bench-sink --count "$count" --no-encryption --port 0 > "$tmp/sink.out" 2>/dev/null & ;;
+    nng)
+      [ -n "$NG" ] || { add "$key" n/a; return; }
+      local port; port=$(free_port)
+      "${T[@]}" $NG sink "$port" "$count" > "$tmp/sink.out" 2>/dev/null & ;;
     *)
       [ -n "$Z" ] || { add "$key" n/a; return; }
       local port; port=$(free_port)
@@ -222,6 +243,7 @@ oneway() { # KEY ours|batch|zmq|zmqd SIZE COUNT [BIN: another build of the chirp
   case $kind in
     ours) timeout 120 "${TS[@]}" "$bin" send "127.0.0.1:$port" --no-encryption --async --count "$count" --size "$size" --window 1000 >/dev/null 2>"$tmp/send.err" || status=$? ;;
     batch) timeout 120 "${TS[@]}" "$bin" send "127.0.0.1:$port" --no-encryption --async --count "$count" --size "$size" --window 1000 --batch 256 >/dev/null 2>"$tmp/send.err" || status=$? ;;
+    nng) timeout 120 "${TS[@]}" $NG push "$port" "$size" "$count" >/dev/null 2>"$tmp/send.err" || status=$? ;;
     *) ZMQ_BENCH_DEFAULT_HWM=$hwm timeout 120 "${TS[@]}" $Z push "$port" "$size" "$count" >/dev/null 2>"$tmp/send.err" || status=$? ;;
   esac
   if [ "$status" != 0 ]; then
@@ -337,7 +359,7 @@ oneway_table() {
   printf '|%s|%s|%s|%s|%s|\n' "--------------------------------" "------------" "---------" "------------" "---------"
   local kinds=(ours:"ours, send() x 1,000 in flight" batch:"ours, send_batch(256)")
   [ -n "$baseline" ] && kinds+=(base:"baseline, send() x 1,000" basebatch:"baseline, send_batch(256)")
-  kinds+=(zmq:"ZeroMQ PUSH/PULL, HWM off" zmqd:"ZeroMQ PUSH/PULL, default HWM")
+  kinds+=(zmq:"ZeroMQ PUSH/PULL, HWM off" zmqd:"ZeroMQ PUSH/PULL, default HWM" nng:"NNG PUSH/PULL")
   for k in "${kinds[@]}"; do
     local key=${k%%:*} label=${k#*:}
     printf '| %-30s | %10s | %7s | %10s | %7s |\n' "$label" "$(med "o16_$key")" "$(med "o16_${key}_cpu")" "$(med "o1k_$key")" "$(med "o1k_${key}_cpu")"
@@ -346,6 +368,7 @@ oneway_table() {
   best16=$(awk -v a="$(med o16_zmq)" -v b="$(med o16_zmqd)" 'BEGIN { print (a+0 > b+0) ? a : b }')
   best1k=$(awk -v a="$(med o1k_zmq)" -v b="$(med o1k_zmqd)" 'BEGIN { print (a+0 > b+0) ? a : b }')
   echo "against the faster ZeroMQ mode: send_batch 16 B $(ratio "$(med o16_batch)" "$best16")x, send() 16 B $(ratio "$(med o16_ours)" "$best16")x, send_batch 1 KiB $(ratio "$(med o1k_batch)" "$best1k")x, send() 1 KiB $(ratio "$(med o1k_ours)" "$best1k")x"
+  echo "against NNG: send_batch 16 B $(ratio "$(med o16_batch)" "$(med o16_nng)")x, send() 16 B $(ratio "$(med o16_ours)" "$(med o16_nng)")x, send_batch 1 KiB $(ratio "$(med o1k_batch)" "$(med o1k_nng)")x, send() 1 KiB $(ratio "$(med o1k_ours)" "$(med o1k_nng)")x"
   if [ -n "$baseline" ]; then
     echo "against the baseline ($baseline): send() 16 B $(ratio "$(med o16_ours)" "$(med o16_base)")x, send_batch 16 B $(ratio "$(med o16_batch)" "$(med o16_basebatch)")x, send() 1 KiB $(ratio "$(med o1k_ours)" "$(med o1k_base)")x, send_batch 1 KiB $(ratio "$(med o1k_batch)" "$(med o1k_basebatch)")x"
   fi
@@ -412,11 +435,11 @@ fi
 if [ "$oneway_only" = 1 ]; then
   n=$((n_win * 20))
   for i in $(seq 1 "$runs"); do
-    for k in ours batch zmq zmqd; do oneway "o16_$k" $k 16 "$n"; done
+    for k in ours batch zmq zmqd nng; do oneway "o16_$k" $k 16 "$n"; done
     if [ -n "$baseline" ]; then
       oneway o16_base ours 16 "$n" "$baseline"; oneway o16_basebatch batch 16 "$n" "$baseline"
     fi
-    for k in ours batch zmq zmqd; do oneway "o1k_$k" $k 1024 $((n / 5)); done
+    for k in ours batch zmq zmqd nng; do oneway "o1k_$k" $k 1024 $((n / 5)); done
     if [ -n "$baseline" ]; then
       oneway o1k_base ours 1024 $((n / 5)) "$baseline"; oneway o1k_basebatch batch 1024 $((n / 5)) "$baseline"
     fi
@@ -460,6 +483,7 @@ if [ "$windows" = 1 ]; then
     for w in $ws; do
       n=$((w < 16 ? 10000 * w : 40000 + 1000 * w))
       ours "w${w}_ours" async "$w" "$n"; c_pair "w${w}_c" async "$w" "$n"; zmq_pair "w${w}_z" "$w" "$n"
+      nng_pair "w${w}_n" "$w" "$n"
       [ -n "$baseline" ] && ours "w${w}_base" async "$w" "$n" "$baseline"
       if [ "$tls_sweep" = 1 ]; then
         nt=$((w < 16 ? 8000 * w : 20000 + 500 * w))
@@ -491,15 +515,15 @@ if [ "$windows" = 1 ]; then
   echo
   echo "Asynchronous round trips per second by messages outstanding; medians of $runs runs on $(nproc) cores."
   echo
-  printf '| %11s | %9s | %9s | %9s | %6s | %8s |\n' outstanding ours "C" "ZeroMQ" "ours/C" "ours/ZMQ"
-  printf '|%s|%s|%s|%s|%s|%s|\n' "-------------" "-----------" "-----------" "-----------" "--------" "----------"
+  printf '| %11s | %9s | %9s | %9s | %9s | %6s | %8s | %8s |\n' outstanding ours "C" "ZeroMQ" "NNG" "ours/C" "ours/ZMQ" "ours/NNG"
+  printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "-------------" "-----------" "-----------" "-----------" "-----------" "--------" "----------" "----------"
   top=1
   for w in $ws; do
-    for k in ours c z; do v=$(med "w${w}_$k"); [ "$v" != n/a ] && [ "${v%.*}" -gt "$top" ] && top=${v%.*}; done
+    for k in ours c z n; do v=$(med "w${w}_$k"); [ "$v" != n/a ] && [ "${v%.*}" -gt "$top" ] && top=${v%.*}; done
   done
   for w in $ws; do
-    printf '| %11s | %9s | %9s | %9s | %6s | %8s |\n' "$w" "$(med "w${w}_ours")" "$(med "w${w}_c")" "$(med "w${w}_z")" \
-      "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_c")")" "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_z")")"
+    printf '| %11s | %9s | %9s | %9s | %9s | %6s | %8s | %8s |\n' "$w" "$(med "w${w}_ours")" "$(med "w${w}_c")" "$(med "w${w}_z")" "$(med "w${w}_n")" \
+      "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_c")")" "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_z")")" "$(ratio "$(med "w${w}_ours")" "$(med "w${w}_n")")"
   done
   if [ "$tls_sweep" = 1 ]; then
     echo
@@ -519,6 +543,7 @@ if [ "$windows" = 1 ]; then
     printf '%4s ours %-50s %s\n' "$w" "$(bar "$(med "w${w}_ours")")" "$(med "w${w}_ours")"
     printf '%4s C    %-50s %s\n' "" "$(bar "$(med "w${w}_c")")" "$(med "w${w}_c")"
     printf '%4s ZMQ  %-50s %s\n' "" "$(bar "$(med "w${w}_z")")" "$(med "w${w}_z")"
+    printf '%4s NNG  %-50s %s\n' "" "$(bar "$(med "w${w}_n")")" "$(med "w${w}_n")"
   done
   exit 0
 fi
