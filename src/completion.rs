@@ -57,6 +57,11 @@ pub(crate) struct Shared<T> {
 // are `Sync` already.
 unsafe impl<T: Send> Sync for Shared<T> {}
 
+// A panic cannot leave the shared state broken for the other side: the phase changes only
+// by single atomic operations, after the cell is written, and the lock ignores poisoning.
+// (As when the state sat in a `Mutex`, completions stay unwind-safe.)
+impl<T> std::panic::RefUnwindSafe for Shared<T> {}
+
 impl<T> Shared<T> {
     fn new(phase: u8, value: Option<T>) -> Shared<T> {
         Shared {
