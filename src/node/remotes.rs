@@ -216,6 +216,12 @@ impl Remotes {
         dial: Dialer,
         after: &mut After,
     ) -> Placed {
+        // A streaming remote takes it at the front, without its lock: the remote is busy,
+        // so neither garbage collection nor a closing node can have it (the front stays
+        // closed on a removed remote, and close fails what it finds at the front).
+        if remote.offer(lim, p, dial, after) {
+            return Placed::Queued;
+        }
         loop {
             match remote.enqueue(lim, p, dial, after) {
                 Enqueued::Queued => break,
@@ -552,6 +558,146 @@ mod loom_models {
             };
             against_collection(&remotes, addr, 1, sender);
             drop(held);
+        });
+    }
+
+    /// A remote streaming to its connection (attached and kicked, two messages queued):
+    /// its front is open. The remote, its connection and the limits.
+    fn streaming(remotes: &Remotes, addr: SocketAddr) -> (Arc<Remote>, Arc<Conn>, Limits) {
+        let lim = Limits {
+            max_queued: 3,
+            ..lim()
+        };
+        let remote = remotes.get_or_create(addr);
+        let conn = Arc::new(
+            Conn::dial(1, addr, false, settings(false), Arc::new(NoOwner)).expect("a socket"),
+        );
+        let to_conn = |_: &Arc<Remote>| Ok(conn.clone());
+        let mut after = After::default();
+        for i in 0..2 {
+            let mut p = Some(Pending::lent(lent_pair(Ok(Message::to(addr, &b"m"[..]))).1));
+            let got = remote.enqueue(&lim, &mut p, &to_conn, &mut after);
+            assert_eq!(got, Enqueued::Queued, "room in the queue");
+            // The first dials; its handshake arrives; the second kicks.
+            if i == 0 {
+                assert!(remote.attach(&conn, &mut after), "attached");
+            }
+        }
+        assert!(remote.front.is_open(), "a streaming remote opens its front");
+        (remote, conn, lim)
+    }
+
+    /// The sender's side of the front models: one plain send to `addr` from the remote the
+    /// thread holds, through [`Remotes::enqueue`] (the front first); what it deferred.
+    fn send_one(remotes: &Remotes, remote: Arc<Remote>, conn: Arc<Conn>, lim: &Limits) -> After {
+        let addr = remote.dial_addr;
+        let mut remote = remote;
+        let mut p = Some(Pending::lent(lent_pair(Ok(Message::to(addr, &b"s"[..]))).1));
+        let mut after = After::default();
+        let to_conn = move |_: &Arc<Remote>| Ok(conn.clone());
+        remotes.enqueue(addr, &mut remote, lim, &mut p, &to_conn, &mut after);
+        assert!(p.is_none(), "the send was taken");
+        after
+    }
+
+    /// The connection's writer as production runs it: takes frames and reports them
+    /// written until it finds none. How many user messages it took (a NOOP may go first:
+    /// the reuse time here is a millisecond).
+    fn write_all(remote: &Remote, conn: &Arc<Conn>, lim: &Limits) -> usize {
+        let mut taken = 0;
+        let mut frames = Vec::new();
+        loop {
+            remote.take_frames(lim, conn, &mut frames);
+            if frames.is_empty() {
+                return taken;
+            }
+            taken += frames
+                .iter()
+                .filter(|(f, _)| matches!(f, crate::frame::Frame::User(_)))
+                .count();
+            let mut after = After::default();
+            remote.written(
+                lim,
+                crate::sync::now(),
+                conn,
+                &mut frames,
+                Ok(()),
+                &mut after,
+            );
+            crate::proto::remote::finish_written(&mut frames);
+        }
+    }
+
+    /// A send at the open front of a streaming remote races its writer: whatever the
+    /// interleaving, the writer takes the message, or the send kicked the connection (and
+    /// the writer, kicked, takes it then). No message waits in the front or the queue with
+    /// no lock hold to come.
+    #[test]
+    fn loom_a_send_at_the_front_is_never_stranded() {
+        loom::model(|| {
+            let remotes = Arc::new(Remotes::new());
+            let addr: SocketAddr = "127.0.0.1:9".parse().expect("an address");
+            let (remote, conn, lim) = streaming(&remotes, addr);
+            let sender = {
+                let (remotes, remote, conn, lim) =
+                    (remotes.clone(), remote.clone(), conn.clone(), lim.clone());
+                thread::spawn(move || send_one(&remotes, remote, conn, &lim))
+            };
+            let writer = {
+                let (remote, conn, lim) = (remote.clone(), conn.clone(), lim.clone());
+                thread::spawn(move || write_all(&remote, &conn, &lim))
+            };
+            let after = sender.join().expect("the sender");
+            let mut taken = writer.join().expect("the writer");
+            let kicked = after
+                .0
+                .iter()
+                .any(|a| matches!(a, Action::Kick(c) if Arc::ptr_eq(c, &conn)));
+            if kicked {
+                taken += write_all(&remote, &conn, &lim);
+            }
+            assert_eq!(
+                taken, 3,
+                "the writer took {taken} of the 3 messages (the send kicked: {kicked})"
+            );
+        });
+    }
+
+    /// A send at the open front of a streaming remote races the node's close: all three
+    /// messages fail with `Shutdown`, each exactly once, whichever side fails it.
+    #[test]
+    fn loom_close_fails_a_send_at_the_front() {
+        loom::model(|| {
+            let remotes = Arc::new(Remotes::new());
+            let addr: SocketAddr = "127.0.0.1:9".parse().expect("an address");
+            let (remote, conn, lim) = streaming(&remotes, addr);
+            let sender = {
+                let remotes = remotes.clone();
+                thread::spawn(move || send_one(&remotes, remote, conn, &lim))
+            };
+            let closer = {
+                let remotes = remotes.clone();
+                thread::spawn(move || {
+                    let mut after = After::default();
+                    remotes.close(&mut after).expect("the first close");
+                    after
+                })
+            };
+            let sent = sender.join().expect("the sender");
+            let closed = closer.join().expect("the closer");
+            let failures: Vec<String> = sent
+                .0
+                .iter()
+                .chain(closed.0.iter())
+                .filter_map(|a| match a {
+                    Action::Send(b) => Some(format!("{:?}", b.1)),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                failures.len() == 3 && failures.iter().all(|f| f.contains("Shutdown")),
+                "each of the 3 messages failed once with Shutdown: {failures:?}"
+            );
         });
     }
 

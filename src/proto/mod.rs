@@ -10,6 +10,7 @@
 //! the README makes on every run.
 
 pub(crate) mod activity;
+pub(crate) mod front;
 pub(crate) mod key;
 pub(crate) mod remote;
 #[cfg(test)]
