@@ -13,12 +13,10 @@ use crate::connection::Conn;
 use crate::error::Error;
 use crate::frame::{Frame, Pending};
 use crate::message::{Identity, ReleaseDone};
-use crate::proto::front::{Front, Offer};
 use crate::proto::key::{key_of, RemoteKey};
 use crate::proto::remote::{Action, Actions, Ended, RemoteCore};
 use crate::proto::ConnRef;
 use crate::sync::{Mutex, MutexGuard};
-use crossbeam_utils::CachePadded;
 
 pub(crate) use crate::proto::remote::{finish_written, Enqueued, Limits, Timer};
 
@@ -41,12 +39,7 @@ pub(crate) struct Remote {
     pub(crate) key: RemoteKey,
     /// Where to dial (keeps an IPv6 scope id).
     pub(crate) dial_addr: SocketAddr,
-    /// The core's front door: sends join a streaming remote here without its lock.
-    pub(crate) front: Arc<Front>,
-    /// On cache lines of its own: the writer takes this lock once or twice per batch, and
-    /// sharing a line with the reference counts and `front` (which every send reads and
-    /// upgrades) cost each send a cache miss.
-    state: CachePadded<Mutex<RemoteCore<Arc<Conn>>>>,
+    state: Mutex<RemoteCore<Arc<Conn>>>,
 }
 
 /// What a dial needs from the node: a new connection for this remote, or why not.
@@ -55,48 +48,15 @@ pub(crate) type Dialer<'a> = &'a dyn Fn(&Arc<Remote>) -> Result<Arc<Conn>, Error
 impl Remote {
     pub(crate) fn new(dial_addr: SocketAddr) -> Remote {
         let key = key_of(&dial_addr);
-        let core = RemoteCore::new(key, Instant::now(), crate::rand::u64());
         Remote {
             key,
             dial_addr,
-            front: core.front().clone(),
-            state: CachePadded::new(Mutex::new(core)),
+            state: Mutex::new(RemoteCore::new(key, Instant::now(), crate::rand::u64())),
         }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, RemoteCore<Arc<Conn>>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Offers the message in `p` at the front (see [`crate::proto::front`]): taken out of
-    /// `p` unless refused. A message pushed behind a gate that closed meanwhile is taken in
-    /// here under the lock ([`RemoteCore::nudge`]). False if refused (`p` keeps it: queue
-    /// it with [`Remote::enqueue`]).
-    #[inline]
-    pub(crate) fn offer(
-        self: &Arc<Self>,
-        lim: &Limits,
-        p: &mut Option<Pending>,
-        dial: Dialer,
-        after: &mut After,
-    ) -> bool {
-        let Some(m) = p.take() else { return true };
-        match self.front.offer(m) {
-            Offer::Taken => {
-                // Queued behind a kick under way: a corked thread counts it (see
-                // `Action::Queued`).
-                after.push(Deferred::Queued);
-                true
-            }
-            Offer::Nudge => {
-                self.lock().nudge(lim, &mut || dial(self), after);
-                true
-            }
-            Offer::Refused(m) => {
-                *p = Some(m);
-                false
-            }
-        }
     }
 
     /// Queues a user message and gets it moving (see [`RemoteCore::enqueue`]).

@@ -10,7 +10,6 @@
 //! the README makes on every run.
 
 pub(crate) mod activity;
-pub(crate) mod front;
 pub(crate) mod key;
 pub(crate) mod remote;
 #[cfg(test)]

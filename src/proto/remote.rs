@@ -26,7 +26,6 @@ use crate::error::Error;
 use crate::frame::{Control, Frame, Pending};
 use crate::message::{Identity, ReleaseDone};
 
-use super::front::Front;
 use super::key::RemoteKey;
 use super::ConnRef;
 
@@ -193,18 +192,6 @@ pub(crate) struct RemoteCore<C> {
     /// write side, once kicked, takes frames until none are left, or the connection ends
     /// (and with it this id's meaning).
     kicked: Option<u64>,
-    /// The id of the connection whose writer took frames at its last look and has not
-    /// looked again since: it reports them written and looks again, so a hold of this
-    /// lock is still to come (the front may stay open). Cleared when it finds nothing.
-    follow: Option<u64>,
-    /// The gate in front of this state (see [`super::front`]): shared with the sending
-    /// threads, which push into it without the lock.
-    front: std::sync::Arc<Front>,
-    /// Places taken at the front whose messages have not been taken in yet: queued, as far
-    /// as `max_queued`, garbage collection and the stall check are concerned.
-    in_front: usize,
-    /// The places the front opened with last.
-    granted: u64,
     /// Reconnecting is held off for a moment after a failure (debounce).
     blocked: bool,
     /// Last use: created, a send queued on a quiet remote, frame written, data or NOOP
@@ -239,10 +226,6 @@ impl<C: ConnRef> RemoteCore<C> {
             conn: None,
             attached: false,
             kicked: None,
-            follow: None,
-            front: std::sync::Arc::new(Front::new()),
-            in_front: 0,
-            granted: 0,
             blocked: false,
             timestamp: now,
             progress: now,
@@ -260,80 +243,9 @@ impl<C: ConnRef> RemoteCore<C> {
         self.conn.as_ref()
     }
 
-    /// The front door of this remote, for the sending threads (see [`super::front`]).
-    pub(crate) fn front(&self) -> &std::sync::Arc<Front> {
-        &self.front
-    }
-
-    /// Nothing is queued (here or at the front), being written or awaiting its ACK.
+    /// Nothing is queued, being written or awaiting its ACK.
     fn quiet(&self) -> bool {
-        self.user.is_empty() && self.in_front == 0 && self.writing == 0 && self.wait_ack.is_none()
-    }
-
-    /// Queued messages, counting those at the front.
-    fn queued(&self) -> usize {
-        self.user.len() + self.in_front
-    }
-
-    /// The first step of every transition that may change what the front relies on (see
-    /// [`super::front`]): closes the gate, counts the places taken since it opened as
-    /// queued, and takes the inbox in behind what is queued already. On a removed remote
-    /// they stay in the queue for a transition that fails them ([`RemoteCore::nudge`]:
-    /// their senders come to it; or [`RemoteCore::remove`]).
-    #[inline]
-    fn enter(&mut self) {
-        if let Some(left) = self.front.close() {
-            self.in_front += self.granted.saturating_sub(left) as usize;
-            self.granted = 0;
-        }
-        if self.in_front == 0 {
-            return;
-        }
-        while let Some(p) = self.front.pop() {
-            debug_assert!(self.in_front > 0, "a message at the front without a place");
-            self.in_front = self.in_front.saturating_sub(1);
-            self.user.push_back(p);
-        }
-    }
-
-    /// The last step of a transition that may open the gate: open, with what is left of
-    /// `max_queued`, when a hold of this lock is certain to come (a kick is under way on
-    /// the current connection, or its writer took frames and will look again), and the
-    /// remote is busy with its stall check armed (what joins at the front skips
-    /// [`RemoteCore::wake`], which only matters on a quiet remote).
-    #[inline]
-    fn leave(&mut self, lim: &Limits) {
-        let Some(c) = &self.conn else { return };
-        let id = Some(c.id());
-        if self.removed
-            || (self.kicked != id && self.follow != id)
-            || !self.stall_timer_armed
-            || self.quiet()
-        {
-            return;
-        }
-        let places = lim.max_queued.saturating_sub(self.queued()) as u64;
-        if places > 0 {
-            self.granted = places;
-            self.front.open(places);
-        }
-    }
-
-    /// A sender pushed at the front but found the gate closed when it looked again (see
-    /// [`super::front`]): takes the inbox in and gets it moving. On a removed remote (the
-    /// node closed) what was taken in fails with `Shutdown`.
-    pub(crate) fn nudge(&mut self, lim: &Limits, dial: Dialer<C>, out: &mut Actions<C>) {
-        self.enter();
-        if self.removed {
-            for p in self.user.drain(..) {
-                out.push(Action::send(p, Err(Error::Shutdown)));
-            }
-            return;
-        }
-        if !self.user.is_empty() {
-            self.process(dial, out);
-        }
-        self.leave(lim);
+        self.user.is_empty() && self.writing == 0 && self.wait_ack.is_none()
     }
 
     /// Before user messages are queued on a quiet remote: the peer's progress and the
@@ -390,11 +302,10 @@ impl<C: ConnRef> RemoteCore<C> {
         dial: Dialer<C>,
         out: &mut Actions<C>,
     ) -> Enqueued {
-        self.enter();
         if self.removed {
             return Enqueued::Removed;
         }
-        if self.queued() >= lim.max_queued {
+        if self.user.len() >= lim.max_queued {
             return Enqueued::Full;
         }
         let Some(p) = p.take() else {
@@ -403,7 +314,6 @@ impl<C: ConnRef> RemoteCore<C> {
         self.wake(lim, now, out);
         self.user.push_back(p);
         self.process(dial, out);
-        self.leave(lim);
         Enqueued::Queued
     }
 
@@ -418,11 +328,10 @@ impl<C: ConnRef> RemoteCore<C> {
         dial: Dialer<C>,
         out: &mut Actions<C>,
     ) -> Result<(), ()> {
-        self.enter();
         if self.removed {
             return Err(());
         }
-        let room = lim.max_queued.saturating_sub(self.queued());
+        let room = lim.max_queued.saturating_sub(self.user.len());
         if room == 0 || batch.is_empty() {
             return Ok(());
         }
@@ -430,7 +339,6 @@ impl<C: ConnRef> RemoteCore<C> {
         let n = room.min(batch.len());
         self.user.extend(batch.drain(..n));
         self.process(dial, out);
-        self.leave(lim);
         Ok(())
     }
 
@@ -471,7 +379,6 @@ impl<C: ConnRef> RemoteCore<C> {
     /// The connection's handshake arrived: it becomes the current connection (the last
     /// handshake wins). False if the remote was removed meanwhile.
     pub(crate) fn attach(&mut self, now: Instant, conn: &C, out: &mut Actions<C>) -> bool {
-        self.enter();
         if self.removed {
             return false;
         }
@@ -520,10 +427,8 @@ impl<C: ConnRef> RemoteCore<C> {
         if self.removed || !self.is_current(conn.id()) {
             return;
         }
-        self.enter();
         // The kick (if any) has been answered: what is queued after this look kicks again.
         self.kicked = None;
-        let before = out.len();
         while let Some(c) = self.control.pop_front() {
             self.serial = self.serial.wrapping_add(1);
             let frame = match c {
@@ -572,10 +477,6 @@ impl<C: ConnRef> RemoteCore<C> {
             }));
             self.serial = serial;
         }
-        // A writer that took frames reports them and looks again: the front may stay open
-        // until then. One that found nothing goes idle.
-        self.follow = (out.len() > before).then_some(conn.id());
-        self.leave(lim);
     }
 
     /// The writer finished writing `frames` on `conn` (successfully or not).
@@ -585,24 +486,6 @@ impl<C: ConnRef> RemoteCore<C> {
     /// complete ([`finish_written`], in the node once the lock is released); the rest are
     /// handled here and pushed onto `out`.
     pub(crate) fn written(
-        &mut self,
-        lim: &Limits,
-        now: Instant,
-        conn: &C,
-        frames: &mut Vec<(Frame, u32)>,
-        result: Result<(), Error>,
-        out: &mut Actions<C>,
-    ) {
-        self.enter();
-        if result.is_err() && self.follow == Some(conn.id()) {
-            // The writer ends: the connection's close is the next hold.
-            self.follow = None;
-        }
-        self.written_inner(lim, now, conn, frames, result, out);
-        self.leave(lim);
-    }
-
-    fn written_inner(
         &mut self,
         lim: &Limits,
         now: Instant,
@@ -686,7 +569,6 @@ impl<C: ConnRef> RemoteCore<C> {
 
     /// An ACK for `identity` arrived (on any connection of this remote).
     pub(crate) fn ack_received(&mut self, now: Instant, identity: Identity, out: &mut Actions<C>) {
-        self.enter();
         let Some(w) = &mut self.wait_ack else {
             return;
         };
@@ -720,7 +602,6 @@ impl<C: ConnRef> RemoteCore<C> {
     /// A released message asked for an ACK: queue it (it goes out on the current
     /// connection, whichever that is).
     pub(crate) fn queue_ack(&mut self, done: ReleaseDone, dial: Dialer<C>, out: &mut Actions<C>) {
-        self.enter();
         if self.removed {
             out.push(Action::Release(done));
             return;
@@ -748,7 +629,6 @@ impl<C: ConnRef> RemoteCore<C> {
             clean,
             closing,
         } = ended;
-        self.enter();
         if self.removed {
             return;
         }
@@ -820,7 +700,6 @@ impl<C: ConnRef> RemoteCore<C> {
     /// out of the table) instead of waiting for garbage collection, so peers that come
     /// and go under new advertised ports do not pile up. True if it was.
     pub(crate) fn release_if_vacant(&mut self) -> bool {
-        self.enter();
         let vacant =
             !self.removed && self.conn.is_none() && self.quiet() && self.control.is_empty();
         if vacant {
@@ -831,7 +710,6 @@ impl<C: ConnRef> RemoteCore<C> {
 
     /// The debounce timer fired: reconnect if anything is queued.
     pub(crate) fn unblock(&mut self, dial: Dialer<C>, out: &mut Actions<C>) {
-        self.enter();
         self.blocked = false;
         self.process(dial, out);
     }
@@ -850,7 +728,6 @@ impl<C: ConnRef> RemoteCore<C> {
 
     /// The ACK deadline check for the waiting synchronous message.
     pub(crate) fn ack_deadline(&mut self, lim: &Limits, now: Instant, out: &mut Actions<C>) {
-        self.enter();
         self.ack_timer_armed = false;
         let Some(w) = &self.wait_ack else { return };
         match w.deadline {
@@ -892,7 +769,6 @@ impl<C: ConnRef> RemoteCore<C> {
         conn_bytes: Option<u64>,
         out: &mut Actions<C>,
     ) {
-        self.enter();
         self.stall_timer_armed = false;
         if self.removed || self.quiet() {
             return;
@@ -957,7 +833,7 @@ impl<C: ConnRef> RemoteCore<C> {
     /// For observers: (queued, awaiting an ACK, current connection, last use).
     pub(crate) fn observe(&self) -> (usize, usize, Option<C>, Instant) {
         (
-            self.queued(),
+            self.user.len(),
             usize::from(self.wait_ack.is_some()),
             self.conn.clone(),
             self.timestamp,
@@ -979,7 +855,6 @@ impl<C: ConnRef> RemoteCore<C> {
         let r = lim.reuse_time;
         !self.removed
             && !self.blocked
-            && !self.front.is_open()
             && self.quiet()
             && self.control.is_empty()
             && now.saturating_duration_since(self.timestamp) > r
@@ -1000,7 +875,6 @@ impl<C: ConnRef> RemoteCore<C> {
         conn_idle: Option<Duration>,
         out: &mut Actions<C>,
     ) -> bool {
-        self.enter();
         let collect = self.collectable(lim, now, conn_idle);
         if collect {
             self.remove(true, out);
@@ -1012,7 +886,6 @@ impl<C: ConnRef> RemoteCore<C> {
     /// connection is retired (garbage collection, `graceful`) or shut down (close). Its
     /// other connections are the caller's.
     pub(crate) fn remove(&mut self, graceful: bool, out: &mut Actions<C>) {
-        self.enter();
         self.removed = true;
         for p in self.user.drain(..) {
             out.push(Action::send(p, Err(Error::Shutdown)));

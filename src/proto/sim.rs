@@ -26,7 +26,6 @@ use crate::frame::{Batch, Frame, Pending};
 use crate::message::{Identity, Message, ReleaseDone};
 
 use super::activity::Activity;
-use super::front::Front;
 use super::key::RemoteKey;
 use super::remote::{finish_written, Action, Actions, Ended, Enqueued, Limits, RemoteCore, Timer};
 use super::slots::{Admit, Slots};
@@ -199,19 +198,6 @@ enum Ev {
     RetireDeadline(u64, usize),
     /// Connection, end: a draining end closes now, its write finished or not.
     DrainDeadline(u64, usize),
-    /// A sender at a remote's front takes its next step (see [`Fronting`]).
-    Front(u64),
-}
-
-/// A send at a remote's front (see [`super::front`]) whose sending thread was preempted
-/// between two steps: after its place (the message still to push), or after the push (the
-/// gate still to look at). Other events happen in between.
-struct Fronting {
-    node: usize,
-    peer: usize,
-    front: Arc<Front>,
-    /// Still to push.
-    pending: Option<Pending>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -258,10 +244,7 @@ pub(crate) struct Report {
     pub(crate) failed: usize,
     pub(crate) delivered: usize,
     pub(crate) faults: usize,
-    /// Plain sends taken at a remote's front; of those, the ones whose sender found the
-    /// gate closed after its push and nudged the remote; sends refused for `max_queued`.
-    pub(crate) fronted: usize,
-    pub(crate) nudged: usize,
+    /// Sends refused for `max_queued`.
     pub(crate) refused: usize,
     pub(crate) violations: Vec<String>,
 }
@@ -296,15 +279,6 @@ pub(crate) struct Sim {
     violations: Vec<String>,
     /// CHIRP_SIM_TRACE set: every event is printed (for replaying one seed).
     print_trace: bool,
-    /// Sends part way through the front, by number.
-    fronting: BTreeMap<u64, Fronting>,
-    next_fronting: u64,
-    /// Remotes taken out of their node's table while a sender was still part way through
-    /// their front: (node, core). The sender finishes on the removed core, as a sending
-    /// thread does on the remote it holds.
-    graveyard: Vec<(usize, RemoteCore<H>)>,
-    fronted: usize,
-    nudged: usize,
     refused: usize,
 }
 
@@ -339,7 +313,7 @@ impl Sim {
                         reuse_time: Duration::from_millis(rng.u64(400..3000)).max(timeout),
                         synchronous,
                         // A quarter of the nodes have a short queue, which their window
-                        // fills: sends are refused (`max_queued`), at the front too.
+                        // fills: sends are refused (`max_queued`).
                         max_queued: if rng.u8(0..4) == 0 {
                             rng.usize(2..=24)
                         } else {
@@ -387,11 +361,6 @@ impl Sim {
             events: 0,
             violations: Vec::new(),
             print_trace: std::env::var_os("CHIRP_SIM_TRACE").is_some(),
-            fronting: BTreeMap::new(),
-            next_fronting: 0,
-            graveyard: Vec::new(),
-            fronted: 0,
-            nudged: 0,
             refused: 0,
         };
         sim.plan();
@@ -547,7 +516,6 @@ impl Sim {
         // A paused node does nothing until it resumes.
         let node_of = match ev {
             Ev::Work(n) | Ev::Timer(n, ..) | Ev::Gc(n, _) | Ev::Release(n, ..) => Some(n),
-            Ev::Front(f) => self.fronting.get(&f).map(|f| f.node),
             Ev::Write(c, e) | Ev::Read(c, e) => self.conns.get(&c).map(|c| c.ends[e].node),
             _ => None,
         };
@@ -583,7 +551,6 @@ impl Sim {
             }
             Ev::Fault(i) => self.fault(i, true),
             Ev::Heal(i) => self.fault(i, false),
-            Ev::Front(f) => self.front_step(f),
         }
     }
 
@@ -694,9 +661,6 @@ impl Sim {
         node.to_send = node.to_send.saturating_sub(count);
         node.outstanding += count;
         let single = batch.is_none();
-        if single && self.try_front(from, to, &mut pendings) {
-            return;
-        }
         self.on_core(from, to, true, |core, lim, now, dial, out| {
             if single {
                 let mut p = pendings.pop();
@@ -721,122 +685,6 @@ impl Sim {
         if let Some(b) = batch {
             b.built();
         }
-    }
-
-    /// A plain send tries the remote's front first, as the node's send path does: taken
-    /// (true) when the gate admits it. The sending thread is sometimes preempted after its
-    /// place or after its push ([`Ev::Front`]), so that transitions of the remote come in
-    /// between.
-    fn try_front(&mut self, n: usize, peer: usize, pendings: &mut Vec<Pending>) -> bool {
-        let Some(front) = self.nodes[n].remotes.get(&peer).map(|c| c.front().clone()) else {
-            return false;
-        };
-        if !front.admit() {
-            return false;
-        }
-        self.fronted += 1;
-        let p = pendings.pop().expect("one message");
-        let preempt = self.rng.u8(0..4);
-        if preempt == 0 {
-            self.park_fronting(n, peer, front, Some(p));
-            return true;
-        }
-        front.push(p);
-        if preempt == 1 {
-            self.park_fronting(n, peer, front, None);
-        } else if !front.confirm() {
-            self.nudge(n, peer, &front);
-        }
-        true
-    }
-
-    fn park_fronting(&mut self, node: usize, peer: usize, front: Arc<Front>, p: Option<Pending>) {
-        let id = self.next_fronting;
-        self.next_fronting += 1;
-        self.fronting.insert(
-            id,
-            Fronting {
-                node,
-                peer,
-                front,
-                pending: p,
-            },
-        );
-        let later = self.rng.u64(0..3 * MS);
-        self.at(self.now + later, Ev::Front(id));
-    }
-
-    /// The preempted sender `f` goes on: pushes its message (and is preempted again, or
-    /// looks at once), or looks at the gate and nudges the remote if it closed.
-    fn front_step(&mut self, f: u64) {
-        let Some(mut fr) = self.fronting.remove(&f) else {
-            return;
-        };
-        if let Some(p) = fr.pending.take() {
-            fr.front.push(p);
-            if self.rng.bool() {
-                self.fronting.insert(f, fr);
-                let later = self.rng.u64(0..3 * MS);
-                self.at(self.now + later, Ev::Front(f));
-                return;
-            }
-        }
-        if !fr.front.confirm() {
-            self.nudge(fr.node, fr.peer, &fr.front);
-        }
-        self.bury();
-    }
-
-    /// A sender found the gate closed after its push: it takes the lock of the remote it
-    /// pushed at (in the table, or removed since) and nudges it.
-    fn nudge(&mut self, n: usize, peer: usize, front: &Arc<Front>) {
-        self.nudged += 1;
-        let listed = self.nodes[n]
-            .remotes
-            .get(&peer)
-            .is_some_and(|c| Arc::ptr_eq(c.front(), front));
-        if listed {
-            self.with_core(n, peer, |core, lim, _, dial, out| {
-                core.nudge(lim, dial, out)
-            });
-            return;
-        }
-        let Some(i) = self
-            .graveyard
-            .iter()
-            .position(|(_, c)| Arc::ptr_eq(c.front(), front))
-        else {
-            self.violation(format!(
-                "node {n} nudged its remote for {peer}, which is nowhere (dropped with a                  sender at its front)"
-            ));
-            return;
-        };
-        let lim = self.nodes[n].lim.clone();
-        let mut out = Actions::default();
-        let next = &self.next_conn;
-        self.graveyard[i]
-            .1
-            .nudge(&lim, &mut || Ok(new_handle(next)), &mut out);
-        self.run_actions(n, out);
-    }
-
-    /// A remote taken out of node `n`'s table: kept while a sender is part way through
-    /// its front.
-    fn removed_core(&mut self, n: usize, core: RemoteCore<H>) {
-        if self
-            .fronting
-            .values()
-            .any(|f| Arc::ptr_eq(&f.front, core.front()))
-        {
-            self.graveyard.push((n, core));
-        }
-    }
-
-    /// Drops the removed remotes no sender is at any more.
-    fn bury(&mut self) {
-        let fronting = &self.fronting;
-        self.graveyard
-            .retain(|(_, c)| fronting.values().any(|f| Arc::ptr_eq(&f.front, c.front())));
     }
 
     /// Takes the outcomes completions reported and checks each.
@@ -1165,8 +1013,7 @@ impl Sim {
             let mut out = Actions::default();
             let core = self.nodes[n].remotes.get_mut(&peer).expect("listed");
             if core.collect(&lim, now, idle, &mut out) {
-                let core = self.nodes[n].remotes.remove(&peer).expect("listed");
-                self.removed_core(n, core);
+                self.nodes[n].remotes.remove(&peer);
                 self.run_actions(n, out);
                 let mine: Vec<u64> = self
                     .conns
@@ -1278,8 +1125,7 @@ impl Sim {
                 core.attach(now, h, out)
             });
             if attached == Some(false) {
-                let core = self.nodes[n].remotes.remove(&peer).expect("listed");
-                self.removed_core(n, core);
+                self.nodes[n].remotes.remove(&peer);
             }
         }
     }
@@ -1733,7 +1579,6 @@ impl Sim {
             let mut core = self.nodes[n].remotes.remove(&peer).expect("listed");
             let mut out = Actions::default();
             core.remove(false, &mut out);
-            self.removed_core(n, core);
             self.run_actions(n, out);
         }
         let ids: Vec<u64> = self.conns.keys().copied().collect();
@@ -1777,7 +1622,7 @@ impl Sim {
     /// Checked every 10 ms of simulated time: no send waits longer than 2.5 × timeout
     /// without its peer making progress.
     fn check_now(&mut self) {
-        // `max_queued` holds, counting the places taken at a remote's front.
+        // `max_queued` holds.
         let mut over = Vec::new();
         for (n, node) in self.nodes.iter().enumerate() {
             for (peer, core) in &node.remotes {
@@ -1984,8 +1829,6 @@ impl Sim {
             failed: self.sends.len() - ok,
             delivered: self.sends.iter().map(|s| s.delivered as usize).sum(),
             faults: self.faults.len(),
-            fronted: self.fronted,
-            nudged: self.nudged,
             refused: self.refused,
             violations: self.violations,
         }
@@ -2027,12 +1870,10 @@ mod tests {
 
     /// Runs the seeds; panics with every failing seed's report. Returns the messages sent
     /// over all of them.
-    /// What a set of seeds did: messages sent, of them taken at a front, nudged, refused.
+    /// What a set of seeds did: messages sent, of them refused for `max_queued`.
     #[derive(Default, Debug)]
     struct Totals {
         messages: usize,
-        fronted: usize,
-        nudged: usize,
         refused: usize,
     }
 
@@ -2043,23 +1884,12 @@ mod tests {
             let r = run_seed(seed);
             if std::env::var_os("CHIRP_SIM_VERBOSE").is_some() {
                 println!(
-                    "seed {}: {} messages ({} ok, {} failed, {} delivered; {} at the front, \
-                     {} nudged, {} refused), {} faults, {} events",
-                    r.seed,
-                    r.messages,
-                    r.ok,
-                    r.failed,
-                    r.delivered,
-                    r.fronted,
-                    r.nudged,
-                    r.refused,
-                    r.faults,
-                    r.events
+                    "seed {}: {} messages ({} ok, {} failed, {} delivered, {} refused), {} \
+                     faults, {} events",
+                    r.seed, r.messages, r.ok, r.failed, r.delivered, r.refused, r.faults, r.events
                 );
             }
             t.messages += r.messages;
-            t.fronted += r.fronted;
-            t.nudged += r.nudged;
             t.refused += r.refused;
             if r.violations.is_empty() {
                 continue;
@@ -2142,15 +1972,11 @@ mod tests {
         let t = check(replay.unwrap_or_else(|| (1..=last).chain(FOUND.iter().copied()).collect()));
         if whole_set {
             assert!(
-                t.messages > 10_000,
-                "the seeds sent only {} messages",
-                t.messages
-            );
-            // The paths the properties must hold on were taken: sends at the front, senders
-            // that found the gate closed after their push, and refusals for `max_queued`.
-            assert!(
-                t.fronted > 1_000 && t.nudged > 0 && t.refused > 0,
-                "the seeds did not exercise the front: {t:?}"
+                t.messages > 10_000 && t.refused > 0,
+                "the seeds sent only {} messages, {} refused for max_queued (a quarter of the \
+                 nodes have a short queue)",
+                t.messages,
+                t.refused
             );
         }
     }
