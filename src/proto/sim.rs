@@ -299,6 +299,9 @@ fn payload(identity: &Identity, len: usize) -> Vec<u8> {
 impl Sim {
     pub(crate) fn new(seed: u64) -> Sim {
         let mut rng = fastrand::Rng::with_seed(seed);
+        // Drawn from a stream of their own, so that the rest of each seed's plan is what it
+        // was before the limits were drawn (the mutants' seeds stay comparable).
+        let mut limits = fastrand::Rng::with_seed(seed ^ 0x6d61_785f_7175_6575);
         let n = rng.usize(2..=5);
         let nodes = (0..n)
             .map(|_| {
@@ -314,8 +317,8 @@ impl Sim {
                         synchronous,
                         // A quarter of the nodes have a short queue, which their window
                         // fills: sends are refused (`max_queued`).
-                        max_queued: if rng.u8(0..4) == 0 {
-                            rng.usize(2..=24)
+                        max_queued: if limits.u8(0..4) == 0 {
+                            limits.usize(2..=24)
                         } else {
                             1024
                         },
