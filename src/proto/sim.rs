@@ -1622,8 +1622,8 @@ impl Sim {
 
     // --- properties ------------------------------------------------------------------
 
-    /// Checked every 10 ms of simulated time: no send waits longer than 2.5 × timeout
-    /// without its peer making progress.
+    /// Checked every 10 ms of simulated time: no remote queues more than `max_queued`, and
+    /// no send waits longer than 2.5 × timeout without its peer making progress.
     fn check_now(&mut self) {
         // `max_queued` holds.
         let mut over = Vec::new();
@@ -1871,8 +1871,6 @@ mod tests {
         Some(vec![one.parse().expect("CHIRP_SIM_SEED is a number")])
     }
 
-    /// Runs the seeds; panics with every failing seed's report. Returns the messages sent
-    /// over all of them.
     /// What a set of seeds did: messages sent, of them refused for `max_queued`.
     #[derive(Default, Debug)]
     struct Totals {
@@ -1880,6 +1878,7 @@ mod tests {
         refused: usize,
     }
 
+    /// Runs the seeds; panics with every failing seed's report. Returns what they did.
     fn check(seeds: impl IntoIterator<Item = u64>) -> Totals {
         let mut t = Totals::default();
         let mut failed = Vec::new();
