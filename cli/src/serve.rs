@@ -7,12 +7,21 @@ use libchirp::{Config, Node};
 
 use crate::{announce, serve_until_signal, Fail, Signals};
 
-/// Sends every received message back to its sender. The request is released first, then
-/// answered: a synchronous sender that waits for its send before reading the answer is
-/// not left waiting on us while we wait on it.
+/// Sends every received message back to its sender.
+///
+/// Synchronous: the request is released first, then answered, so a sender that waits for
+/// its send before reading the answer is not left waiting on us while we wait on it.
+///
+/// Asynchronous: the request keeps its receive slot until its echo is written (the written
+/// message is dropped, which releases it). A sender faster than our writes so fills our
+/// slots and is held back by them, as slots are meant to; released first, its messages
+/// piled up in our send queue until `max_queued` refused echoes, which were lost.
 pub(crate) fn echo(config: Config, stats: Option<Duration>, signals: Signals) -> Result<(), Fail> {
-    let node = Node::start_inline(config, |node, mut msg| {
-        let _ = msg.release();
+    let synchronous = config.synchronous;
+    let node = Node::start_inline(config, move |node, mut msg| {
+        if synchronous {
+            let _ = msg.release();
+        }
         drop(node.send(msg));
     })?;
     announce(&node);

@@ -593,3 +593,37 @@ fn echo_prints_statistics_lines_that_parse() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// An asynchronous `chirp echo` answers every message of a sender that sends as fast as it
+/// can (`bench-latency --rate 0`: only the echo's backpressure holds it back). The echo
+/// used to release each request before answering it, so its send queue grew faster than
+/// it wrote until `max_queued` refused echoes, which were lost ("only 19014 of 50000
+/// echoes came back"); the request now keeps its slot until its echo is written.
+#[test]
+fn asynchronous_echo_answers_a_sender_that_sends_as_fast_as_it_can() {
+    let bin = bin();
+    let echo = daemon(bin, &["echo", "--async"]);
+    let o = run(
+        bin,
+        &[
+            "bench-latency",
+            &format!("127.0.0.1:{}", echo.port),
+            "--no-encryption",
+            "--async",
+            "--rate",
+            "0",
+            "--count",
+            "50000",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "the sender did not get every echo back: {}",
+        stderr(&o)
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("received=50000 "),
+        "every echo received: {out}"
+    );
+}
