@@ -14,8 +14,9 @@
 # --oneway: one-way throughput only, 16 B and 1 KiB: our plain send(), our streaming path
 # (send_batch), ZeroMQ PUSH/PULL with high-water marks off and with its defaults.
 # --latency: open-loop latency (`chirp bench-latency`, `c_bench latency`, `zmq_bench
-# latency`): offered 1k, 10k, 50k, 100k messages/s and 50 % and 80 % of each one's own
-# saturation rate; p50, p90, p99, p99.9 and max from the scheduled send time. Asynchronous
+# latency`): offered 1k, 10k, 50k, 100k messages/s, 50 % and 80 % of each one's own
+# saturation rate, and 50 % of the best peer's (ZeroMQ's or C's asynchronous, C's
+# synchronous; the same rate for all); p50, p90, p99, p99.9 and max from the scheduled send time. Asynchronous
 # for all three, synchronous ours against C's synchronous mode.
 # --star: star topology: one asynchronous echo node, 16 and then 64 sender processes with 16
 # messages outstanding each; total round trips per second, ours beside C libchirp.
@@ -316,14 +317,23 @@ latency_sweep() {
       latency_point "L_${impl}_${mode}_sat" "$impl" "$mode" 0 "$n"
     done
   done
+  # 50 % of the best peer's saturation, the same rate for every implementation of a mode:
+  # ZeroMQ's or C's asynchronous, C's synchronous.
+  local peer_async peer_sync
+  peer_async=$(awk -v a="$(med L_c_async_sat_achieved)" -v b="$(med L_zmq_async_sat_achieved)" \
+    'BEGIN { m = (a+0 > b+0) ? a : b; printf "%d", m / 2 }')
+  peer_sync=$(awk -v a="$(med L_c_sync_sat_achieved)" 'BEGIN { printf "%d", a / 2 }')
   for i in $(seq 1 "$runs"); do
-    for r in 1000 10000 50000 100000 50 80; do
+    for r in 1000 10000 50000 100000 50 80 peer; do
       for m in $impls; do
         impl=${m%%:*}; mode=${m#*:}
         sat=$(med "L_${impl}_${mode}_sat_achieved" | cut -d. -f1)
         [ "$sat" = n/a ] && sat=0
         local rate=$r
-        if [ "$r" -le 100 ]; then rate=$((sat * r / 100)); [ "$rate" -gt 0 ] || continue; fi
+        if [ "$r" = peer ]; then
+          rate=$peer_sync; [ "$mode" = async ] && rate=$peer_async
+          [ "$rate" -gt 0 ] || continue
+        elif [ "$r" -le 100 ]; then rate=$((sat * r / 100)); [ "$rate" -gt 0 ] || continue; fi
         # About a second at the offered rate, or at saturation when offered more.
         n=$rate; [ -n "$sat" ] && [ "$sat" -gt 0 ] && [ "$n" -gt "$sat" ] && n=$sat
         [ "$quick" = 1 ] && n=$((n / 2))
@@ -343,11 +353,12 @@ latency_sweep() {
     impl=${m%%:*}; mode=${m#*:}
     printf '| %-16s | %-22s | %10s | %8s | %8s | %8s | %8s | %8s |\n' "saturation" "$impl $mode" "$(med "L_${impl}_${mode}_sat_achieved")" "" "" "" "" ""
   done
-  for r in 1000 10000 50000 100000 50 80; do
+  for r in 1000 10000 50000 100000 50 80 peer; do
     for m in $impls; do
       impl=${m%%:*}; mode=${m#*:}
       local k="L_${impl}_${mode}_$r"
-      if [ "$r" -le 100 ]; then label="$r % of own sat."; else label="$r/s"; fi
+      if [ "$r" = peer ]; then label="50 % peer's sat."
+      elif [ "$r" -le 100 ]; then label="$r % of own sat."; else label="$r/s"; fi
       printf '| %-16s | %-22s | %10s | %8s | %8s | %8s | %8s | %8s |\n' "$label" "$impl $mode" \
         "$(med "${k}_achieved")" "$(med "${k}_p50")" "$(med "${k}_p90")" "$(med "${k}_p99")" "$(med "${k}_p999")" "$(med "${k}_max")"
     done
